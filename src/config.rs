@@ -1,0 +1,49 @@
+//! Settings shared by the subcommands: every one is a flag with an environment variable and a
+//! default (the design's contract table), parsed once in `main` and passed down.
+
+use clap::{Args, ValueEnum};
+
+/// Default PostgreSQL URL: the service's own role, never the superuser.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://ordersvc:ordersvc@127.0.0.1:5432/orders";
+/// Default NATS server.
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+/// Default JetStream stream name.
+pub const DEFAULT_STREAM: &str = "ORDERS";
+/// Default subject the stream captures and `publish` writes to.
+pub const DEFAULT_SUBJECT: &str = "orders";
+/// Default durable consumer name.
+pub const DEFAULT_DURABLE: &str = "ordersvc";
+/// Default HTTP listen address (loopback: put a proxy in front to expose it).
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
+
+/// Where PostgreSQL is.
+#[derive(Args, Clone, Debug)]
+pub struct DbArgs {
+    /// PostgreSQL URL; the database is created if it does not exist.
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    pub database_url: String,
+}
+
+/// Where the JetStream stream is.
+#[derive(Args, Clone, Debug)]
+pub struct NatsArgs {
+    /// NATS server URL.
+    #[arg(long, env = "NATS_URL", default_value = DEFAULT_NATS_URL)]
+    pub nats_url: String,
+    /// JetStream stream name (created if missing).
+    #[arg(long, env = "ORDERSVC_STREAM", default_value = DEFAULT_STREAM)]
+    pub stream: String,
+    /// Subject the orders are published on.
+    #[arg(long, env = "ORDERSVC_SUBJECT", default_value = DEFAULT_SUBJECT)]
+    pub subject: String,
+}
+
+/// How log lines look.
+#[derive(ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}

@@ -1,0 +1,368 @@
+//! The HTTP front: a tiny_http server whose worker threads answer from the cache.
+//!
+//! Routes (the design's contract): `GET /order/{order_uid}`, `GET /orders`, `GET /`, `GET /healthz`,
+//! `GET /readyz`. HEAD works wherever GET does; other methods get 405.
+
+use std::io::Cursor;
+use std::net::{SocketAddr, TcpListener};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use color_eyre::eyre::{eyre, Result, WrapErr};
+use percent_encoding::percent_decode_str;
+use serde_json::json;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+use tiny_http::{Header, Method, Request, Response, ResponseBox, StatusCode};
+use tracing::{debug, error};
+
+use crate::cache::{Body, Cache};
+use crate::health::Health;
+use crate::order::OrderUid;
+use crate::page;
+use crate::store::Store;
+
+/// Default and largest page size of `GET /orders`.
+const ORDERS_DEFAULT_LIMIT: i64 = 20;
+const ORDERS_MAX_LIMIT: i64 = 1000;
+/// Longest id echoed back in an error body.
+const ECHO_MAX: usize = 128;
+
+/// What the request handlers read.
+pub struct AppState {
+    /// The read model.
+    pub cache: Arc<Cache>,
+    /// Dependency health for `/readyz`.
+    pub health: Arc<Health>,
+    /// For the recent-orders list, which is read from PostgreSQL's index.
+    pub store: Store,
+    /// The async runtime that owns the database pool.
+    pub runtime: tokio::runtime::Handle,
+}
+
+/// A running HTTP server and its worker threads.
+pub struct HttpServer {
+    server: Arc<tiny_http::Server>,
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl HttpServer {
+    /// Binds `addr` and starts `workers` threads answering requests.
+    pub fn start(addr: SocketAddr, workers: usize, state: Arc<AppState>) -> Result<HttpServer> {
+        let listener = listen(addr).wrap_err_with(|| format!("cannot listen on {addr}"))?;
+        let addr = listener.local_addr()?;
+        let server = tiny_http::Server::from_listener(listener, None)
+            .map_err(|e| eyre!("cannot start the HTTP server: {e}"))?;
+        let server = Arc::new(server);
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut handles = Vec::with_capacity(workers);
+        for i in 0..workers {
+            let (server, stop, state) = (server.clone(), stop.clone(), state.clone());
+            let handle = std::thread::Builder::new()
+                .name(format!("http-{i}"))
+                .spawn(move || worker(&server, &stop, &state))
+                .wrap_err("cannot start an HTTP worker thread")?;
+            handles.push(handle);
+        }
+        Ok(HttpServer {
+            server,
+            addr,
+            stop,
+            workers: handles,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Lets every worker finish the request it is answering, then stops them.
+    pub fn shutdown(self) {
+        self.stop.store(true, Ordering::Release);
+        for _ in &self.workers {
+            self.server.unblock();
+        }
+        for handle in self.workers {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// A listening socket with TCP_NODELAY set: Linux copies it to every accepted connection, and
+/// tiny_http never sets it itself (without it, keep-alive responses over ~1 KB wait ~40 ms).
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_tcp_nodelay(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+fn worker(server: &tiny_http::Server, stop: &AtomicBool, state: &AppState) {
+    while !stop.load(Ordering::Acquire) {
+        match server.recv_timeout(Duration::from_millis(200)) {
+            Ok(Some(request)) => {
+                let response = route(&request, state);
+                if let Err(e) = request.respond(response) {
+                    // The client went away: nothing to do.
+                    debug!(error = %e, "could not send a response");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                if !stop.load(Ordering::Acquire) {
+                    error!(error = %e, "the HTTP server stopped accepting connections");
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Answers one request.
+fn route(request: &Request, state: &AppState) -> ResponseBox {
+    let (path, query) = match request.url().split_once('?') {
+        Some((p, q)) => (p, q),
+        None => (request.url(), ""),
+    };
+    let known = matches!(path, "/" | "/app.js" | "/healthz" | "/readyz" | "/orders")
+        || path.starts_with("/order/");
+    if !known {
+        return json_response(404, &json!({ "error": "no such path" }));
+    }
+    if !matches!(request.method(), Method::Get | Method::Head) {
+        return json_response(405, &json!({ "error": "method not allowed" }))
+            .with_header(header("Allow", "GET, HEAD"));
+    }
+    match path {
+        "/" => page::html(),
+        "/app.js" => page::script(),
+        "/healthz" => json_response(200, &json!({ "status": "ok" })),
+        "/readyz" => match state.health.readiness(&state.cache) {
+            Ok(()) => json_response(
+                200,
+                &json!({ "status": "ready", "orders": state.cache.len() }),
+            ),
+            Err(reason) => json_response(503, &json!({ "status": "not ready", "reason": reason })),
+        },
+        "/orders" => recent_orders(query, state),
+        _ => order(request, &path["/order/".len()..], state),
+    }
+}
+
+/// `GET /order/{order_uid}`.
+fn order(request: &Request, raw_id: &str, state: &AppState) -> ResponseBox {
+    let id = match percent_decode_str(raw_id).decode_utf8() {
+        Ok(id) => id,
+        Err(_) => {
+            return id_error(
+                400,
+                "order_uid must be valid UTF-8",
+                &String::from_utf8_lossy(raw_id.as_bytes()),
+            )
+        }
+    };
+    let uid = match OrderUid::parse(&id) {
+        Ok(uid) => uid,
+        Err(e) => return id_error(400, &e.to_string(), &id),
+    };
+    match state.cache.get(uid.as_str()) {
+        Some(entry) => {
+            let etag = header("ETag", entry.etag());
+            if if_none_match(request, entry.etag()) {
+                return Response::empty(304).with_header(etag).boxed();
+            }
+            let len = entry.body().len();
+            Response::new(
+                StatusCode(200),
+                vec![
+                    header("Content-Type", "application/json"),
+                    etag,
+                    header("Cache-Control", "no-cache"),
+                ],
+                Cursor::new(Body(entry)),
+                Some(len),
+                None,
+            )
+            // Always send a Content-Length, even for large orders, rather than chunking.
+            .with_chunked_threshold(usize::MAX)
+            .boxed()
+        }
+        None if !state.cache.is_restored() => id_error(
+            503,
+            "the service is starting: orders are being restored",
+            uid.as_str(),
+        )
+        .with_header(header("Retry-After", "1")),
+        None => id_error(404, "order not found", uid.as_str()),
+    }
+}
+
+/// `GET /orders?limit=N&before=CURSOR`: newest first, read from PostgreSQL's index.
+fn recent_orders(query: &str, state: &AppState) -> ResponseBox {
+    let mut limit = ORDERS_DEFAULT_LIMIT;
+    let mut before = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_decode_str(value).decode_utf8_lossy();
+        match key {
+            "limit" => match value.parse::<i64>() {
+                Ok(n) if (1..=ORDERS_MAX_LIMIT).contains(&n) => limit = n,
+                _ => {
+                    return json_response(
+                        400,
+                        &json!({ "error": format!("limit must be an integer from 1 to {ORDERS_MAX_LIMIT}") }),
+                    )
+                }
+            },
+            "before" => match PageCursor::decode(&value) {
+                Some(cursor) => before = Some(cursor),
+                None => {
+                    return json_response(
+                        400,
+                        &json!({ "error": "before is not a cursor returned by /orders" }),
+                    )
+                }
+            },
+            _ => {
+                return json_response(
+                    400,
+                    &json!({ "error": format!("unknown parameter {key:?}") }),
+                )
+            }
+        }
+    }
+    let rows = state.runtime.block_on(
+        state
+            .store
+            .recent(limit + 1, before.map(|c| (c.date, c.uid))),
+    );
+    let mut rows = match rows {
+        Ok(rows) => rows,
+        Err(e) => {
+            return json_response(
+                503,
+                &json!({ "error": format!("PostgreSQL unavailable: {e}") }),
+            )
+        }
+    };
+    let more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    let next = if more {
+        rows.last().map(|r| {
+            PageCursor {
+                date: r.date_created,
+                uid: r.order_uid.clone(),
+            }
+            .encode()
+        })
+    } else {
+        None
+    };
+    let orders: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "order_uid": r.order_uid,
+                "date_created": r.date_created.format(&Rfc3339).unwrap_or_default(),
+                "customer_id": r.customer_id,
+                "track_number": r.track_number,
+            })
+        })
+        .collect();
+    json_response(200, &json!({ "orders": orders, "next": next }))
+}
+
+/// A position in the recent-orders list: the last row of a page.
+struct PageCursor {
+    date: OffsetDateTime,
+    uid: String,
+}
+
+impl PageCursor {
+    /// `<unix nanoseconds>.<order_uid>`: opaque to clients, exact, and URL-safe.
+    fn encode(&self) -> String {
+        format!("{}.{}", self.date.unix_timestamp_nanos(), self.uid)
+    }
+
+    fn decode(s: &str) -> Option<PageCursor> {
+        let (nanos, uid) = s.split_once('.')?;
+        let date = OffsetDateTime::from_unix_timestamp_nanos(i128::from_str(nanos).ok()?).ok()?;
+        let uid = OrderUid::parse(uid).ok()?;
+        Some(PageCursor {
+            date,
+            uid: uid.as_str().to_owned(),
+        })
+    }
+}
+
+/// True when the client already holds this version (`If-None-Match` lists the tag, or `*`).
+fn if_none_match(request: &Request, etag: &str) -> bool {
+    request
+        .headers()
+        .iter()
+        .filter(|h| h.field.equiv("If-None-Match"))
+        .flat_map(|h| h.value.as_str().split(','))
+        .map(|tag| tag.trim().trim_start_matches("W/"))
+        .any(|tag| tag == etag || tag == "*")
+}
+
+/// The design's error body: `{"error": "...", "order_uid": "..."}`.
+fn id_error(status: u16, message: &str, id: &str) -> ResponseBox {
+    let echoed: String = id.chars().take(ECHO_MAX).collect();
+    json_response(status, &json!({ "error": message, "order_uid": echoed }))
+}
+
+fn json_response(status: u16, body: &serde_json::Value) -> ResponseBox {
+    Response::from_data(body.to_string())
+        .with_status_code(status)
+        .with_header(header("Content-Type", "application/json"))
+        .with_header(header("Cache-Control", "no-store"))
+        .boxed()
+}
+
+/// A header from trusted, ASCII-only parts.
+pub(crate) fn header(name: &str, value: &str) -> Header {
+    // Names and values here are constants or generated ASCII (ETags, numbers), never client input.
+    Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("header parts are constant ASCII")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cursor_survives_encoding() {
+        let date =
+            OffsetDateTime::from_unix_timestamp_nanos(1_637_907_727_123_456_789).expect("valid");
+        let c = PageCursor {
+            date,
+            uid: "a_b-1".into(),
+        };
+        let back = PageCursor::decode(&c.encode()).expect("decodes");
+        assert_eq!(back.date, date);
+        assert_eq!(back.uid, "a_b-1");
+    }
+
+    #[test]
+    fn garbage_is_not_a_cursor() {
+        for bad in [
+            "",
+            "x",
+            "1",
+            "abc.def",
+            "1.bad uid",
+            "99999999999999999999999999999999999.a",
+        ] {
+            assert!(PageCursor::decode(bad).is_none(), "{bad:?}");
+        }
+    }
+}

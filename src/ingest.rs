@@ -1,0 +1,313 @@
+//! The ingest loop, on the ingest thread's tokio runtime: pull a batch from the durable consumer,
+//! parse every message, commit the batch to PostgreSQL, and only then ack it and hand the stored
+//! orders to the cache writer.
+//!
+//! A message is acked only after its order (or its rejection record) is committed. When the
+//! commit fails, the batch is nak'd with a delay, the loop waits for PostgreSQL with backoff, and
+//! the server redelivers; inserts are idempotent, so redelivery is harmless.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull, AckKind};
+use color_eyre::eyre::{eyre, Result};
+use crossbeam_channel::{Sender, TrySendError};
+use futures::StreamExt;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::bus;
+use crate::cache;
+use crate::config::NatsArgs;
+use crate::health::Health;
+use crate::order::Order;
+use crate::store::{Incoming, Outcome, Store, Written};
+
+/// Backoff between retries while PostgreSQL or NATS is unavailable.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// The pull stream's idle heartbeat: a silent server is noticed within two of these.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// Everything the ingest loop needs.
+pub struct Ingest {
+    /// JetStream context (to recreate the stream or consumer if they disappear).
+    pub js: jetstream::Context,
+    /// Stream and subject names.
+    pub nats: NatsArgs,
+    /// Durable consumer name.
+    pub durable: String,
+    /// Most messages per transaction.
+    pub batch_size: usize,
+    /// The database.
+    pub store: Store,
+    /// Committed orders go to the cache writer through this channel.
+    pub cache_tx: Sender<cache::Batch>,
+    /// Where PostgreSQL and NATS trouble is reported for `/readyz`.
+    pub health: Arc<Health>,
+}
+
+/// Running totals, logged at shutdown.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Totals {
+    /// Messages received.
+    pub received: u64,
+    /// New orders stored.
+    pub stored: u64,
+    /// Repeats of stored orders.
+    pub duplicates: u64,
+    /// Messages recorded in `rejected_messages`.
+    pub rejected: u64,
+}
+
+/// Why a batch was not committed.
+enum BatchError {
+    /// PostgreSQL failed; the batch was nak'd and will come back.
+    Store(sqlx::Error),
+    /// The cache writer is gone: the process cannot serve what it stores, so it must stop.
+    CacheGone,
+}
+
+impl Ingest {
+    /// Runs until `shutdown` turns true; the batch in flight is finished (committed and acked) first.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<Totals> {
+        let mut totals = Totals::default();
+        let mut backoff = BACKOFF_MIN;
+        'subscribe: loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let messages = match self.subscribe().await {
+                Ok(messages) => {
+                    self.health.set_nats(None);
+                    backoff = BACKOFF_MIN;
+                    messages
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot subscribe to the consumer; retrying");
+                    self.health.set_nats(Some(format!("{e:#}")));
+                    if sleep_or_shutdown(&mut backoff, &mut shutdown).await {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let mut chunks = messages.ready_chunks(self.batch_size);
+            loop {
+                let chunk = tokio::select! {
+                    biased;
+                    _ = shutdown.changed() => break 'subscribe,
+                    chunk = chunks.next() => chunk,
+                };
+                let Some(chunk) = chunk else {
+                    warn!("the message stream ended; subscribing again");
+                    continue 'subscribe;
+                };
+                let mut batch = Vec::with_capacity(chunk.len());
+                let mut stream_error = None;
+                for item in chunk {
+                    match item {
+                        Ok(message) => batch.push(message),
+                        Err(e) => stream_error = Some(e),
+                    }
+                }
+                if !batch.is_empty() {
+                    match self.handle_batch(batch, &mut totals).await {
+                        Ok(()) => {}
+                        Err(BatchError::CacheGone) => {
+                            return Err(eyre!("the cache writer stopped"))
+                        }
+                        Err(BatchError::Store(e)) => {
+                            warn!(error = %e, "cannot commit a batch; it was nak'd and will be retried");
+                            self.health.set_db(Some(e.to_string()));
+                            if self.wait_for_db(&mut shutdown).await {
+                                break 'subscribe;
+                            }
+                            // Messages pulled but not handled are redelivered after the ack wait.
+                            continue 'subscribe;
+                        }
+                    }
+                }
+                if let Some(e) = stream_error {
+                    use pull::MessagesErrorKind as Kind;
+                    match e.kind() {
+                        // The stream itself recovers from a missed heartbeat (e.g. a NATS restart).
+                        Kind::MissingHeartbeat => {
+                            warn!("missed heartbeats from NATS");
+                            self.health.set_nats(Some("missed heartbeats".into()));
+                        }
+                        _ => {
+                            warn!(error = %e, "the message stream failed; subscribing again");
+                            self.health.set_nats(Some(e.to_string()));
+                            if sleep_or_shutdown(&mut backoff, &mut shutdown).await {
+                                break 'subscribe;
+                            }
+                            continue 'subscribe;
+                        }
+                    }
+                } else {
+                    self.health.set_nats(None);
+                }
+            }
+        }
+        Ok(totals)
+    }
+
+    /// Makes sure the stream and consumer exist (they may have been deleted) and starts pulling.
+    async fn subscribe(&self) -> Result<pull::Stream> {
+        let stream = bus::ensure_stream(&self.js, &self.nats).await?;
+        let consumer = bus::ensure_consumer(&stream, &self.durable).await?;
+        Ok(consumer
+            .stream()
+            .max_messages_per_batch(self.batch_size)
+            .heartbeat(HEARTBEAT)
+            .messages()
+            .await?)
+    }
+
+    /// Parses, commits, acks, and feeds the cache with one batch.
+    async fn handle_batch(
+        &self,
+        messages: Vec<jetstream::Message>,
+        totals: &mut Totals,
+    ) -> Result<(), BatchError> {
+        let incoming: Vec<Incoming> = messages
+            .iter()
+            .map(|m| Incoming {
+                seq: m.info().map(|i| i.stream_sequence).unwrap_or(0),
+                subject: m.subject.to_string(),
+                raw: m.payload.clone(),
+                parsed: Order::parse(&m.payload),
+            })
+            .collect();
+        let written = match self.write(&incoming).await {
+            Ok(written) => written,
+            Err(e) => {
+                // Redeliver after a pause rather than at once into a database that is down.
+                let delay = Some(Duration::from_secs(1));
+                futures::future::join_all(messages.iter().map(|m| m.ack_with(AckKind::Nak(delay))))
+                    .await;
+                return Err(BatchError::Store(e));
+            }
+        };
+        self.health.set_db(None);
+
+        // Committed: ack every message. A lost ack only means a redelivery, which is idempotent.
+        let acks = futures::future::join_all(messages.iter().map(|m| m.ack())).await;
+        let failed = acks.iter().filter(|r| r.is_err()).count();
+        if failed > 0 {
+            warn!(
+                failed,
+                "some acks could not be sent; those messages will be redelivered"
+            );
+        }
+
+        totals.received += incoming.len() as u64;
+        for outcome in &written.outcomes {
+            match outcome {
+                Outcome::Stored => totals.stored += 1,
+                Outcome::Duplicate => totals.duplicates += 1,
+                Outcome::Rejected(kind) => {
+                    totals.rejected += 1;
+                    debug!(kind, "message rejected");
+                }
+            }
+        }
+        debug!(size = incoming.len(), "batch committed");
+        if !written.to_cache.is_empty() {
+            self.send_to_cache(written.to_cache).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes a batch; if PostgreSQL refuses its data (not its availability), writes the messages
+    /// one by one so that the one it refuses is recorded as rejected and blocks nothing.
+    async fn write(&self, incoming: &[Incoming]) -> Result<Written, sqlx::Error> {
+        match self.store.write_batch(&self.nats.stream, incoming).await {
+            Err(e) if is_data_error(&e) => {
+                warn!(error = %e, "PostgreSQL refused a batch's data; writing it message by message")
+            }
+            other => return other,
+        }
+        let mut all = Written::default();
+        for message in incoming {
+            match self
+                .store
+                .write_batch(&self.nats.stream, std::slice::from_ref(message))
+                .await
+            {
+                Ok(written) => {
+                    all.outcomes.extend(written.outcomes);
+                    all.to_cache.extend(written.to_cache);
+                }
+                Err(e) if is_data_error(&e) => {
+                    warn!(seq = message.seq, error = %e, "PostgreSQL refused a message; recording it as rejected");
+                    self.store
+                        .reject_one(&self.nats.stream, message, &format!("store error: {e}"))
+                        .await?;
+                    all.outcomes.push(Outcome::Rejected("store_error"));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(all)
+    }
+
+    /// Hands stored orders to the cache writer without blocking the runtime's thread.
+    async fn send_to_cache(&self, mut batch: cache::Batch) -> Result<(), BatchError> {
+        loop {
+            match self.cache_tx.try_send(batch) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Full(back)) => {
+                    batch = back;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err(TrySendError::Disconnected(_)) => return Err(BatchError::CacheGone),
+            }
+        }
+    }
+
+    /// Waits until PostgreSQL answers again; true if shutdown was requested meanwhile.
+    async fn wait_for_db(&self, shutdown: &mut watch::Receiver<bool>) -> bool {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            if sleep_or_shutdown(&mut backoff, shutdown).await {
+                return true;
+            }
+            match self.store.ping().await {
+                Ok(()) => {
+                    info!("PostgreSQL is back; resuming ingest");
+                    self.health.set_db(None);
+                    return false;
+                }
+                Err(e) => self.health.set_db(Some(e.to_string())),
+            }
+        }
+    }
+}
+
+/// Errors that come from the data of a row, not from PostgreSQL being unavailable: retrying the
+/// same batch would fail forever, so the offending message must be isolated instead.
+fn is_data_error(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // 22: data exception, 23: integrity constraint violation, 54: program limit exceeded.
+            code.starts_with("22") || code.starts_with("23") || code.starts_with("54")
+        }),
+        sqlx::Error::Encode(_) => true,
+        _ => false,
+    }
+}
+
+/// Sleeps for `backoff` (then doubles it, up to the maximum) unless shutdown comes first; true on shutdown.
+async fn sleep_or_shutdown(backoff: &mut Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+    let pause = *backoff;
+    *backoff = (*backoff * 2).min(BACKOFF_MAX);
+    if *shutdown.borrow() {
+        return true;
+    }
+    tokio::select! {
+        _ = shutdown.changed() => true,
+        _ = tokio::time::sleep(pause) => *shutdown.borrow(),
+    }
+}

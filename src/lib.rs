@@ -1,0 +1,18 @@
+//! ordersvc: orders from a NATS JetStream stream, stored in PostgreSQL, served over HTTP from memory.
+//!
+//! Data flows one way: bus → ingest → store → cache → http. Each subcommand has its own module.
+
+pub mod bus;
+pub mod cache;
+pub mod config;
+pub mod health;
+pub mod http;
+pub mod ingest;
+pub mod logging;
+pub mod migrate;
+pub mod order;
+pub mod page;
+pub mod publish;
+pub mod samples;
+pub mod serve;
+pub mod store;

@@ -1,0 +1,233 @@
+//! `ordersvc serve`: wires the threads together and runs them until SIGINT or SIGTERM.
+//!
+//! Threads: the tokio runtime's single worker ("ingest": the ingest loop and the health monitor),
+//! the cache writer, and the HTTP workers. Start-up order: migrations, HTTP (answering 503 for
+//! orders until the cache is restored), cache restore, ready, ingest.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use color_eyre::eyre::{eyre, Result, WrapErr};
+use futures::StreamExt;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::bus;
+use crate::cache::{self, Cache};
+use crate::config::{DbArgs, NatsArgs, DEFAULT_DURABLE, DEFAULT_HTTP_ADDR};
+use crate::health::Health;
+use crate::http::{AppState, HttpServer};
+use crate::ingest::Ingest;
+use crate::order::OrderUid;
+use crate::store::Store;
+
+/// Restored orders are handed to the cache in chunks of this many.
+const RESTORE_CHUNK: usize = 10_000;
+/// Batches waiting for the cache writer before ingest waits for it.
+const CACHE_QUEUE: usize = 64;
+
+/// Settings of `ordersvc serve`.
+#[derive(Args, Clone, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// Durable consumer name: restarts resume where this consumer left off.
+    #[arg(long, env = "ORDERSVC_DURABLE", default_value = DEFAULT_DURABLE)]
+    pub durable: String,
+    /// HTTP listen address (port 0 picks a free port; the chosen address is logged).
+    #[arg(long, env = "ORDERSVC_HTTP_ADDR", default_value = DEFAULT_HTTP_ADDR)]
+    pub http_addr: SocketAddr,
+    /// HTTP worker threads answering requests from the cache. On 2 cores, more is not faster.
+    #[arg(long, env = "ORDERSVC_HTTP_WORKERS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub http_workers: u16,
+    /// Most messages written to PostgreSQL in one transaction.
+    #[arg(long, env = "ORDERSVC_BATCH_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u16).range(1..=10000))]
+    pub batch_size: u16,
+}
+
+/// Runs the service.
+pub fn run(args: ServeArgs) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("ingest")
+        .enable_all()
+        .build()
+        .wrap_err("cannot start the async runtime")?;
+
+    let (store, client) = runtime.block_on(async {
+        let store = Store::open(&args.db.database_url).await?;
+        let client = bus::connect(&args.nats.nats_url, "ordersvc serve").await?;
+        Ok::<_, color_eyre::Report>((store, client))
+    })?;
+
+    let cache = Arc::new(Cache::new());
+    let health = Arc::new(Health::new());
+    let (cache_tx, cache_rx) = crossbeam_channel::bounded(CACHE_QUEUE);
+    let writer = cache::spawn_writer(cache.clone(), cache_rx)?;
+
+    let state = Arc::new(AppState {
+        cache: cache.clone(),
+        health: health.clone(),
+        store: store.clone(),
+        runtime: runtime.handle().clone(),
+    });
+    let http = HttpServer::start(args.http_addr, usize::from(args.http_workers), state)?;
+    info!(addr = %http.local_addr(), "listening on http://{}", http.local_addr());
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // The JetStream context spawns a task, so it must be made inside the runtime.
+    let _in_runtime = runtime.enter();
+    let ingest = Ingest {
+        js: async_nats::jetstream::new(client.clone()),
+        nats: args.nats.clone(),
+        durable: args.durable.clone(),
+        batch_size: usize::from(args.batch_size),
+        store: store.clone(),
+        cache_tx: cache_tx.clone(),
+        health: health.clone(),
+    };
+    let result = runtime.block_on(async {
+        let signals = tokio::spawn(wait_for_signal(stop_tx));
+        restore(&store, &cache, &cache_tx).await?;
+        drop(cache_tx);
+        tokio::spawn(monitor(
+            store.clone(),
+            client.clone(),
+            health.clone(),
+            stop_rx.clone(),
+        ));
+        // On the runtime's worker thread, not on this one: that is the ingest thread.
+        let totals = tokio::spawn(ingest.run(stop_rx))
+            .await
+            .map_err(|e| eyre!("the ingest task failed: {e}"))??;
+        info!(
+            received = totals.received,
+            stored = totals.stored,
+            duplicates = totals.duplicates,
+            rejected = totals.rejected,
+            "ingest stopped"
+        );
+        // Acks are buffered by the client: send them before the connection goes away.
+        if let Err(e) = client.flush().await {
+            warn!(error = %e, "could not flush the last acks; those messages will be redelivered");
+        }
+        signals.abort();
+        Ok::<_, color_eyre::Report>(())
+    });
+
+    http.shutdown();
+    let _ = writer.join();
+    runtime.block_on(store.close());
+    result
+}
+
+/// Loads every stored order into the cache, streamed, then marks the cache restored.
+async fn restore(
+    store: &Store,
+    cache: &Cache,
+    cache_tx: &crossbeam_channel::Sender<cache::Batch>,
+) -> Result<()> {
+    let started = Instant::now();
+    let total = store
+        .count_orders()
+        .await
+        .wrap_err("cannot count stored orders")?;
+    info!(orders = total, "restoring the cache from PostgreSQL");
+    let mut rows = store.documents();
+    let mut chunk = Vec::with_capacity(RESTORE_CHUNK);
+    let mut loaded = 0u64;
+    let mut last_log = Instant::now();
+    while let Some(row) = rows.next().await {
+        let (uid, document) = row.wrap_err("cannot read stored orders")?;
+        match OrderUid::parse(&uid) {
+            Ok(uid) => chunk.push((uid, document)),
+            // The table's CHECK constraint makes this impossible; skip rather than refuse to start.
+            Err(e) => warn!(error = %e, "skipping a stored order with an invalid id"),
+        }
+        if chunk.len() == RESTORE_CHUNK {
+            loaded += chunk.len() as u64;
+            send_blocking(
+                cache_tx,
+                std::mem::replace(&mut chunk, Vec::with_capacity(RESTORE_CHUNK)),
+            )
+            .await?;
+            if last_log.elapsed() > Duration::from_secs(2) {
+                info!(loaded, total, "restoring the cache");
+                last_log = Instant::now();
+            }
+        }
+    }
+    loaded += chunk.len() as u64;
+    send_blocking(cache_tx, chunk).await?;
+    // Wait until the writer has applied everything: only then is a miss a real 404.
+    while (cache.len() as u64) < loaded {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    cache.mark_restored();
+    info!(
+        orders = loaded,
+        bytes = cache.bytes(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "cache restored; ready"
+    );
+    Ok(())
+}
+
+async fn send_blocking(
+    tx: &crossbeam_channel::Sender<cache::Batch>,
+    batch: cache::Batch,
+) -> Result<()> {
+    let tx = tx.clone();
+    tokio::task::spawn_blocking(move || tx.send(batch))
+        .await
+        .map_err(|e| eyre!("cache restore task failed: {e}"))?
+        .map_err(|_| eyre!("the cache writer stopped"))
+}
+
+/// Keeps `/readyz` honest while ingest is idle: checks PostgreSQL and the NATS connection every second.
+async fn monitor(
+    store: Store,
+    client: async_nats::Client,
+    health: Arc<Health>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        match tokio::time::timeout(Duration::from_secs(2), store.ping()).await {
+            Ok(Ok(())) => health.set_db(None),
+            Ok(Err(e)) => health.set_db(Some(e.to_string())),
+            Err(_) => health.set_db(Some("no answer within 2 s".into())),
+        }
+        match client.connection_state() {
+            async_nats::connection::State::Connected => health.set_nats(None),
+            other => health.set_nats(Some(format!("connection {other}"))),
+        }
+    }
+}
+
+/// Turns the first SIGINT or SIGTERM into a stop request.
+async fn wait_for_signal(stop: watch::Sender<bool>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(t), Ok(i)) => (t, i),
+        _ => {
+            warn!("cannot install signal handlers; stop the service with SIGKILL");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: finishing the batch in flight, then stopping"),
+        _ = int.recv() => info!("SIGINT: finishing the batch in flight, then stopping"),
+    }
+    let _ = stop.send(true);
+}

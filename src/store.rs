@@ -1,0 +1,491 @@
+//! PostgreSQL: the durable copy of every order and of every rejected message.
+//!
+//! Used by the ingest thread (batched writes), by start-up (streamed cache restore) and by the
+//! HTTP workers (the recent-orders list). Nothing here knows about NATS or HTTP.
+
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use color_eyre::eyre::{Result, WrapErr};
+use futures::stream::BoxStream;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+use time::OffsetDateTime;
+
+use crate::order::{Order, OrderUid, Rejection};
+
+/// The migrations under `migrations/`, embedded in the binary.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Reason recorded for a message whose order_uid is stored with other content (the design's wording).
+pub const CONFLICTING_DUPLICATE: &str = "conflicting duplicate";
+
+/// A handle on the service's database.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: PgPool,
+}
+
+/// One message pulled from the stream, parsed or refused, waiting to be written.
+#[derive(Debug)]
+pub struct Incoming {
+    /// Stream sequence number of the message.
+    pub seq: u64,
+    /// Subject it was published on.
+    pub subject: String,
+    /// The payload as received.
+    pub raw: Bytes,
+    /// What `Order::parse` made of it.
+    pub parsed: Result<Order, Rejection>,
+}
+
+/// What happened to one message of a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A new order, now stored.
+    Stored,
+    /// The same order was already stored (or earlier in the batch): nothing written.
+    Duplicate,
+    /// Recorded in `rejected_messages`; the label says why (a `RejectKind` or `conflicting_duplicate`).
+    Rejected(&'static str),
+}
+
+/// A committed batch: one outcome per message, and the stored documents the cache must hold.
+#[derive(Debug, Default)]
+pub struct Written {
+    /// Outcomes, in the order of the batch.
+    pub outcomes: Vec<Outcome>,
+    /// (order_uid, stored document) for every order of the batch that is in the database.
+    pub to_cache: Vec<(OrderUid, String)>,
+}
+
+/// One row of the recent-orders list.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Summary {
+    /// The order's id.
+    pub order_uid: String,
+    /// When the producer says it was created.
+    pub date_created: OffsetDateTime,
+    /// The customer's id.
+    pub customer_id: String,
+    /// The order's track number.
+    pub track_number: String,
+}
+
+/// A row of `rejected_messages`, for operators and tests.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RejectedRow {
+    /// Stream sequence number of the message.
+    pub stream_seq: i64,
+    /// `RejectKind` label or `conflicting_duplicate`.
+    pub kind: String,
+    /// Human-readable reason naming the rule and the field path.
+    pub reason: String,
+    /// The payload exactly as received.
+    pub payload: Vec<u8>,
+}
+
+impl Store {
+    /// Creates the database if it does not exist, connects, and applies pending migrations.
+    pub async fn open(database_url: &str) -> Result<Store> {
+        let options = PgConnectOptions::from_str(database_url)
+            .wrap_err("DATABASE_URL is not a valid PostgreSQL URL")?;
+        create_database_if_missing(&options).await?;
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            // When PostgreSQL is down, callers must learn it quickly (and back off), not hang.
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options.clone())
+            .await
+            .wrap_err_with(|| {
+                format!("cannot connect to PostgreSQL at {}", redact(database_url))
+            })?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .wrap_err("cannot apply the database migrations")?;
+        Ok(Store { pool })
+    }
+
+    /// Checks that PostgreSQL answers.
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map(drop)
+    }
+
+    /// Writes one batch in one transaction: new orders, and a rejection record for every
+    /// refused message. Duplicates of stored orders are recognised and not written again.
+    /// Nothing is visible (and nothing may be acked) unless this returns `Ok`.
+    pub async fn write_batch(
+        &self,
+        stream: &str,
+        batch: &[Incoming],
+    ) -> Result<Written, sqlx::Error> {
+        // The first message of the batch for each order_uid is the candidate for insertion; the
+        // others are compared with whatever ends up stored.
+        let mut first: HashMap<&str, usize> = HashMap::new();
+        for (i, m) in batch.iter().enumerate() {
+            if let Ok(order) = &m.parsed {
+                first.entry(order.uid().as_str()).or_insert(i);
+            }
+        }
+        let mut candidates: Vec<&Order> = first
+            .values()
+            .filter_map(|&i| batch[i].parsed.as_ref().ok())
+            .collect();
+        candidates.sort_by_key(|o| o.uid().as_str());
+
+        let mut tx = self.pool.begin().await?;
+        let inserted = insert_orders(&mut tx, batch, &first, &candidates).await?;
+        let not_inserted: Vec<&str> = candidates
+            .iter()
+            .map(|o| o.uid().as_str())
+            .filter(|uid| !inserted.contains(*uid))
+            .collect();
+        let existing: HashMap<String, String> = if not_inserted.is_empty() {
+            HashMap::new()
+        } else {
+            sqlx::query_as("SELECT order_uid, document FROM orders WHERE order_uid = ANY($1)")
+                .bind(&not_inserted)
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .collect()
+        };
+
+        let mut written = Written::default();
+        let mut rejected: Vec<(usize, &'static str, String)> = Vec::new();
+        for (i, m) in batch.iter().enumerate() {
+            let order = match &m.parsed {
+                Ok(order) => order,
+                Err(rejection) => {
+                    let kind = rejection.kind().as_str();
+                    rejected.push((i, kind, rejection.to_string()));
+                    written.outcomes.push(Outcome::Rejected(kind));
+                    continue;
+                }
+            };
+            let uid = order.uid().as_str();
+            let is_first = first.get(uid) == Some(&i);
+            if is_first && inserted.contains(uid) {
+                written.outcomes.push(Outcome::Stored);
+                written
+                    .to_cache
+                    .push((order.uid().clone(), order.document().to_owned()));
+                continue;
+            }
+            // The stored document: the earlier one in the database, or the candidate of this batch.
+            let winner = match existing.get(uid) {
+                Some(stored) => stored.as_str(),
+                None => match first.get(uid).map(|&j| &batch[j].parsed) {
+                    Some(Ok(candidate)) => candidate.document(),
+                    _ => order.document(),
+                },
+            };
+            if same_content(winner, order.document()) {
+                written.outcomes.push(Outcome::Duplicate);
+                if is_first {
+                    // Re-feed the cache: harmless if it has the order, a repair if it had not.
+                    written
+                        .to_cache
+                        .push((order.uid().clone(), winner.to_owned()));
+                }
+            } else {
+                rejected.push((i, "conflicting_duplicate", CONFLICTING_DUPLICATE.to_owned()));
+                written
+                    .outcomes
+                    .push(Outcome::Rejected("conflicting_duplicate"));
+            }
+        }
+        insert_rejections(&mut tx, stream, batch, &rejected).await?;
+        tx.commit().await?;
+        Ok(written)
+    }
+
+    /// Records one message as rejected for a reason found while storing it (a row PostgreSQL
+    /// refuses), so that it cannot block the messages behind it.
+    pub async fn reject_one(
+        &self,
+        stream: &str,
+        message: &Incoming,
+        reason: &str,
+    ) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        insert_rejections(
+            &mut tx,
+            stream,
+            std::slice::from_ref(message),
+            &[(0, "store_error", reason.to_owned())],
+        )
+        .await?;
+        tx.commit().await
+    }
+
+    /// Every stored (order_uid, document), streamed from the server rather than loaded at once.
+    pub fn documents(&self) -> BoxStream<'_, Result<(String, String), sqlx::Error>> {
+        sqlx::query_as("SELECT order_uid, document FROM orders").fetch(&self.pool)
+    }
+
+    /// Number of stored orders (an estimate would do for progress, but this is exact and cheap enough).
+    pub async fn count_orders(&self) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar("SELECT count(*) FROM orders")
+            .fetch_one(&self.pool)
+            .await
+    }
+
+    /// One stored document by id.
+    pub async fn document(&self, uid: &str) -> Result<Option<String>, sqlx::Error> {
+        sqlx::query_scalar("SELECT document FROM orders WHERE order_uid = $1")
+            .bind(uid)
+            .fetch_optional(&self.pool)
+            .await
+    }
+
+    /// Recent orders, newest first, strictly older than `before` (keyset pagination on the index).
+    pub async fn recent(
+        &self,
+        limit: i64,
+        before: Option<(OffsetDateTime, String)>,
+    ) -> Result<Vec<Summary>, sqlx::Error> {
+        match before {
+            None => {
+                sqlx::query_as(
+                    "SELECT order_uid, date_created, customer_id, track_number FROM orders \
+                 ORDER BY date_created DESC, order_uid DESC LIMIT $1",
+                )
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+            }
+            Some((date, uid)) => {
+                sqlx::query_as(
+                    "SELECT order_uid, date_created, customer_id, track_number FROM orders \
+                 WHERE (date_created, order_uid) < ($2, $3) \
+                 ORDER BY date_created DESC, order_uid DESC LIMIT $1",
+                )
+                .bind(limit)
+                .bind(date)
+                .bind(uid)
+                .fetch_all(&self.pool)
+                .await
+            }
+        }
+    }
+
+    /// The most recent rejected messages, newest first.
+    pub async fn rejected(&self, limit: i64) -> Result<Vec<RejectedRow>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT stream_seq, kind, reason, payload FROM rejected_messages ORDER BY id DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Closes every connection (so that the database can be dropped right after).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Inserts the candidate orders with one statement and returns the ids that were new.
+async fn insert_orders(
+    tx: &mut PgConnection,
+    batch: &[Incoming],
+    first: &HashMap<&str, usize>,
+    candidates: &[&Order],
+) -> Result<HashSet<String>, sqlx::Error> {
+    if candidates.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let n = candidates.len();
+    let (mut uids, mut docs, mut dates, mut customers, mut tracks, mut seqs) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for order in candidates {
+        let uid = order.uid().as_str();
+        uids.push(uid);
+        docs.push(order.document());
+        dates.push(order.date_created());
+        customers.push(column_text(order.customer_id()));
+        tracks.push(column_text(order.track_number()));
+        seqs.push(first.get(uid).map_or(0, |&i| seq_i64(batch[i].seq)));
+    }
+    let rows: Vec<String> = sqlx::query_scalar(
+        "INSERT INTO orders (order_uid, document, date_created, customer_id, track_number, stream_seq) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::int8[]) \
+         ON CONFLICT (order_uid) DO NOTHING RETURNING order_uid",
+    )
+    .bind(&uids)
+    .bind(&docs)
+    .bind(&dates)
+    .bind(&customers)
+    .bind(&tracks)
+    .bind(&seqs)
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Records rejected messages (index into the batch, kind label, reason); a redelivered one is skipped.
+async fn insert_rejections(
+    tx: &mut PgConnection,
+    stream: &str,
+    batch: &[Incoming],
+    rejected: &[(usize, &'static str, String)],
+) -> Result<(), sqlx::Error> {
+    if rejected.is_empty() {
+        return Ok(());
+    }
+    let seqs: Vec<i64> = rejected.iter().map(|r| seq_i64(batch[r.0].seq)).collect();
+    let subjects: Vec<&str> = rejected
+        .iter()
+        .map(|r| batch[r.0].subject.as_str())
+        .collect();
+    let kinds: Vec<&str> = rejected.iter().map(|r| r.1).collect();
+    let reasons: Vec<String> = rejected.iter().map(|r| column_text(&r.2)).collect();
+    let payloads: Vec<&[u8]> = rejected.iter().map(|r| batch[r.0].raw.as_ref()).collect();
+    sqlx::query(
+        "INSERT INTO rejected_messages (stream, stream_seq, subject, kind, reason, payload) \
+         SELECT $1, * FROM UNNEST($2::int8[], $3::text[], $4::text[], $5::text[], $6::bytea[]) \
+         ON CONFLICT (stream, stream_seq, md5(payload)) DO NOTHING",
+    )
+    .bind(stream)
+    .bind(&seqs)
+    .bind(&subjects)
+    .bind(&kinds)
+    .bind(&reasons)
+    .bind(&payloads)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Two documents are the same order if they are the same bytes or the same JSON value
+/// (a producer that re-serialises with other spacing or key order is not in conflict).
+fn same_content(a: &str, b: &str) -> bool {
+    if a == b {
+        return true;
+    }
+    match (
+        serde_json::from_str::<serde_json::Value>(a),
+        serde_json::from_str::<serde_json::Value>(b),
+    ) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
+/// PostgreSQL text cannot hold U+0000, which a JSON string may (as `\u0000`). The document keeps it
+/// (it stays escaped there); the listing columns get a replacement character instead.
+fn column_text(s: &str) -> String {
+    s.replace('\0', "\u{FFFD}")
+}
+
+/// JetStream sequences are u64; PostgreSQL's bigint is i64. 2^63 messages will not happen, but
+/// saturate rather than wrap.
+fn seq_i64(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+/// Creates the database named in `options` if it does not exist yet, through the `postgres`
+/// maintenance database with the same credentials (the role needs CREATEDB).
+async fn create_database_if_missing(options: &PgConnectOptions) -> Result<()> {
+    let Some(name) = options.get_database().map(str::to_owned) else {
+        return Ok(());
+    };
+    let mut conn = options
+        .clone()
+        .database("postgres")
+        .connect()
+        .await
+        .wrap_err("cannot connect to PostgreSQL's maintenance database `postgres`")?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut conn)
+            .await
+            .wrap_err("cannot look up the database")?;
+    if !exists {
+        let sql = format!(
+            "CREATE DATABASE {} ENCODING 'UTF8' TEMPLATE template0",
+            quote_ident(&name)
+        );
+        match sqlx::query(&sql).execute(&mut conn).await {
+            Ok(_) => tracing::info!(database = %name, "created database"),
+            // Another process created it between our check and our CREATE: fine.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
+            Err(e) => return Err(e).wrap_err_with(|| format!("cannot create database {name}")),
+        }
+    }
+    conn.close().await.ok();
+    Ok(())
+}
+
+/// Drops a database (tests and tooling); connections to it are terminated first.
+pub async fn drop_database(database_url: &str) -> Result<()> {
+    let options = PgConnectOptions::from_str(database_url).wrap_err("invalid database URL")?;
+    let Some(name) = options.get_database().map(str::to_owned) else {
+        return Ok(());
+    };
+    let mut conn = options.database("postgres").connect().await?;
+    sqlx::query(&format!(
+        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+        quote_ident(&name)
+    ))
+    .execute(&mut conn)
+    .await
+    .wrap_err_with(|| format!("cannot drop database {name}"))?;
+    Ok(())
+}
+
+/// Quotes an SQL identifier.
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{}:***{}", &url[..scheme + 3], user, &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_content_ignores_spacing_and_key_order_but_not_values() {
+        assert!(same_content(
+            r#"{"a":1,"b":[2]}"#,
+            r#"{ "b": [2], "a": 1 }"#
+        ));
+        assert!(!same_content(r#"{"a":1}"#, r#"{"a":2}"#));
+    }
+
+    #[test]
+    fn redact_hides_the_password_only() {
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact("postgres://h/db"), "postgres://h/db");
+    }
+
+    #[test]
+    fn nul_characters_are_replaced_in_listing_columns() {
+        assert_eq!(column_text("a\0b"), "a\u{FFFD}b");
+    }
+}
