@@ -9,7 +9,7 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use color_eyre::eyre::{eyre, Result, WrapErr};
 use percent_encoding::percent_decode_str;
@@ -21,6 +21,7 @@ use tracing::{debug, error};
 
 use crate::cache::{Body, Cache};
 use crate::health::Health;
+use crate::metrics::{HttpLabels, Metrics, RouteLabels};
 use crate::order::OrderUid;
 use crate::page;
 use crate::store::Store;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub store: Store,
     /// The async runtime that owns the database pool.
     pub runtime: tokio::runtime::Handle,
+    /// Where requests are counted and timed.
+    pub metrics: Arc<Metrics>,
 }
 
 /// A running HTTP server and its worker threads.
@@ -110,11 +113,25 @@ fn worker(server: &tiny_http::Server, stop: &AtomicBool, state: &AppState) {
     while !stop.load(Ordering::Acquire) {
         match server.recv_timeout(Duration::from_millis(200)) {
             Ok(Some(request)) => {
-                let response = route(&request, state);
+                let started = Instant::now();
+                let (name, response) = route(&request, state);
+                let status = response.status_code().0;
                 if let Err(e) = request.respond(response) {
                     // The client went away: nothing to do.
                     debug!(error = %e, "could not send a response");
                 }
+                let metrics = &state.metrics;
+                metrics
+                    .http_requests
+                    .get_or_create(&HttpLabels {
+                        route: name,
+                        status,
+                    })
+                    .inc();
+                metrics
+                    .http_seconds
+                    .get_or_create(&RouteLabels { route: name })
+                    .observe(started.elapsed().as_secs_f64());
             }
             Ok(None) => {}
             Err(e) => {
@@ -127,22 +144,32 @@ fn worker(server: &tiny_http::Server, stop: &AtomicBool, state: &AppState) {
     }
 }
 
-/// Answers one request.
-fn route(request: &Request, state: &AppState) -> ResponseBox {
+/// Answers one request; also names its route for the metrics.
+fn route(request: &Request, state: &AppState) -> (&'static str, ResponseBox) {
     let (path, query) = match request.url().split_once('?') {
         Some((p, q)) => (p, q),
         None => (request.url(), ""),
     };
-    let known = matches!(path, "/" | "/app.js" | "/healthz" | "/readyz" | "/orders")
-        || path.starts_with("/order/");
-    if !known {
-        return json_response(404, &json!({ "error": "no such path" }));
-    }
+    let name = match path {
+        "/" | "/app.js" => "page",
+        "/healthz" => "healthz",
+        "/readyz" => "readyz",
+        "/metrics" => "metrics",
+        "/orders" => "orders",
+        _ if path.starts_with("/order/") => "order",
+        _ => {
+            return (
+                "other",
+                json_response(404, &json!({ "error": "no such path" })),
+            )
+        }
+    };
     if !matches!(request.method(), Method::Get | Method::Head) {
-        return json_response(405, &json!({ "error": "method not allowed" }))
+        let response = json_response(405, &json!({ "error": "method not allowed" }))
             .with_header(header("Allow", "GET, HEAD"));
+        return (name, response);
     }
-    match path {
+    let response = match path {
         "/" => page::html(),
         "/app.js" => page::script(),
         "/healthz" => json_response(200, &json!({ "status": "ok" })),
@@ -153,9 +180,16 @@ fn route(request: &Request, state: &AppState) -> ResponseBox {
             ),
             Err(reason) => json_response(503, &json!({ "status": "not ready", "reason": reason })),
         },
+        "/metrics" => Response::from_data(state.metrics.encode(&state.cache, &state.health))
+            .with_header(header(
+                "Content-Type",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            ))
+            .boxed(),
         "/orders" => recent_orders(query, state),
         _ => order(request, &path["/order/".len()..], state),
-    }
+    };
+    (name, response)
 }
 
 /// `GET /order/{order_uid}`.

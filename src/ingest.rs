@@ -20,6 +20,7 @@ use crate::bus;
 use crate::cache;
 use crate::config::NatsArgs;
 use crate::health::Health;
+use crate::metrics::Metrics;
 use crate::order::Order;
 use crate::store::{Incoming, Outcome, Store, Written};
 
@@ -45,6 +46,8 @@ pub struct Ingest {
     pub cache_tx: Sender<cache::Batch>,
     /// Where PostgreSQL and NATS trouble is reported for `/readyz`.
     pub health: Arc<Health>,
+    /// Counters and histograms for `/metrics`.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Running totals, logged at shutdown.
@@ -180,9 +183,16 @@ impl Ingest {
                 parsed: Order::parse(&m.payload),
             })
             .collect();
+        if let Some(info) = messages.last().and_then(|m| m.info().ok()) {
+            self.metrics
+                .consumer_pending
+                .set(i64::try_from(info.pending).unwrap_or(i64::MAX));
+        }
+        let started = std::time::Instant::now();
         let written = match self.write(&incoming).await {
             Ok(written) => written,
             Err(e) => {
+                self.metrics.commit_failures.inc();
                 // Redeliver after a pause rather than at once into a database that is down.
                 let delay = Some(Duration::from_secs(1));
                 futures::future::join_all(messages.iter().map(|m| m.ack_with(AckKind::Nak(delay))))
@@ -190,6 +200,10 @@ impl Ingest {
                 return Err(BatchError::Store(e));
             }
         };
+        self.metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.batch_size.observe(incoming.len() as f64);
         self.health.set_db(None);
 
         // Committed: ack every message. A lost ack only means a redelivery, which is idempotent.
@@ -205,10 +219,17 @@ impl Ingest {
         totals.received += incoming.len() as u64;
         for outcome in &written.outcomes {
             match outcome {
-                Outcome::Stored => totals.stored += 1,
-                Outcome::Duplicate => totals.duplicates += 1,
+                Outcome::Stored => {
+                    totals.stored += 1;
+                    self.metrics.count_message("stored", "");
+                }
+                Outcome::Duplicate => {
+                    totals.duplicates += 1;
+                    self.metrics.count_message("duplicate", "");
+                }
                 Outcome::Rejected(kind) => {
                     totals.rejected += 1;
+                    self.metrics.count_message("rejected", kind);
                     debug!(kind, "message rejected");
                 }
             }

@@ -9,6 +9,7 @@ pub mod health;
 pub mod http;
 pub mod ingest;
 pub mod logging;
+pub mod metrics;
 pub mod migrate;
 pub mod order;
 pub mod page;

@@ -20,6 +20,7 @@ use crate::config::{DbArgs, NatsArgs, DEFAULT_DURABLE, DEFAULT_HTTP_ADDR};
 use crate::health::Health;
 use crate::http::{AppState, HttpServer};
 use crate::ingest::Ingest;
+use crate::metrics::Metrics;
 use crate::order::OrderUid;
 use crate::store::Store;
 
@@ -66,6 +67,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
 
     let cache = Arc::new(Cache::new());
     let health = Arc::new(Health::new());
+    let metrics = Arc::new(Metrics::new());
     let (cache_tx, cache_rx) = crossbeam_channel::bounded(CACHE_QUEUE);
     let writer = cache::spawn_writer(cache.clone(), cache_rx)?;
 
@@ -74,6 +76,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         health: health.clone(),
         store: store.clone(),
         runtime: runtime.handle().clone(),
+        metrics: metrics.clone(),
     });
     let http = HttpServer::start(args.http_addr, usize::from(args.http_workers), state)?;
     info!(addr = %http.local_addr(), "listening on http://{}", http.local_addr());
@@ -89,10 +92,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
         store: store.clone(),
         cache_tx: cache_tx.clone(),
         health: health.clone(),
+        metrics: metrics.clone(),
     };
     let result = runtime.block_on(async {
         let signals = tokio::spawn(wait_for_signal(stop_tx));
-        restore(&store, &cache, &cache_tx).await?;
+        restore(&store, &cache, &cache_tx, &metrics).await?;
         drop(cache_tx);
         tokio::spawn(monitor(
             store.clone(),
@@ -130,6 +134,7 @@ async fn restore(
     store: &Store,
     cache: &Cache,
     cache_tx: &crossbeam_channel::Sender<cache::Batch>,
+    metrics: &Metrics,
 ) -> Result<()> {
     let started = Instant::now();
     let total = store
@@ -155,6 +160,9 @@ async fn restore(
                 std::mem::replace(&mut chunk, Vec::with_capacity(RESTORE_CHUNK)),
             )
             .await?;
+            metrics
+                .restored_orders
+                .set(i64::try_from(loaded).unwrap_or(i64::MAX));
             if last_log.elapsed() > Duration::from_secs(2) {
                 info!(loaded, total, "restoring the cache");
                 last_log = Instant::now();
@@ -163,6 +171,9 @@ async fn restore(
     }
     loaded += chunk.len() as u64;
     send_blocking(cache_tx, chunk).await?;
+    metrics
+        .restored_orders
+        .set(i64::try_from(loaded).unwrap_or(i64::MAX));
     // Wait until the writer has applied everything: only then is a miss a real 404.
     while (cache.len() as u64) < loaded {
         tokio::time::sleep(Duration::from_millis(5)).await;

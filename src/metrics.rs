@@ -1,0 +1,202 @@
+//! Prometheus metrics (`GET /metrics`): what ingest did with every message, how batches commit,
+//! how far the consumer lags, what the cache holds, and how HTTP answers.
+//!
+//! Written by the ingest thread and the HTTP workers (atomics, no locks on the hot path but the
+//! label lookup), read by whoever scrapes.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::cache::Cache;
+use crate::health::Health;
+
+/// Labels of `ordersvc_messages_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MessageLabels {
+    /// `stored`, `duplicate` or `rejected`.
+    pub outcome: &'static str,
+    /// For rejections, why (a `RejectKind` label, `conflicting_duplicate` or `store_error`); else empty.
+    pub reason: &'static str,
+}
+
+/// Labels of the HTTP metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    /// The route, not the path (ids would make the label set unbounded).
+    pub route: &'static str,
+    /// The status code sent.
+    pub status: u16,
+}
+
+/// Labels of the HTTP latency histogram.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// The route.
+    pub route: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Every metric of the service.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Messages by outcome.
+    pub messages: Family<MessageLabels, Counter>,
+    /// Messages per committed batch.
+    pub batch_size: Histogram,
+    /// Seconds from the start of a batch's transaction to its commit.
+    pub commit_seconds: Histogram,
+    /// Batches that could not be committed (and were nak'd).
+    pub commit_failures: Counter,
+    /// Messages the consumer still has to deliver, as of the last message received.
+    pub consumer_pending: Gauge,
+    /// Orders loaded into the cache by the restore so far.
+    pub restored_orders: Gauge,
+    cache_orders: Gauge,
+    cache_bytes: Gauge,
+    ready: Gauge,
+    /// HTTP responses by route and status.
+    pub http_requests: Family<HttpLabels, Counter>,
+    /// HTTP handling time by route (from the request being read to the response being written).
+    pub http_seconds: HistogramFamily<RouteLabels>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 10 µs to ~5 s.
+    Histogram::new(exponential_buckets(0.000_01, 2.5, 15))
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("ordersvc");
+        let messages = Family::<MessageLabels, Counter>::default();
+        registry.register(
+            "messages",
+            "Messages received from the stream, by outcome",
+            messages.clone(),
+        );
+        let batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 14));
+        registry.register(
+            "batch_size",
+            "Messages per committed batch",
+            batch_size.clone(),
+        );
+        let commit_seconds = Histogram::new(exponential_buckets(0.000_1, 2.0, 16));
+        registry.register(
+            "commit_seconds",
+            "Time to write and commit one batch",
+            commit_seconds.clone(),
+        );
+        let commit_failures = Counter::default();
+        registry.register(
+            "commit_failures",
+            "Batches that could not be committed and were nak'd for redelivery",
+            commit_failures.clone(),
+        );
+        let consumer_pending = Gauge::default();
+        registry.register(
+            "consumer_pending_messages",
+            "Messages waiting in the stream for this consumer (lag), as of the last one received",
+            consumer_pending.clone(),
+        );
+        let restored_orders = Gauge::default();
+        registry.register(
+            "restored_orders",
+            "Orders loaded into the cache at start",
+            restored_orders.clone(),
+        );
+        let cache_orders = Gauge::default();
+        registry.register("cache_orders", "Orders in the cache", cache_orders.clone());
+        let cache_bytes = Gauge::default();
+        registry.register(
+            "cache_bytes",
+            "Bytes of order documents in the cache",
+            cache_bytes.clone(),
+        );
+        let ready = Gauge::default();
+        registry.register("ready", "1 when /readyz answers 200", ready.clone());
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP responses by route and status",
+            http_requests.clone(),
+        );
+        let http_seconds: HistogramFamily<RouteLabels> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "http_request_seconds",
+            "HTTP handling time by route",
+            http_seconds.clone(),
+        );
+        Metrics {
+            registry,
+            messages,
+            batch_size,
+            commit_seconds,
+            commit_failures,
+            consumer_pending,
+            restored_orders,
+            cache_orders,
+            cache_bytes,
+            ready,
+            http_requests,
+            http_seconds,
+        }
+    }
+
+    /// Counts one message's outcome.
+    pub fn count_message(&self, outcome: &'static str, reason: &'static str) {
+        self.messages
+            .get_or_create(&MessageLabels { outcome, reason })
+            .inc();
+    }
+
+    /// The Prometheus text exposition, with the cache and readiness gauges read now.
+    pub fn encode(&self, cache: &Cache, health: &Health) -> String {
+        self.cache_orders
+            .set(i64::try_from(cache.len()).unwrap_or(i64::MAX));
+        self.cache_bytes
+            .set(i64::try_from(cache.bytes()).unwrap_or(i64::MAX));
+        self.ready.set(i64::from(health.readiness(cache).is_ok()));
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counted_messages_appear_in_the_exposition_with_their_labels() {
+        let metrics = Metrics::new();
+        metrics.count_message("rejected", "bad_json");
+        metrics.count_message("rejected", "bad_json");
+        metrics.count_message("stored", "");
+        let text = metrics.encode(&Cache::new(), &Health::new());
+        assert!(
+            text.contains(r#"ordersvc_messages_total{outcome="rejected",reason="bad_json"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"ordersvc_messages_total{outcome="stored",reason=""} 1"#),
+            "{text}"
+        );
+        assert!(text.contains("ordersvc_ready 0"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}
