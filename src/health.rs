@@ -28,6 +28,14 @@ impl Health {
         *self.nats_problem.lock().unwrap_or_else(|e| e.into_inner()) = problem;
     }
 
+    /// The last PostgreSQL problem seen, if it is not solved yet.
+    pub fn db_problem(&self) -> Option<String> {
+        self.db_problem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// `Ok` when the service can do its whole job, else the reason it cannot.
     pub fn readiness(&self, cache: &Cache) -> Result<(), String> {
         if !cache.is_restored() {

@@ -29,6 +29,8 @@ use crate::store::Store;
 /// Default and largest page size of `GET /orders`.
 const ORDERS_DEFAULT_LIMIT: i64 = 20;
 const ORDERS_MAX_LIMIT: i64 = 1000;
+/// Longest wait for the recent-orders query.
+const ORDERS_QUERY_TIMEOUT: Duration = Duration::from_secs(1);
 /// Longest id echoed back in an error body.
 const ECHO_MAX: usize = 128;
 
@@ -274,14 +276,28 @@ fn recent_orders(query: &str, state: &AppState) -> ResponseBox {
             }
         }
     }
-    let rows = state.runtime.block_on(
-        state
-            .store
-            .recent(limit + 1, before.map(|c| (c.date, c.uid))),
-    );
+    // An HTTP worker must never wait long on PostgreSQL: order lookups queue behind it.
+    if let Some(problem) = state.health.db_problem() {
+        return json_response(
+            503,
+            &json!({ "error": format!("PostgreSQL unavailable: {problem}") }),
+        );
+    }
+    let query = state
+        .store
+        .recent(limit + 1, before.map(|c| (c.date, c.uid)));
+    let rows = state
+        .runtime
+        .block_on(async { tokio::time::timeout(ORDERS_QUERY_TIMEOUT, query).await });
     let mut rows = match rows {
-        Ok(rows) => rows,
-        Err(e) => {
+        Ok(Ok(rows)) => rows,
+        Err(_) => {
+            return json_response(
+                503,
+                &json!({ "error": "PostgreSQL did not answer in time" }),
+            )
+        }
+        Ok(Err(e)) => {
             return json_response(
                 503,
                 &json!({ "error": format!("PostgreSQL unavailable: {e}") }),

@@ -104,6 +104,9 @@ impl Ingest {
                 };
                 let Some(chunk) = chunk else {
                     warn!("the message stream ended; subscribing again");
+                    if sleep_or_shutdown(&mut backoff, &mut shutdown).await {
+                        break 'subscribe;
+                    }
                     continue 'subscribe;
                 };
                 let mut batch = Vec::with_capacity(chunk.len());
