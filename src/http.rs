@@ -153,7 +153,7 @@ fn route(request: &Request, state: &AppState) -> (&'static str, ResponseBox) {
         None => (request.url(), ""),
     };
     let name = match path {
-        "/" | "/app.js" => "page",
+        "/" | "/app.js" | "/app.css" => "page",
         "/healthz" => "healthz",
         "/readyz" => "readyz",
         "/metrics" => "metrics",
@@ -174,6 +174,7 @@ fn route(request: &Request, state: &AppState) -> (&'static str, ResponseBox) {
     let response = match path {
         "/" => page::html(),
         "/app.js" => page::script(),
+        "/app.css" => page::style(),
         "/healthz" => json_response(200, &json!({ "status": "ok" })),
         "/readyz" => match state.health.readiness(&state.cache) {
             Ok(()) => json_response(
@@ -223,6 +224,8 @@ fn order(request: &Request, raw_id: &str, state: &AppState) -> ResponseBox {
                     header("Content-Type", "application/json"),
                     etag,
                     header("Cache-Control", "no-cache"),
+                    // The body holds untrusted text: never let a browser sniff it as HTML.
+                    header("X-Content-Type-Options", "nosniff"),
                 ],
                 Cursor::new(Body(entry)),
                 Some(len),
@@ -376,6 +379,7 @@ fn json_response(status: u16, body: &serde_json::Value) -> ResponseBox {
         .with_status_code(status)
         .with_header(header("Content-Type", "application/json"))
         .with_header(header("Cache-Control", "no-store"))
+        .with_header(header("X-Content-Type-Options", "nosniff"))
         .boxed()
 }
 

@@ -9,8 +9,9 @@ use crate::http::header;
 
 const INDEX_HTML: &str = include_str!("page/index.html");
 const APP_JS: &str = include_str!("page/app.js");
+const APP_CSS: &str = include_str!("page/app.css");
 /// Only our own script and styles; no inline script, no framing, no other origins.
-const CSP: &str = "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+const CSP: &str = "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; img-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 /// The page itself.
 pub fn html() -> ResponseBox {
@@ -20,6 +21,11 @@ pub fn html() -> ResponseBox {
 /// The page's script.
 pub fn script() -> ResponseBox {
     asset(APP_JS, "text/javascript; charset=utf-8")
+}
+
+/// The page's style sheet.
+pub fn style() -> ResponseBox {
+    asset(APP_CSS, "text/css; charset=utf-8")
 }
 
 fn asset(body: &'static str, content_type: &str) -> ResponseBox {

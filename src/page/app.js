@@ -1,57 +1,255 @@
 "use strict";
-// Every value from the server is set with textContent: order data is never parsed as HTML.
-const form = document.getElementById("lookup");
-const input = document.getElementById("id");
-const status = document.getElementById("status");
-const out = document.getElementById("order");
+// The order lookup page. Order data comes from an untrusted channel, so every value is put into
+// the page with textContent (or a text node), never as HTML; the server's Content-Security-Policy
+// also forbids any script but this file.
 
-async function show(id) {
-  out.hidden = true;
-  status.textContent = "Loading…";
-  try {
-    const res = await fetch("/order/" + encodeURIComponent(id));
-    const body = await res.json();
-    if (res.ok) {
-      status.textContent = "";
-      out.textContent = JSON.stringify(body, null, 2);
-      out.hidden = false;
-    } else {
-      status.textContent = body.error + " (" + body.order_uid + ")";
+const $ = (selector) => document.querySelector(selector);
+const PAGE_SIZE = 20;
+
+function setText(element, value) {
+  element.textContent = value === undefined || value === null ? "—" : String(value);
+}
+
+function cell(row, value, className) {
+  const td = document.createElement("td");
+  if (className) td.className = className;
+  setText(td, value);
+  row.append(td);
+  return td;
+}
+
+// "2021-11-26T06:22:19Z" → both the reader's local time and UTC; an unparsable value is shown as is.
+function formatDate(date, raw) {
+  if (Number.isNaN(date.getTime())) return { local: raw, utc: raw };
+  return {
+    local: date.toLocaleString(undefined, {
+      year: "numeric", month: "short", day: "numeric",
+      hour: "2-digit", minute: "2-digit", second: "2-digit", timeZoneName: "short",
+    }),
+    utc: date.toISOString().replace(".000Z", "Z"),
+  };
+}
+
+function money(value, currency) {
+  return value === undefined ? "—" : value + " " + (currency || "");
+}
+
+// Pretty-prints JSON text without parsing it into numbers, so that the raw view shows every
+// value exactly as served (a JavaScript number would round integers above 2^53).
+function prettyJson(text) {
+  let out = "";
+  let indent = 0;
+  let inString = false;
+  const newline = () => "\n" + "  ".repeat(indent);
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i];
+    if (inString) {
+      out += c;
+      if (c === "\\") { out += text[++i] ?? ""; } else if (c === '"') { inString = false; }
+      continue;
     }
-  } catch (e) {
-    status.textContent = "Network error: " + e.message;
+    if (c === '"') { inString = true; out += c; }
+    else if (c === "{" || c === "[") {
+      // Keep empty containers on one line.
+      let j = i + 1;
+      while (j < text.length && /\s/.test(text[j])) j++;
+      if (text[j] === (c === "{" ? "}" : "]")) { out += c + text[j]; i = j; continue; }
+      indent++; out += c + newline();
+    } else if (c === "}" || c === "]") { indent = Math.max(0, indent - 1); out += newline() + c; }
+    else if (c === ",") { out += c + newline(); }
+    else if (c === ":") { out += ": "; }
+    else if (!/\s/.test(c)) { out += c; }
+  }
+  return out;
+}
+
+function showState(kind, message) {
+  const state = $("#state");
+  state.className = "state" + (kind ? " " + kind : "");
+  setText(state, message);
+  state.hidden = false;
+}
+
+function hideState() { $("#state").hidden = true; }
+
+function render(order, rawText) {
+  const get = (path) => path.split(".").reduce((o, k) => (o == null ? undefined : o[k]), order);
+  const created = formatDate(new Date(order.date_created), order.date_created);
+  const payment = order.payment || {};
+  const paid = formatDate(new Date(Number(payment.payment_dt) * 1000), payment.payment_dt);
+  const items = Array.isArray(order.items) ? order.items : [];
+  const sum = (key) => items.reduce((total, item) => total + (Number(item[key]) || 0), 0);
+  const computed = {
+    date_local: created.local,
+    date_utc: created.utc,
+    "payment.paid_local": paid.local,
+    "payment.paid_utc": paid.utc,
+    "payment.amount": money(payment.amount, payment.currency),
+    "payment.goods_total": money(payment.goods_total, payment.currency),
+    "payment.delivery_cost": money(payment.delivery_cost, payment.currency),
+    "payment.custom_fee": money(payment.custom_fee, payment.currency),
+    item_count: items.length,
+    items_price: money(sum("price"), payment.currency),
+    items_total: money(sum("total_price"), payment.currency),
+  };
+  for (const element of document.querySelectorAll("#order [data-field]")) {
+    const field = element.dataset.field;
+    const value = field in computed ? computed[field] : get(field);
+    // An empty string is a real value (internal_signature, request_id): show that it is empty.
+    setText(element, value === "" ? "(empty)" : value);
+  }
+
+  const body = $("#items tbody");
+  body.replaceChildren();
+  for (const item of items) {
+    const row = document.createElement("tr");
+    cell(row, item.name);
+    cell(row, item.brand);
+    cell(row, item.size);
+    cell(row, money(item.price, payment.currency), "num");
+    cell(row, item.sale === undefined ? undefined : item.sale + " %", "num");
+    cell(row, money(item.total_price, payment.currency), "num");
+    cell(row, item.status, "num");
+    cell(row, item.chrt_id, "num mono");
+    cell(row, item.nm_id, "num mono");
+    cell(row, item.rid, "mono");
+    cell(row, item.track_number, "mono");
+    body.append(row);
+  }
+
+  $("#raw").textContent = prettyJson(rawText);
+  $("#raw").dataset.served = rawText;
+  setText($("#copy-state"), "");
+  $("#order").hidden = false;
+  document.title = "Order " + order.order_uid + " · ordersvc";
+}
+
+let lookup = 0; // Only the latest lookup may change the page.
+
+async function show(id, attempt = 0) {
+  const mine = ++lookup;
+  $("#order").hidden = true;
+  if (!id) { hideState(); document.title = "Orders · ordersvc"; return; }
+  showState("", "Loading order “" + id + "”…");
+  let response, text;
+  try {
+    response = await fetch("/order/" + encodeURIComponent(id), { headers: { Accept: "application/json" } });
+    text = await response.text();
+  } catch (error) {
+    if (mine === lookup) showState("error", "Cannot reach the service (" + error.message + "). Check your connection and try again.");
+    return;
+  }
+  if (mine !== lookup) return;
+  let body = null;
+  try { body = JSON.parse(text); } catch (error) { body = null; }
+  if (response.ok && body && typeof body === "object") {
+    try {
+      render(body, text);
+      hideState();
+    } catch (error) {
+      showState("error", "The order could not be displayed (" + error.message + ").");
+    }
+  } else if (response.status === 404) {
+    showState("warn", "No order with id “" + id + "” was found.");
+  } else if (response.status === 400) {
+    showState("error", "“" + id + "” is not a valid order id: " + (body && body.error ? body.error : "bad request") + ".");
+  } else if (response.status === 503) {
+    const wait = Math.min(10, Number(response.headers.get("Retry-After")) || 2);
+    if (attempt < 5) {
+      showState("warn", "The service is starting and still loading orders; trying again in " + wait + " s…");
+      setTimeout(() => { if (mine === lookup) show(id, attempt + 1); }, wait * 1000);
+    } else {
+      showState("error", "The service is not ready (" + (body && body.error ? body.error : "503") + "). Try again later.");
+    }
+  } else {
+    showState("error", "Unexpected answer from the service: HTTP " + response.status + ".");
   }
 }
 
-form.addEventListener("submit", (e) => {
-  e.preventDefault();
-  const id = input.value.trim();
-  history.pushState(null, "", "/?id=" + encodeURIComponent(id));
+function idFromUrl() {
+  return (new URLSearchParams(location.search).get("id") || "").trim();
+}
+
+function navigate(id) {
+  const url = id ? "/?id=" + encodeURIComponent(id) : "/";
+  if (location.pathname + location.search !== url) history.pushState({ id }, "", url);
+  $("#id").value = id;
   show(id);
-});
-
-window.addEventListener("popstate", () => load());
-
-function load() {
-  const id = new URLSearchParams(location.search).get("id");
-  if (id) { input.value = id; show(id); }
 }
 
-async function recent() {
-  const list = document.getElementById("recent");
+let nextCursor = null;
+
+async function loadRecent(before) {
+  const status = $("#recent-state");
+  const older = $("#older");
+  older.hidden = true;
+  setText(status, "Loading…");
+  const query = "/orders?limit=" + PAGE_SIZE + (before ? "&before=" + encodeURIComponent(before) : "");
   try {
-    const res = await fetch("/orders?limit=20");
-    const body = await res.json();
-    for (const o of body.orders || []) {
-      const li = document.createElement("li");
-      const a = document.createElement("a");
-      a.href = "/?id=" + encodeURIComponent(o.order_uid);
-      a.textContent = o.order_uid;
-      li.append(a, " " + o.date_created + " " + o.customer_id);
-      list.append(li);
+    const response = await fetch(query, { headers: { Accept: "application/json" } });
+    const body = await response.json();
+    if (!response.ok) { setText(status, "Recent orders are unavailable: " + (body.error || response.status)); return; }
+    const tbody = $("#recent tbody");
+    for (const order of body.orders || []) {
+      const row = document.createElement("tr");
+      const link = document.createElement("a");
+      link.href = "/?id=" + encodeURIComponent(order.order_uid);
+      link.textContent = order.order_uid;
+      link.className = "mono";
+      link.addEventListener("click", (event) => {
+        if (event.metaKey || event.ctrlKey || event.shiftKey || event.button !== 0) return;
+        event.preventDefault();
+        navigate(order.order_uid);
+        window.scrollTo({ top: 0 });
+      });
+      const first = document.createElement("td");
+      first.append(link);
+      row.append(first);
+      cell(row, order.date_created, "mono");
+      cell(row, order.customer_id);
+      cell(row, order.track_number, "mono");
+      tbody.append(row);
     }
-  } catch (e) { /* the list is optional */ }
+    nextCursor = body.next || null;
+    older.hidden = !nextCursor;
+    setText(status, tbody.children.length === 0 ? "No orders stored yet." : "");
+    status.hidden = tbody.children.length !== 0;
+  } catch (error) {
+    setText(status, "Cannot load recent orders (" + error.message + ").");
+  }
 }
 
-load();
-recent();
+async function copyJson() {
+  const text = $("#raw").dataset.served || "";
+  try {
+    await navigator.clipboard.writeText(text);
+    setText($("#copy-state"), "Copied.");
+  } catch (error) {
+    // Clipboard API unavailable (e.g. plain http on another host): select the text instead.
+    $("#raw-details").open = true;
+    const range = document.createRange();
+    range.selectNodeContents($("#raw"));
+    const selection = getSelection();
+    selection.removeAllRanges();
+    selection.addRange(range);
+    setText($("#copy-state"), "Press Ctrl+C (or ⌘C) to copy the selected JSON.");
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("#lookup").addEventListener("submit", (event) => {
+    event.preventDefault();
+    navigate($("#id").value.trim());
+  });
+  $("#older").addEventListener("click", () => loadRecent(nextCursor));
+  $("#copy").addEventListener("click", copyJson);
+  window.addEventListener("popstate", () => {
+    const id = idFromUrl();
+    $("#id").value = id;
+    show(id);
+  });
+  const id = idFromUrl();
+  $("#id").value = id;
+  show(id);
+  loadRecent(null);
+});
