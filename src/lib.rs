@@ -14,6 +14,7 @@ pub mod migrate;
 pub mod order;
 pub mod page;
 pub mod publish;
+pub mod replay;
 pub mod samples;
 pub mod serve;
 pub mod store;

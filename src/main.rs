@@ -1,10 +1,12 @@
 //! The `ordersvc` binary: parse the command line, dispatch to the subcommand, report errors.
 
+use std::io::IsTerminal;
+
 use clap::{Parser, Subcommand};
 use color_eyre::eyre::Result;
 
 use ordersvc::config::LogFormat;
-use ordersvc::{logging, migrate, publish, serve};
+use ordersvc::{logging, migrate, publish, replay, serve};
 
 /// Orders from NATS JetStream, stored in PostgreSQL, served over HTTP from memory.
 #[derive(Parser, Debug)]
@@ -31,15 +33,23 @@ enum Command {
     Publish(publish::PublishArgs),
     /// Create the database if needed and apply the embedded migrations.
     Migrate(migrate::MigrateArgs),
+    /// Republish every stored order from PostgreSQL to the stream (or re-validate with --dry-run).
+    ReplayFromDb(replay::ReplayArgs),
 }
 
 fn main() -> Result<()> {
-    color_eyre::install()?;
+    // Colours only for a person at a terminal, as for the logs.
+    let mut hook = color_eyre::config::HookBuilder::default();
+    if !std::io::stderr().is_terminal() {
+        hook = hook.theme(color_eyre::config::Theme::new());
+    }
+    hook.install()?;
     let cli = Cli::parse();
     logging::init(cli.log_format);
     match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Publish(args) => publish::run(args),
         Command::Migrate(args) => migrate::run(args),
+        Command::ReplayFromDb(args) => replay::run(args),
     }
 }

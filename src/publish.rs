@@ -1,7 +1,6 @@
 //! `ordersvc publish`: puts messages on the stream exactly as given (no validation: the point is
 //! to exercise the service's defences), with publish acks pipelined.
 
-use std::future::IntoFuture;
 use std::io::Read;
 use std::path::PathBuf;
 
@@ -9,18 +8,15 @@ use async_nats::jetstream;
 use bytes::Bytes;
 use clap::Args;
 use color_eyre::eyre::{bail, Result, WrapErr};
-use futures::stream::FuturesUnordered;
-use futures::StreamExt;
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::Deserialize;
 
-use crate::bus;
+use crate::bus::{self, Pipeline, PublishSummary};
 use crate::config::NatsArgs;
 use crate::order::OrderUid;
 use crate::samples::SAMPLES;
 
 /// A progress bar is shown from this many messages on.
-const PROGRESS_FROM: usize = 20;
+const PROGRESS_FROM: u64 = 20;
 
 /// Settings of `ordersvc publish`.
 #[derive(Args, Clone, Debug)]
@@ -37,17 +33,6 @@ pub struct PublishArgs {
     /// Publish acks awaited at once (the pipelining window).
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub in_flight: u32,
-}
-
-/// What happened to the published messages.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Summary {
-    /// Stored in the stream.
-    pub published: u64,
-    /// Dropped by the server as a repeat within the duplicate window (same `Nats-Msg-Id`).
-    pub duplicates: u64,
-    /// Not acknowledged by the server.
-    pub failed: u64,
 }
 
 /// Publishes and prints the summary; fails if any message could not be published.
@@ -102,76 +87,19 @@ fn collect(args: &PublishArgs) -> Result<Vec<(String, Bytes)>> {
     Ok(messages)
 }
 
-async fn publish(args: &PublishArgs, messages: Vec<(String, Bytes)>) -> Result<Summary> {
+async fn publish(args: &PublishArgs, messages: Vec<(String, Bytes)>) -> Result<PublishSummary> {
     let client = bus::connect(&args.nats.nats_url, "ordersvc publish").await?;
     let js = jetstream::new(client);
     bus::ensure_stream(&js, &args.nats).await?;
-
-    let progress = if messages.len() >= PROGRESS_FROM {
-        let bar = ProgressBar::new(messages.len() as u64);
-        bar.set_style(
-            ProgressStyle::with_template("{bar:40} {pos}/{len} messages, {per_sec}, eta {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        bar
-    } else {
-        ProgressBar::hidden()
-    };
-    let mut summary = Summary::default();
-    let mut acks = FuturesUnordered::new();
-    let window = args.in_flight as usize;
+    let progress = bus::progress_bar(messages.len() as u64, PROGRESS_FROM);
+    let mut pipeline = Pipeline::new(js, &args.nats.subject, args.in_flight as usize, progress);
     for (label, payload) in messages {
-        let mut headers = async_nats::HeaderMap::new();
-        if let Some(uid) = message_id(&payload) {
-            headers.insert("Nats-Msg-Id", uid.as_str());
-        }
-        match js
-            .publish_with_headers(args.nats.subject.clone(), headers, payload)
-            .await
-        {
-            Ok(ack) => acks.push(labelled(label, ack.into_future())),
-            Err(e) => {
-                progress.suspend(|| eprintln!("{label}: cannot publish: {e}"));
-                summary.failed += 1;
-            }
-        }
-        while acks.len() >= window {
-            if let Some(result) = acks.next().await {
-                count(&mut summary, result, &progress);
-            }
-        }
+        let id = message_id(&payload);
+        pipeline
+            .send(label, payload, id.as_ref().map(OrderUid::as_str))
+            .await;
     }
-    while let Some(result) = acks.next().await {
-        count(&mut summary, result, &progress);
-    }
-    progress.finish_and_clear();
-    Ok(summary)
-}
-
-async fn labelled<F, T>(label: String, future: F) -> (String, T)
-where
-    F: std::future::Future<Output = T>,
-{
-    (label, future.await)
-}
-
-fn count(
-    summary: &mut Summary,
-    (label, result): (
-        String,
-        Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
-    ),
-    progress: &ProgressBar,
-) {
-    progress.inc(1);
-    match result {
-        Ok(ack) if ack.duplicate => summary.duplicates += 1,
-        Ok(_) => summary.published += 1,
-        Err(e) => {
-            progress.suspend(|| eprintln!("{label}: not acknowledged: {e}"));
-            summary.failed += 1;
-        }
-    }
+    Ok(pipeline.finish().await)
 }
 
 /// The message's order_uid, if it has a valid one: JetStream then drops repeats of it.

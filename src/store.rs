@@ -227,6 +227,51 @@ impl Store {
         sqlx::query_as("SELECT order_uid, document FROM orders").fetch(&self.pool)
     }
 
+    /// Stored orders in creation order (`date_created`, then `order_uid`), streamed: the ones
+    /// created at or after `since`, and after the order `after` (to resume an interrupted run).
+    pub fn documents_in_order<'a>(
+        &'a self,
+        since: Option<OffsetDateTime>,
+        after: Option<&'a str>,
+    ) -> BoxStream<'a, Result<(String, String), sqlx::Error>> {
+        sqlx::query_as(
+            "SELECT order_uid, document FROM orders \
+             WHERE ($1::timestamptz IS NULL OR date_created >= $1) \
+               AND ($2::text IS NULL OR (date_created, order_uid) > \
+                    (SELECT date_created, order_uid FROM orders WHERE order_uid = $2)) \
+             ORDER BY date_created, order_uid",
+        )
+        .bind(since)
+        .bind(after)
+        .fetch(&self.pool)
+    }
+
+    /// How many orders `documents_in_order` would return.
+    pub async fn count_in_order(
+        &self,
+        since: Option<OffsetDateTime>,
+        after: Option<&str>,
+    ) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM orders \
+             WHERE ($1::timestamptz IS NULL OR date_created >= $1) \
+               AND ($2::text IS NULL OR (date_created, order_uid) > \
+                    (SELECT date_created, order_uid FROM orders WHERE order_uid = $2))",
+        )
+        .bind(since)
+        .bind(after)
+        .fetch_one(&self.pool)
+        .await
+    }
+
+    /// Whether an order is stored.
+    pub async fn contains(&self, uid: &str) -> Result<bool, sqlx::Error> {
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM orders WHERE order_uid = $1)")
+            .bind(uid)
+            .fetch_one(&self.pool)
+            .await
+    }
+
     /// Number of stored orders (an estimate would do for progress, but this is exact and cheap enough).
     pub async fn count_orders(&self) -> Result<i64, sqlx::Error> {
         sqlx::query_scalar("SELECT count(*) FROM orders")
