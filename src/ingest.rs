@@ -3,11 +3,12 @@
 //! orders to the cache writer.
 //!
 //! A message is acked only after its order (or its rejection record) is committed. When the
-//! commit fails, the batch is nak'd with a delay, the loop waits for PostgreSQL with backoff, and
-//! the server redelivers; inserts are idempotent, so redelivery is harmless.
+//! commit fails, the batch is kept (unacked) and retried with backoff until PostgreSQL takes it;
+//! meanwhile its messages are marked in progress so that the server does not redeliver them, and
+//! `/readyz` reports the failure. Inserts are idempotent, so any redelivery is harmless.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer::pull, AckKind};
 use color_eyre::eyre::{eyre, Result};
@@ -29,6 +30,9 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// The pull stream's idle heartbeat: a silent server is noticed within two of these.
 const HEARTBEAT: Duration = Duration::from_secs(5);
+/// While a batch is being retried, how often its messages are reported in progress (well within
+/// the consumer's ack wait, so the server never redelivers them to someone else meanwhile).
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 /// Everything the ingest loop needs.
 pub struct Ingest {
@@ -65,8 +69,8 @@ pub struct Totals {
 
 /// Why a batch was not committed.
 enum BatchError {
-    /// PostgreSQL failed; the batch was nak'd and will come back.
-    Store(sqlx::Error),
+    /// Shutdown came while PostgreSQL was refusing the batch: it was nak'd for redelivery.
+    Shutdown,
     /// The cache writer is gone: the process cannot serve what it stores, so it must stop.
     CacheGone,
 }
@@ -118,20 +122,12 @@ impl Ingest {
                     }
                 }
                 if !batch.is_empty() {
-                    match self.handle_batch(batch, &mut totals).await {
+                    match self.handle_batch(batch, &mut totals, &mut shutdown).await {
                         Ok(()) => {}
                         Err(BatchError::CacheGone) => {
                             return Err(eyre!("the cache writer stopped"))
                         }
-                        Err(BatchError::Store(e)) => {
-                            warn!(error = %e, "cannot commit a batch; it was nak'd and will be retried");
-                            self.health.set_db(Some(e.to_string()));
-                            if self.wait_for_db(&mut shutdown).await {
-                                break 'subscribe;
-                            }
-                            // Messages pulled but not handled are redelivered after the ack wait.
-                            continue 'subscribe;
-                        }
+                        Err(BatchError::Shutdown) => break 'subscribe,
                     }
                 }
                 if let Some(e) = stream_error {
@@ -176,6 +172,7 @@ impl Ingest {
         &self,
         messages: Vec<jetstream::Message>,
         totals: &mut Totals,
+        shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), BatchError> {
         let incoming: Vec<Incoming> = messages
             .iter()
@@ -191,23 +188,43 @@ impl Ingest {
                 .consumer_pending
                 .set(i64::try_from(info.pending).unwrap_or(i64::MAX));
         }
-        let started = std::time::Instant::now();
-        let written = match self.write(&incoming).await {
-            Ok(written) => written,
-            Err(e) => {
-                self.metrics.commit_failures.inc();
-                // Redeliver after a pause rather than at once into a database that is down.
-                let delay = Some(Duration::from_secs(1));
-                futures::future::join_all(messages.iter().map(|m| m.ack_with(AckKind::Nak(delay))))
-                    .await;
-                return Err(BatchError::Store(e));
+        let mut backoff = BACKOFF_MIN;
+        let mut last_progress = Instant::now();
+        let written = loop {
+            let started = Instant::now();
+            match self.write(&incoming).await {
+                Ok(written) => {
+                    self.metrics
+                        .commit_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    break written;
+                }
+                Err(e) => {
+                    self.metrics.commit_failures.inc();
+                    if self.health.commit_problem().is_none() {
+                        warn!(error = %e, "cannot commit a batch; retrying until PostgreSQL takes it");
+                    }
+                    self.health.set_commit(Some(e.to_string()));
+                    if sleep_or_shutdown(&mut backoff, shutdown).await {
+                        // Hand the batch back at once: another instance, or the next start, takes it.
+                        let naks = messages.iter().map(|m| m.ack_with(AckKind::Nak(None)));
+                        futures::future::join_all(naks).await;
+                        return Err(BatchError::Shutdown);
+                    }
+                    if last_progress.elapsed() >= PROGRESS_EVERY {
+                        // Still working on them: keep the server from redelivering them meanwhile.
+                        let progress = messages.iter().map(|m| m.ack_with(AckKind::Progress));
+                        futures::future::join_all(progress).await;
+                        last_progress = Instant::now();
+                    }
+                }
             }
         };
-        self.metrics
-            .commit_seconds
-            .observe(started.elapsed().as_secs_f64());
+        if self.health.commit_problem().is_some() {
+            info!("PostgreSQL takes batches again");
+            self.health.set_commit(None);
+        }
         self.metrics.batch_size.observe(incoming.len() as f64);
-        self.health.set_db(None);
 
         // Committed: ack every message. A lost ack only means a redelivery, which is idempotent.
         let acks = futures::future::join_all(messages.iter().map(|m| m.ack())).await;
@@ -287,24 +304,6 @@ impl Ingest {
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
                 Err(TrySendError::Disconnected(_)) => return Err(BatchError::CacheGone),
-            }
-        }
-    }
-
-    /// Waits until PostgreSQL answers again; true if shutdown was requested meanwhile.
-    async fn wait_for_db(&self, shutdown: &mut watch::Receiver<bool>) -> bool {
-        let mut backoff = BACKOFF_MIN;
-        loop {
-            if sleep_or_shutdown(&mut backoff, shutdown).await {
-                return true;
-            }
-            match self.store.ping().await {
-                Ok(()) => {
-                    info!("PostgreSQL is back; resuming ingest");
-                    self.health.set_db(None);
-                    return false;
-                }
-                Err(e) => self.health.set_db(Some(e.to_string())),
             }
         }
     }

@@ -1,0 +1,522 @@
+//! `spawn_app()`: the real `ordersvc serve` binary against the real PostgreSQL and NATS, isolated
+//! per test by a random suffix (its own database, stream, subject and durable consumer).
+//!
+//! Helpers are synchronous: a private tokio runtime inside `TestApp` runs the NATS and sqlx calls,
+//! so tests are plain `#[test]` functions. Dropping the `TestApp` (also while a test panics) kills
+//! the service, deletes the stream (and with it the consumer) and drops the database.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer, publish::PublishAck};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{Connection, PgConnection};
+
+/// Where the service's database lives unless `ORDERSVC_TEST_DATABASE_URL` says otherwise; only
+/// the database name of either is replaced.
+const DEFAULT_DATABASE_URL: &str = "postgres://ordersvc:ordersvc@127.0.0.1:5432/postgres";
+/// The NATS server unless `ORDERSVC_TEST_NATS_URL` says otherwise.
+const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+
+/// How long the service may take to start (migrations, restore) and become ready.
+const START_DEADLINE: Duration = Duration::from_secs(60);
+/// How long a published order may take to be served.
+const ORDER_DEADLINE: Duration = Duration::from_secs(30);
+/// How long any other eventual outcome may take.
+const EVENTUALLY: Duration = Duration::from_secs(60);
+/// How long the service may take to stop after SIGTERM.
+const STOP_DEADLINE: Duration = Duration::from_secs(30);
+/// Between two polls.
+const POLL: Duration = Duration::from_millis(25);
+
+/// A running service with its own database, stream, subject and durable consumer.
+pub struct TestApp {
+    /// The HTTP address the service listens on (it changes on `restart`).
+    pub addr: SocketAddr,
+    /// The random part of every name, e.g. `3fa9c0d1`.
+    pub suffix: String,
+    pub database_url: String,
+    pub nats_url: String,
+    pub stream: String,
+    pub subject: String,
+    pub durable: String,
+    child: Option<Child>,
+    db: Option<PgPool>,
+    js: jetstream::Context,
+    http: ureq::Agent,
+    // Last, so that it is dropped after everything that runs on it.
+    rt: tokio::runtime::Runtime,
+}
+
+/// A row of `rejected_messages`.
+#[derive(Debug, Clone)]
+pub struct RejectedRow {
+    pub stream_seq: i64,
+    pub kind: String,
+    pub reason: String,
+    pub payload: Vec<u8>,
+}
+
+/// An HTTP answer: status, headers (lower-case names), body.
+pub type Reply = (u16, HashMap<String, String>, Vec<u8>);
+
+/// Starts the service on fresh names and waits until it is ready and its consumer exists.
+pub fn spawn_app() -> TestApp {
+    let suffix = format!("{:08x}", rand::random::<u32>());
+    let base_url = std::env::var("ORDERSVC_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_owned());
+    let nats_url =
+        std::env::var("ORDERSVC_TEST_NATS_URL").unwrap_or_else(|_| DEFAULT_NATS_URL.to_owned());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("cannot build the tests' tokio runtime");
+    let js = rt.block_on(async {
+        let client = async_nats::connect(&nats_url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to NATS at {nats_url}: {e}"));
+        jetstream::new(client)
+    });
+    let mut app = TestApp {
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        database_url: with_database(&base_url, &format!("ordersvc_test_{suffix}")),
+        nats_url,
+        stream: format!("TEST_{}", suffix.to_uppercase()),
+        subject: format!("test.{suffix}"),
+        durable: format!("durable_{suffix}"),
+        suffix,
+        child: None,
+        db: None,
+        js,
+        http: ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(15))
+            .redirects(0)
+            .build(),
+        rt,
+    };
+    // From here on, a panic drops `app`, which cleans up whatever was created.
+    app.start();
+    let url = app.database_url.clone();
+    let pool = app.rt.block_on(
+        PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(&url),
+    );
+    app.db = Some(pool.expect("cannot connect to the test database that the service created"));
+    app
+}
+
+/// A file under testdata/, byte for byte.
+pub fn testdata(path: &str) -> Vec<u8> {
+    let full = format!(concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/{}"), path);
+    std::fs::read(&full).unwrap_or_else(|e| panic!("cannot read {full}: {e}"))
+}
+
+/// testdata/model.json with another order_uid (and nothing else changed).
+pub fn model_with_uid(uid: &str) -> Vec<u8> {
+    let model = String::from_utf8(testdata("model.json")).expect("model.json is UTF-8");
+    let from = r#""order_uid": "b563feb7b2b84b6test""#;
+    assert!(model.contains(from), "model.json no longer has {from}");
+    model
+        .replacen(from, &format!(r#""order_uid": "{uid}""#), 1)
+        .into_bytes()
+}
+
+/// `url` with its database name replaced by `name` (user, host, port and parameters kept).
+fn with_database(url: &str, name: &str) -> String {
+    let (main, query) = match url.split_once('?') {
+        Some((main, query)) => (main, format!("?{query}")),
+        None => (url, String::new()),
+    };
+    let authority = main.find("://").map_or(0, |i| i + 3);
+    let path = main[authority..]
+        .find('/')
+        .map_or(main.len(), |i| authority + i);
+    format!("{}/{name}{query}", &main[..path])
+}
+
+impl TestApp {
+    /// Spawns `ordersvc serve` and waits for it: address logged, `/readyz` 200, consumer present.
+    fn start(&mut self) {
+        assert!(self.child.is_none(), "the service is already running");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ordersvc"))
+            .args(["--log-format", "text", "serve"])
+            .args(["--database-url", &self.database_url])
+            .args(["--nats-url", &self.nats_url])
+            .args(["--stream", &self.stream])
+            .args(["--subject", &self.subject])
+            .args(["--durable", &self.durable])
+            .args(["--http-addr", "127.0.0.1:0"])
+            .env("RUST_LOG", service_log_filter())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot start the ordersvc binary");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        self.child = Some(child);
+
+        // The reader keeps forwarding every line (cargo shows them when a test fails) and hands
+        // over the address from the "listening on" line.
+        let (tx, rx) = mpsc::channel();
+        let prefix = self.suffix.clone();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).split(b'\n') {
+                let Ok(line) = line else { break };
+                let line = String::from_utf8_lossy(&line);
+                eprintln!("[{prefix}] {line}");
+                if let Some(addr) = listening_addr(&line) {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(addr);
+                    }
+                }
+            }
+        });
+        self.addr = match rx.recv_timeout(START_DEADLINE) {
+            Ok(addr) => addr,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let status = self.child.as_mut().and_then(|c| c.wait().ok());
+                panic!("the service exited ({status:?}) before logging its address")
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                panic!("the service logged no `listening on` line within {START_DEADLINE:?}")
+            }
+        };
+
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            let (status, _, body) = self.get("/readyz");
+            if status == 200 {
+                break;
+            }
+            if let Some(Ok(Some(exit))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("the service exited ({exit}) before it was ready");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "/readyz still {status} after {START_DEADLINE:?}: {}",
+                String::from_utf8_lossy(&body)
+            );
+            std::thread::sleep(POLL);
+        }
+        // Ready can come before ingest has made the stream and the consumer: until they exist, a
+        // publish would find no stream.
+        self.wait_until(
+            |app| app.try_consumer_info().is_ok(),
+            "the service to create its stream and durable consumer",
+        );
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("the service is not running");
+        child.kill().expect("cannot SIGKILL the service");
+        child.wait().expect("cannot wait for the killed service");
+    }
+
+    /// SIGTERM, and wait (bounded) for the process to exit; returns its exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("the service is not running");
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("cannot run kill");
+        assert!(sent.success(), "kill -TERM failed: {sent}");
+        let deadline = Instant::now() + STOP_DEADLINE;
+        loop {
+            if let Some(status) = child.try_wait().expect("cannot wait for the service") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the service did not stop within {STOP_DEADLINE:?} of SIGTERM");
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Starts the service again on the same database, stream, subject and durable (after `kill`
+    /// or `terminate`), and waits until it is ready.
+    pub fn restart(&mut self) {
+        self.start();
+    }
+
+    /// `GET path`.
+    pub fn get(&self, path: &str) -> Reply {
+        self.request("GET", path, &[])
+    }
+
+    /// Any method, with extra headers; 4xx and 5xx are answers, not errors.
+    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let url = format!("http://{}{path}", self.addr);
+        let mut request = self.http.request(method, &url);
+        for (name, value) in headers {
+            request = request.set(name, value);
+        }
+        let response = match request.call() {
+            Ok(response) | Err(ureq::Error::Status(_, response)) => response,
+            Err(e) => panic!("{method} {url} failed: {e}"),
+        };
+        let status = response.status();
+        let headers = response
+            .headers_names()
+            .into_iter()
+            .map(|name| {
+                let value = response.header(&name).unwrap_or_default().to_owned();
+                (name.to_ascii_lowercase(), value)
+            })
+            .collect();
+        let mut body = Vec::new();
+        response
+            .into_reader()
+            .read_to_end(&mut body)
+            .unwrap_or_else(|e| panic!("cannot read the body of {method} {url}: {e}"));
+        (status, headers, body)
+    }
+
+    /// Sends `request` as it is on a new connection (which it should ask to close) and returns
+    /// every byte the service answers: for checks an HTTP client would hide, such as a HEAD body.
+    pub fn raw_http(&self, request: &str) -> Vec<u8> {
+        let mut conn = TcpStream::connect(self.addr).expect("cannot connect to the service");
+        conn.set_read_timeout(Some(Duration::from_secs(15)))
+            .expect("set a read timeout");
+        conn.write_all(request.as_bytes())
+            .expect("cannot send the request");
+        let mut answer = Vec::new();
+        conn.read_to_end(&mut answer)
+            .expect("the service did not close the connection");
+        answer
+    }
+
+    /// Publishes without `Nats-Msg-Id` (the server cannot drop repeats) and awaits the ack.
+    pub fn publish(&self, payload: &[u8]) -> PublishAck {
+        self.rt.block_on(async {
+            self.js
+                .publish(self.subject.clone(), payload.to_vec().into())
+                .await
+                .expect("cannot publish")
+                .await
+                .expect("the publish was not acknowledged")
+        })
+    }
+
+    /// Publishes with a `Nats-Msg-Id` header and awaits the ack.
+    pub fn publish_with_id(&self, payload: &[u8], msg_id: &str) -> PublishAck {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", msg_id);
+        self.rt.block_on(async {
+            self.js
+                .publish_with_headers(self.subject.clone(), headers, payload.to_vec().into())
+                .await
+                .expect("cannot publish")
+                .await
+                .expect("the publish was not acknowledged")
+        })
+    }
+
+    /// `ordersvc publish` aimed at this test's NATS, stream and subject; add the arguments.
+    pub fn publish_command(&self) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ordersvc"));
+        command
+            .arg("publish")
+            .args(["--nats-url", &self.nats_url])
+            .args(["--stream", &self.stream])
+            .args(["--subject", &self.subject])
+            .env("RUST_LOG", "info");
+        command
+    }
+
+    /// Runs a command to its end (bounded), feeding it `stdin`, and returns what it printed.
+    pub fn run(&self, mut command: Command, stdin: &[u8]) -> Output {
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot start the command");
+        let pid = child.id();
+        let mut input = child.stdin.take().expect("stdin is piped");
+        input.write_all(stdin).expect("cannot write to its stdin");
+        drop(input);
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        match rx.recv_timeout(EVENTUALLY) {
+            Ok(output) => output.expect("cannot collect the command's output"),
+            Err(_) => {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+                panic!("{command:?} did not finish within {EVENTUALLY:?}");
+            }
+        }
+    }
+
+    /// Polls `GET /order/{uid}` until it is 200 and returns the body.
+    pub fn wait_for_order(&self, uid: &str) -> Vec<u8> {
+        let deadline = Instant::now() + ORDER_DEADLINE;
+        loop {
+            let (status, _, body) = self.get(&format!("/order/{uid}"));
+            if status == 200 {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "order {uid} was not served within {ORDER_DEADLINE:?}; the last answer was {status} {}",
+                String::from_utf8_lossy(&body)
+            );
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Polls `condition` until it holds; panics naming `what` after a generous deadline.
+    pub fn wait_until(&self, mut condition: impl FnMut(&TestApp) -> bool, what: &str) {
+        let deadline = Instant::now() + EVENTUALLY;
+        while !condition(self) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {EVENTUALLY:?} waiting for {what}"
+            );
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Waits until every message on the stream has been delivered and acked: after that, the
+    /// database holds the final outcome of each.
+    pub fn wait_until_drained(&self) {
+        self.wait_until(
+            |app| {
+                let info = app.consumer_info();
+                info.num_pending == 0 && info.num_ack_pending == 0
+            },
+            "the consumer to have no message pending or unacked",
+        );
+    }
+
+    /// The durable consumer's state as the server reports it.
+    pub fn consumer_info(&self) -> consumer::Info {
+        self.try_consumer_info()
+            .unwrap_or_else(|e| panic!("cannot read the consumer's info: {e}"))
+    }
+
+    fn try_consumer_info(&self) -> Result<consumer::Info, String> {
+        self.rt.block_on(async {
+            let stream = self
+                .js
+                .get_stream(&self.stream)
+                .await
+                .map_err(|e| e.to_string())?;
+            stream
+                .consumer_info(&self.durable)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    /// Deletes the stream (and so the consumer) behind the service's back.
+    pub fn delete_stream(&self) {
+        self.rt
+            .block_on(self.js.delete_stream(&self.stream))
+            .expect("cannot delete the stream");
+    }
+
+    /// Every rejected message, in stream order.
+    pub fn rejected(&self) -> Vec<RejectedRow> {
+        let rows: Vec<(i64, String, String, Vec<u8>)> = self
+            .rt
+            .block_on(
+                sqlx::query_as(
+                    "SELECT stream_seq, kind, reason, payload FROM rejected_messages \
+                     ORDER BY stream_seq, id",
+                )
+                .fetch_all(self.db()),
+            )
+            .expect("cannot read rejected_messages");
+        rows.into_iter()
+            .map(|(stream_seq, kind, reason, payload)| RejectedRow {
+                stream_seq,
+                kind,
+                reason,
+                payload,
+            })
+            .collect()
+    }
+
+    /// Number of stored orders.
+    pub fn orders_count(&self) -> i64 {
+        self.rt
+            .block_on(sqlx::query_scalar("SELECT count(*) FROM orders").fetch_one(self.db()))
+            .expect("cannot count the orders")
+    }
+
+    /// Runs one SQL statement in the test database as its owner (the service's role).
+    pub fn execute_as_owner(&self, statement: &str) {
+        self.rt
+            .block_on(sqlx::query(statement).execute(self.db()))
+            .unwrap_or_else(|e| panic!("cannot run {statement:?}: {e}"));
+    }
+
+    fn db(&self) -> &PgPool {
+        self.db.as_ref().expect("the test database is connected")
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let db = self.db.take();
+        let maintenance = with_database(&self.database_url, "postgres");
+        let name = format!("ordersvc_test_{}", self.suffix);
+        // Never panic here: this also runs while a failed test unwinds.
+        let result = self.rt.block_on(async {
+            let bounded = Duration::from_secs(30);
+            if let Some(pool) = db {
+                let _ = tokio::time::timeout(bounded, pool.close()).await;
+            }
+            let stream = tokio::time::timeout(bounded, self.js.delete_stream(&self.stream)).await;
+            let database = tokio::time::timeout(bounded, async {
+                let mut conn = PgConnection::connect(&maintenance).await?;
+                let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+                sqlx::query(&sql).execute(&mut conn).await?;
+                conn.close().await
+            })
+            .await;
+            (stream, database)
+        });
+        match result.0 {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => eprintln!("[{}] cleanup: cannot delete stream: {e}", self.suffix),
+            Err(_) => eprintln!("[{}] cleanup: deleting the stream timed out", self.suffix),
+        }
+        match result.1 {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("[{}] cleanup: cannot drop {name}: {e}", self.suffix),
+            Err(_) => eprintln!("[{}] cleanup: dropping {name} timed out", self.suffix),
+        }
+    }
+}
+
+/// The service's log filter: `RUST_LOG` if the tests were given one (to debug a test), else
+/// `info`; the `listening on` line is always kept, since `start` reads the address from it.
+fn service_log_filter() -> String {
+    let base = std::env::var("RUST_LOG").unwrap_or_else(|_| "info,sqlx=warn".to_owned());
+    format!("{base},ordersvc::serve=info")
+}
+
+/// The address in the service's `listening on http://ADDR` log line.
+fn listening_addr(line: &str) -> Option<SocketAddr> {
+    let rest = &line[line.find("listening on http://")? + "listening on http://".len()..];
+    rest.split_whitespace().next()?.parse().ok()
+}

@@ -1,0 +1,137 @@
+//! `ordersvc publish`: files, stdin, JSON Lines, and the embedded samples reach the service.
+
+use crate::helpers::{model_with_uid, spawn_app, testdata, TestApp};
+
+/// Runs `ordersvc publish ARGS` (feeding it `stdin`), checks that it succeeded, and returns the
+/// summary line it printed.
+fn publish(app: &TestApp, args: &[&str], stdin: &[u8]) -> String {
+    let mut command = app.publish_command();
+    command.args(args);
+    let output = app.run(command, stdin);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "ordersvc publish {args:?} failed ({}): {stdout}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout.trim_end().to_owned()
+}
+
+/// A directory under the system's temporary one, removed when dropped (also on a panic).
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(suffix: &str) -> TempDir {
+        let path = std::env::temp_dir().join(format!("ordersvc-test-{suffix}"));
+        std::fs::create_dir_all(&path).expect("cannot create a temporary directory");
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The invalid samples and the kind each is rejected as.
+const INVALID_SAMPLES: [(&str, &str); 11] = [
+    ("invalid/not-utf8.bin", "not_utf8"),
+    ("invalid/not-json.txt", "bad_json"),
+    ("invalid/truncated.json", "bad_json"),
+    ("invalid/not-object.json", "not_object"),
+    ("invalid/deeply-nested.json", "too_deep"),
+    ("invalid/missing-field.json", "missing_field"),
+    ("invalid/wrong-type.json", "wrong_type"),
+    ("invalid/negative-amount.json", "invalid_value"),
+    ("invalid/bad-uid.json", "invalid_value"),
+    ("invalid/bad-date.json", "invalid_value"),
+    ("invalid/empty-items.json", "invalid_value"),
+];
+
+#[test]
+fn publish_command_publishes_files_and_samples() {
+    // Arrange
+    let app = spawn_app();
+    let dir = TempDir::new(&app.suffix);
+    let lines: Vec<(String, Vec<u8>)> = (1..=3)
+        .map(|i| {
+            let uid = format!("from-lines-{i}");
+            let value: serde_json::Value =
+                serde_json::from_slice(&model_with_uid(&uid)).expect("the model is JSON");
+            (uid, serde_json::to_vec(&value).expect("serialisable"))
+        })
+        .collect();
+    let jsonl = dir.0.join("orders.jsonl");
+    let mut content = Vec::new();
+    for (_, line) in &lines {
+        content.extend_from_slice(line);
+        content.push(b'\n');
+    }
+    std::fs::write(&jsonl, content).expect("cannot write the JSON Lines file");
+    let file = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/testdata/valid/multi-item.json"
+    );
+    let from_stdin = model_with_uid("from-stdin-1");
+
+    // Act
+    let by_file = publish(&app, &["-j", file], b"");
+    let by_stdin = publish(&app, &["-j", "-"], &from_stdin);
+    let by_lines = publish(
+        &app,
+        &["--lines", "-j", jsonl.to_str().expect("a UTF-8 path")],
+        b"",
+    );
+    // multi-item.json was published by the first run with its order_uid as Nats-Msg-Id, so the
+    // server drops that sample as a repeat.
+    let samples = publish(&app, &[], b"");
+
+    // Assert
+    assert_eq!(
+        by_file,
+        "published 1, duplicates dropped by the server 0, failed 0"
+    );
+    assert_eq!(
+        by_stdin,
+        "published 1, duplicates dropped by the server 0, failed 0"
+    );
+    assert_eq!(
+        by_lines,
+        "published 3, duplicates dropped by the server 0, failed 0"
+    );
+    assert_eq!(
+        samples,
+        "published 15, duplicates dropped by the server 1, failed 0"
+    );
+
+    assert_eq!(
+        app.wait_for_order("multi-item-order-0001"),
+        testdata("valid/multi-item.json")
+    );
+    assert_eq!(app.wait_for_order("from-stdin-1"), from_stdin);
+    for (uid, line) in &lines {
+        assert_eq!(&app.wait_for_order(uid), line, "{uid}");
+    }
+    for (uid, file) in [
+        ("b563feb7b2b84b6test", "model.json"),
+        ("extra-fields-order-0001", "valid/extra-fields.json"),
+        ("html-in-fields-0001", "valid/html-in-fields.json"),
+        ("unicode-order-0001", "valid/unicode.json"),
+    ] {
+        assert_eq!(app.wait_for_order(uid), testdata(file), "{file}");
+    }
+    app.wait_until_drained();
+    assert_eq!(app.orders_count(), 1 + 1 + 3 + 4);
+    let rejected = app.rejected();
+    assert_eq!(rejected.len(), INVALID_SAMPLES.len(), "{rejected:?}");
+    for (file, kind) in INVALID_SAMPLES {
+        let payload = testdata(file);
+        let row = rejected
+            .iter()
+            .find(|r| r.payload == payload)
+            .unwrap_or_else(|| panic!("{file} was not recorded as rejected"));
+        assert_eq!(row.kind, kind, "{file}: {}", row.reason);
+    }
+}

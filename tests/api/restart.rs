@@ -1,0 +1,96 @@
+//! Crashes, restarts and stops: everything stored is served again, byte for byte.
+
+use crate::helpers::{model_with_uid, spawn_app, testdata};
+
+/// The valid testdata samples and 20 generated orders, as (order_uid, message).
+fn some_valid_orders() -> Vec<(String, Vec<u8>)> {
+    let mut orders: Vec<(String, Vec<u8>)> = [
+        ("b563feb7b2b84b6test", "model.json"),
+        ("multi-item-order-0001", "valid/multi-item.json"),
+        ("extra-fields-order-0001", "valid/extra-fields.json"),
+        ("html-in-fields-0001", "valid/html-in-fields.json"),
+        ("unicode-order-0001", "valid/unicode.json"),
+    ]
+    .into_iter()
+    .map(|(uid, file)| (uid.to_owned(), testdata(file)))
+    .collect();
+    for i in 0..20 {
+        let uid = format!("generated-{i:04}");
+        let message = model_with_uid(&uid);
+        orders.push((uid, message));
+    }
+    orders
+}
+
+#[test]
+fn after_a_kill_and_restart_every_order_is_served_again_byte_for_byte() {
+    // Arrange
+    let mut app = spawn_app();
+    let orders = some_valid_orders();
+    for (uid, message) in &orders {
+        app.publish_with_id(message, uid);
+    }
+    for (uid, message) in &orders {
+        assert_eq!(&app.wait_for_order(uid), message, "{uid} before the kill");
+    }
+
+    // Act
+    app.kill();
+    app.restart();
+
+    // Assert: ready means restored, so every order is there at once.
+    for (uid, message) in &orders {
+        let (status, _, body) = app.get(&format!("/order/{uid}"));
+        assert_eq!(status, 200, "{uid} after the restart");
+        assert_eq!(&body, message, "{uid} after the restart");
+    }
+    assert_eq!(app.orders_count(), orders.len() as i64);
+}
+
+#[test]
+fn after_a_restart_with_the_stream_deleted_orders_are_restored_from_postgres() {
+    // Arrange
+    let mut app = spawn_app();
+    let orders = some_valid_orders();
+    for (uid, message) in &orders {
+        app.publish_with_id(message, uid);
+    }
+    for (uid, _) in &orders {
+        app.wait_for_order(uid);
+    }
+    app.kill();
+
+    // Act
+    app.delete_stream();
+    app.restart(); // waits until the service has recreated the stream and the consumer
+
+    // Assert
+    for (uid, message) in &orders {
+        let (status, _, body) = app.get(&format!("/order/{uid}"));
+        assert_eq!(status, 200, "{uid} after the restart");
+        assert_eq!(&body, message, "{uid} after the restart");
+    }
+    // And it carries on with the new stream.
+    let newer = model_with_uid("after-the-stream-was-deleted");
+    app.publish(&newer);
+    assert_eq!(app.wait_for_order("after-the-stream-was-deleted"), newer);
+    assert_eq!(app.orders_count(), orders.len() as i64 + 1);
+}
+
+#[test]
+fn sigterm_stops_the_service_with_exit_code_zero() {
+    // Arrange
+    let mut app = spawn_app();
+    app.publish(&testdata("model.json"));
+    app.wait_for_order("b563feb7b2b84b6test");
+
+    // Act
+    let status = app.terminate();
+
+    // Assert
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status after SIGTERM: {status}"
+    );
+}
