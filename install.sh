@@ -3,7 +3,8 @@
 #
 #   ./install.sh              dependencies, release build, install onto PATH, `ordersvc migrate`
 #   ./install.sh deps         dependencies only
-#   ./install.sh test [ARGS]  dependencies, then `cargo test --locked ARGS` (exits with cargo's code)
+#   ./install.sh test [ARGS]  dependencies and Chromium (for the page tests), then
+#                             `cargo test --locked ARGS` (exits with cargo's code)
 #   ./install.sh -h|--help
 #
 # Dependencies: Debian packages, a Rust toolchain (>= 1.85, from rustup), PostgreSQL on
@@ -26,6 +27,8 @@ readonly ROLE_PASSWORD="ordersvc"
 readonly DEFAULT_DATABASE_URL="postgres://${ROLE}:${ROLE_PASSWORD}@${PG_HOST}:${PG_PORT}/orders"
 readonly WAIT_SECONDS=30
 readonly DEB_PACKAGES=(postgresql nats-server build-essential pkg-config curl ca-certificates)
+# Only the test suite needs these: the page tests drive a headless browser.
+readonly TEST_DEB_PACKAGES=(chromium)
 
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 readonly REPO_DIR
@@ -48,12 +51,14 @@ Usage: ./install.sh [deps | test [CARGO_TEST_ARGS...] | -h | --help]
   deps           only install/start the dependencies: Debian packages, PostgreSQL on
                  ${PG_HOST}:${PG_PORT}, NATS JetStream on ${NATS_HOST}:${NATS_PORT}, role '${ROLE}';
                  checks that Rust >= ${MIN_RUST} is installed (it cannot install Rust)
-  test           dependencies, then 'cargo test --locked' with the remaining arguments,
+  test           dependencies and Debian's chromium (the page tests drive it headless), then
+                 'cargo test --locked' with the remaining arguments,
                  e.g. ./install.sh test -- --nocapture; exits with cargo's exit code
   -h, --help     show this help
 
 Environment: DATABASE_URL (default ${DEFAULT_DATABASE_URL}) is used by
-'ordersvc migrate' and the tests; 'test' exports the default when it is unset.
+'ordersvc migrate'. The tests make their own databases (ORDERSVC_TEST_DATABASE_URL,
+ORDERSVC_TEST_NATS_URL and CHROMIUM point them elsewhere).
 EOF
 }
 
@@ -136,13 +141,15 @@ package_present() {
         build-essential) command -v cc >/dev/null 2>&1 && command -v make >/dev/null 2>&1 ;;
         pkg-config) command -v pkg-config >/dev/null 2>&1 ;;
         curl) command -v curl >/dev/null 2>&1 ;;
+        chromium) [[ -x /usr/bin/chromium ]] ;;
         *) return 1 ;;
     esac
 }
 
+# install_packages PKG...: installs those of the packages that are missing.
 install_packages() {
     local missing=() pkg
-    for pkg in "${DEB_PACKAGES[@]}"; do
+    for pkg in "$@"; do
         package_present "${pkg}" || missing+=("${pkg}")
     done
     ((${#missing[@]} == 0)) && return 0
@@ -327,7 +334,7 @@ check_login() {
 # --- modes ----------------------------------------------------------------------------------
 RUST_VERSION=""
 deps() {
-    install_packages
+    install_packages "${DEB_PACKAGES[@]}"
     check_rust
     start_postgres
     start_nats
@@ -390,8 +397,7 @@ main() {
         test)
             shift
             deps
-            # The tests (sqlx::test included) read DATABASE_URL; give them the service's default.
-            export DATABASE_URL="${DATABASE_URL:-${DEFAULT_DATABASE_URL}}"
+            install_packages "${TEST_DEB_PACKAGES[@]}"
             cd "${REPO_DIR}"
             info "Running cargo test --locked${*:+ $*}"
             exec cargo test --locked "$@"

@@ -1,7 +1,10 @@
 mod bad_messages;
+mod browser;
 mod duplicates;
 mod durability;
 mod helpers;
 mod http;
+mod orders_list;
+mod page;
 mod publish_command;
 mod restart;
