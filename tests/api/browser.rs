@@ -23,7 +23,8 @@ fn chromium() -> String {
 }
 
 fn run(args: &[String]) -> Vec<u8> {
-    let profile = std::env::temp_dir().join(format!("ordersvc-chromium-{:08x}", rand::random::<u32>()));
+    let profile =
+        std::env::temp_dir().join(format!("ordersvc-chromium-{:08x}", rand::random::<u32>()));
     let mut command = Command::new(chromium());
     // The flags a sandboxed root CI needs, and none of Chromium's own network chatter.
     command
@@ -63,7 +64,10 @@ fn run(args: &[String]) -> Vec<u8> {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    let out = reader.join().expect("reader thread").expect("cannot read chromium's output");
+    let out = reader
+        .join()
+        .expect("reader thread")
+        .expect("cannot read chromium's output");
     let _ = std::fs::remove_dir_all(&profile);
     assert!(status.success(), "chromium failed: {status}");
     out
@@ -82,6 +86,11 @@ pub fn screenshot(url: &str, path: &Path, width: u32, height: u32) {
         format!("--window-size={width},{height}"),
         url.to_owned(),
     ]);
-    let png = std::fs::read(path).unwrap_or_else(|e| panic!("no screenshot at {}: {e}", path.display()));
-    assert!(png.starts_with(b"\x89PNG"), "{} is not a PNG", path.display());
+    let png =
+        std::fs::read(path).unwrap_or_else(|e| panic!("no screenshot at {}: {e}", path.display()));
+    assert!(
+        png.starts_with(b"\x89PNG"),
+        "{} is not a PNG",
+        path.display()
+    );
 }

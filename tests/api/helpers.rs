@@ -422,6 +422,23 @@ impl TestApp {
         })
     }
 
+    /// How many messages this test's stream holds.
+    pub fn stream_messages(&self) -> u64 {
+        self.rt.block_on(async {
+            let mut stream = self
+                .js
+                .get_stream(&self.stream)
+                .await
+                .expect("cannot get the stream");
+            stream
+                .info()
+                .await
+                .expect("cannot get the stream's info")
+                .state
+                .messages
+        })
+    }
+
     /// Deletes the stream (and so the consumer) behind the service's back.
     pub fn delete_stream(&self) {
         self.rt

@@ -7,4 +7,5 @@ mod http;
 mod orders_list;
 mod page;
 mod publish_command;
+mod replay;
 mod restart;

@@ -5,7 +5,11 @@ use crate::helpers::{model_with_uid, spawn_app, TestApp};
 fn order_created_at(uid: &str, date: &str) -> Vec<u8> {
     String::from_utf8(model_with_uid(uid))
         .expect("UTF-8")
-        .replacen(r#""date_created": "2021-11-26T06:22:19Z""#, &format!(r#""date_created": "{date}""#), 1)
+        .replacen(
+            r#""date_created": "2021-11-26T06:22:19Z""#,
+            &format!(r#""date_created": "{date}""#),
+            1,
+        )
         .into_bytes()
 }
 
@@ -62,12 +66,27 @@ fn recent_orders_come_newest_first_and_page_with_the_cursor() {
 #[test]
 fn bad_paging_parameters_get_400_with_a_json_error() {
     let app = spawn_app();
-    for query in ["limit=0", "limit=1001", "limit=-1", "limit=ten", "before=garbage", "before=1.bad%20uid", "colour=red"] {
+    for query in [
+        "limit=0",
+        "limit=1001",
+        "limit=-1",
+        "limit=ten",
+        "before=garbage",
+        "before=1.bad%20uid",
+        "colour=red",
+    ] {
         let (status, headers, body) = app.get(&format!("/orders?{query}"));
         assert_eq!(status, 400, "{query}");
-        assert_eq!(headers.get("content-type").map(String::as_str), Some("application/json"), "{query}");
+        assert_eq!(
+            headers.get("content-type").map(String::as_str),
+            Some("application/json"),
+            "{query}"
+        );
         let json: serde_json::Value = serde_json::from_slice(&body).expect("JSON error body");
-        assert!(json["error"].as_str().is_some_and(|e| !e.is_empty()), "{query}: {json}");
+        assert!(
+            json["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{query}: {json}"
+        );
     }
     let (status, _, _) = app.get("/orders?limit=1000");
     assert_eq!(status, 200, "the largest limit is allowed");

@@ -9,7 +9,9 @@ use crate::helpers::{model_with_uid, spawn_app, testdata};
 /// The (serialised) text of the element whose `data-field` is `name`.
 fn field<'a>(dom: &'a str, name: &str) -> &'a str {
     let marker = format!(r#"data-field="{name}""#);
-    let start = dom.find(&marker).unwrap_or_else(|| panic!("no data-field {name}:\n{dom}"));
+    let start = dom
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no data-field {name}:\n{dom}"));
     let rest = &dom[start..];
     let open = rest.find('>').map_or(rest.len(), |i| i + 1);
     let text = &rest[open..];
@@ -59,13 +61,33 @@ fn the_page_shows_a_stored_order_with_all_its_fields_and_items() {
     ] {
         assert_eq!(field(&dom, name), text, "{name}");
     }
-    for item_text in ["Mascaras", "Vivienne Sabo", "Lipstick", "Maybelline", "Eyeliner", "NYX", "multi0001item3"] {
-        assert!(dom.contains(&format!(">{item_text}</td>")), "item cell {item_text} missing:\n{dom}");
+    for item_text in [
+        "Mascaras",
+        "Vivienne Sabo",
+        "Lipstick",
+        "Maybelline",
+        "Eyeliner",
+        "NYX",
+        "multi0001item3",
+    ] {
+        assert!(
+            dom.contains(&format!(">{item_text}</td>")),
+            "item cell {item_text} missing:\n{dom}"
+        );
     }
-    assert!(dom.contains(r#"<article id="order" aria-labelledby="order-title">"#), "order not shown:\n{dom}");
-    assert!(dom.contains(r#"id="state" class="state" role="status" aria-live="polite" hidden"#), "a state message is still shown:\n{dom}");
+    assert!(
+        dom.contains(r#"<article id="order" aria-labelledby="order-title">"#),
+        "order not shown:\n{dom}"
+    );
+    assert!(
+        dom.contains(r#"id="state" class="state" role="status" aria-live="polite" hidden"#),
+        "a state message is still shown:\n{dom}"
+    );
     // The recent list has both orders, as links that open them.
-    assert!(dom.contains(r#"href="/?id=b563feb7b2b84b6test""#), "recent list:\n{dom}");
+    assert!(
+        dom.contains(r#"href="/?id=b563feb7b2b84b6test""#),
+        "recent list:\n{dom}"
+    );
 
     screenshot(&url, &docs("screenshot-order.png"), 1280, 1500);
 }
@@ -80,8 +102,14 @@ fn the_page_says_when_an_order_does_not_exist_and_echoes_the_id_as_text() {
     let dom = dump_dom(&url);
 
     // Assert
-    assert!(dom.contains("No order with id “no-such-order” was found."), "{dom}");
-    assert!(dom.contains(r#"<article id="order" hidden="""#), "an order is shown:\n{dom}");
+    assert!(
+        dom.contains("No order with id “no-such-order” was found."),
+        "{dom}"
+    );
+    assert!(
+        dom.contains(r#"<article id="order" hidden="""#),
+        "an order is shown:\n{dom}"
+    );
     assert!(dom.contains("No orders stored yet."), "{dom}");
 
     screenshot(&url, &docs("screenshot-not-found.png"), 1280, 700);
@@ -92,7 +120,9 @@ fn the_page_explains_an_invalid_id_with_the_rule() {
     let app = spawn_app();
     let dom = dump_dom(&format!("http://{}/?id=bad%20id%3Cb%3E", app.addr));
     assert!(
-        dom.contains("“bad id&lt;b&gt;” is not a valid order id: order_uid must be 1 to 64 characters"),
+        dom.contains(
+            "“bad id&lt;b&gt;” is not a valid order id: order_uid must be 1 to 64 characters"
+        ),
         "{dom}"
     );
 }
@@ -126,14 +156,22 @@ fn hostile_text_in_an_order_is_shown_literally_and_runs_nothing() {
 
     // Assert: nothing ran, no element was made from the data, and the text is there as text.
     assert!(!dom.contains("data-pwned="), "a payload ran:\n{dom}");
-    assert!(!dom.contains("<img src=\"x\""), "an img element was created from order data:\n{dom}");
-    assert!(!dom.contains("<svg"), "an svg element was created from order data:\n{dom}");
+    assert!(
+        !dom.contains("<img src=\"x\""),
+        "an img element was created from order data:\n{dom}"
+    );
+    assert!(
+        !dom.contains("<svg"),
+        "an svg element was created from order data:\n{dom}"
+    );
     assert_eq!(
         field(&dom, "delivery.name"),
         "&lt;img src=x onerror=\"document.body.setAttribute('data-pwned','img')\"&gt;"
     );
     assert!(
-        dom.contains("&lt;script&gt;document.body.setAttribute('data-pwned','script')&lt;/script&gt;</td>"),
+        dom.contains(
+            "&lt;script&gt;document.body.setAttribute('data-pwned','script')&lt;/script&gt;</td>"
+        ),
         "{dom}"
     );
 }
@@ -143,10 +181,18 @@ fn the_page_is_served_with_a_strict_content_security_policy() {
     let app = spawn_app();
     let (status, headers, body) = app.get("/");
     assert_eq!(status, 200);
-    let csp = headers.get("content-security-policy").expect("a CSP header");
-    assert!(csp.contains("script-src 'self'") && csp.contains("default-src 'none'"), "{csp}");
+    let csp = headers
+        .get("content-security-policy")
+        .expect("a CSP header");
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("default-src 'none'"),
+        "{csp}"
+    );
     assert!(!csp.contains("unsafe-inline"), "{csp}");
-    assert_eq!(headers.get("x-content-type-options").map(String::as_str), Some("nosniff"));
+    assert_eq!(
+        headers.get("x-content-type-options").map(String::as_str),
+        Some("nosniff")
+    );
     let html = String::from_utf8(body).expect("UTF-8");
     assert!(!html.contains("<script>"), "inline script in the page");
     for asset in ["/app.js", "/app.css"] {
