@@ -88,7 +88,7 @@ mod tests {
 
     #[test]
     fn a_commit_failure_keeps_the_service_unready_until_cleared_even_if_pings_succeed() {
-        let cache = Cache::new();
+        let cache = Cache::new(None);
         cache.mark_restored();
         let health = Health::new();
         assert!(health.readiness(&cache).is_ok());
@@ -103,7 +103,7 @@ mod tests {
     #[test]
     fn the_service_is_not_ready_while_the_cache_is_restoring() {
         let health = Health::new();
-        let reason = health.readiness(&Cache::new()).expect_err("not ready");
+        let reason = health.readiness(&Cache::new(None)).expect_err("not ready");
         assert!(reason.contains("restoring"), "{reason}");
     }
 }

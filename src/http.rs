@@ -19,7 +19,7 @@ use time::OffsetDateTime;
 use tiny_http::{Header, Method, Request, Response, ResponseBox, StatusCode};
 use tracing::{debug, error};
 
-use crate::cache::{Body, Cache};
+use crate::cache::{Body, Cache, Entry};
 use crate::health::Health;
 use crate::metrics::{HttpLabels, Metrics, RouteLabels};
 use crate::order::OrderUid;
@@ -31,6 +31,8 @@ const ORDERS_DEFAULT_LIMIT: i64 = 20;
 const ORDERS_MAX_LIMIT: i64 = 1000;
 /// Longest wait for the recent-orders query.
 const ORDERS_QUERY_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest wait for one order read from PostgreSQL on a cache miss.
+const DB_READ_TIMEOUT: Duration = Duration::from_secs(1);
 /// Longest id echoed back in an error body.
 const ECHO_MAX: usize = 128;
 
@@ -211,38 +213,62 @@ fn order(request: &Request, raw_id: &str, state: &AppState) -> ResponseBox {
         Ok(uid) => uid,
         Err(e) => return id_error(400, &e.to_string(), &id),
     };
-    match state.cache.get(uid.as_str()) {
-        Some(entry) => {
-            let etag = header("ETag", entry.etag());
-            if if_none_match(request, entry.etag()) {
-                return Response::empty(304).with_header(etag).boxed();
-            }
-            let len = entry.body().len();
-            Response::new(
-                StatusCode(200),
-                vec![
-                    header("Content-Type", "application/json"),
-                    etag,
-                    header("Cache-Control", "no-cache"),
-                    // The body holds untrusted text: never let a browser sniff it as HTML.
-                    header("X-Content-Type-Options", "nosniff"),
-                ],
-                Cursor::new(Body(entry)),
-                Some(len),
-                None,
+    if !state.cache.is_restored() {
+        // Serve what is already loaded, but never a false 404 while the rest is on its way.
+        return match state.cache.get(uid.as_str()) {
+            Some(entry) => order_response(request, &entry),
+            None => id_error(
+                503,
+                "the service is starting: orders are being restored",
+                uid.as_str(),
             )
-            // Always send a Content-Length, even for large orders, rather than chunking.
-            .with_chunked_threshold(usize::MAX)
-            .boxed()
-        }
-        None if !state.cache.is_restored() => id_error(
-            503,
-            "the service is starting: orders are being restored",
-            uid.as_str(),
-        )
-        .with_header(header("Retry-After", "1")),
-        None => id_error(404, "order not found", uid.as_str()),
+            .with_header(header("Retry-After", "1")),
+        };
     }
+    // With a byte bound, an order not in memory may still be stored: ask PostgreSQL (once per
+    // id, however many requests want it), within a short deadline.
+    let loaded = state.cache.get_or_load(&uid, || {
+        let query = state.store.document(uid.as_str());
+        match state
+            .runtime
+            .block_on(async { tokio::time::timeout(DB_READ_TIMEOUT, query).await })
+        {
+            Ok(Ok(document)) => Ok(document),
+            Ok(Err(e)) => Err(format!("PostgreSQL unavailable: {e}")),
+            Err(_) => Err("PostgreSQL did not answer in time".to_owned()),
+        }
+    });
+    match loaded {
+        Ok(Some(entry)) => order_response(request, &entry),
+        Ok(None) => id_error(404, "order not found", uid.as_str()),
+        Err(e) => id_error(503, &e, uid.as_str()).with_header(header("Retry-After", "1")),
+    }
+}
+
+/// 200 with the cached body, or 304 when the client already has it.
+fn order_response(request: &Request, entry: &Arc<Entry>) -> ResponseBox {
+    let tag = entry.etag();
+    let etag = header("ETag", &tag);
+    if if_none_match(request, &tag) {
+        return Response::empty(304).with_header(etag).boxed();
+    }
+    let len = entry.body().len();
+    Response::new(
+        StatusCode(200),
+        vec![
+            header("Content-Type", "application/json"),
+            etag,
+            header("Cache-Control", "no-cache"),
+            // The body holds untrusted text: never let a browser sniff it as HTML.
+            header("X-Content-Type-Options", "nosniff"),
+        ],
+        Cursor::new(Body(entry.clone())),
+        Some(len),
+        None,
+    )
+    // Always send a Content-Length, even for large orders, rather than chunking.
+    .with_chunked_threshold(usize::MAX)
+    .boxed()
 }
 
 /// `GET /orders?limit=N&before=CURSOR`: newest first, read from PostgreSQL's index.

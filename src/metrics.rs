@@ -72,9 +72,24 @@ fn latency_histogram() -> Histogram {
 }
 
 impl Metrics {
-    /// Registers every metric.
-    pub fn new() -> Metrics {
+    /// Registers every metric, including the cache's own counters.
+    pub fn new(cache: &Cache) -> Metrics {
         let mut registry = Registry::with_prefix("ordersvc");
+        registry.register(
+            "cache_hits",
+            "Order lookups answered from memory",
+            cache.stats.hits.clone(),
+        );
+        registry.register(
+            "cache_misses",
+            "Order lookups that went to PostgreSQL (only with --cache-max-bytes)",
+            cache.stats.misses.clone(),
+        );
+        registry.register(
+            "cache_evictions",
+            "Orders dropped from memory to stay within --cache-max-bytes",
+            cache.stats.evictions.clone(),
+        );
         let messages = Family::<MessageLabels, Counter>::default();
         registry.register(
             "messages",
@@ -171,23 +186,18 @@ impl Metrics {
     }
 }
 
-impl Default for Metrics {
-    fn default() -> Metrics {
-        Metrics::new()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn counted_messages_appear_in_the_exposition_with_their_labels() {
-        let metrics = Metrics::new();
+        let cache = Cache::new(None);
+        let metrics = Metrics::new(&cache);
         metrics.count_message("rejected", "bad_json");
         metrics.count_message("rejected", "bad_json");
         metrics.count_message("stored", "");
-        let text = metrics.encode(&Cache::new(), &Health::new());
+        let text = metrics.encode(&cache, &Health::new());
         assert!(
             text.contains(r#"ordersvc_messages_total{outcome="rejected",reason="bad_json"} 2"#),
             "{text}"

@@ -48,6 +48,10 @@ pub struct ServeArgs {
     /// Most messages written to PostgreSQL in one transaction.
     #[arg(long, env = "ORDERSVC_BATCH_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u16).range(1..=10000))]
     pub batch_size: u16,
+    /// Keep at most this many bytes of order documents in memory (e.g. 512MiB); orders beyond it
+    /// are read from PostgreSQL on demand. Default: no bound, every order in memory.
+    #[arg(long, env = "ORDERSVC_CACHE_MAX_BYTES", value_parser = cache::parse_size)]
+    pub cache_max_bytes: Option<u64>,
 }
 
 /// Runs the service.
@@ -65,9 +69,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
         Ok::<_, color_eyre::Report>((store, client))
     })?;
 
-    let cache = Arc::new(Cache::new());
+    let cache = Arc::new(Cache::new(args.cache_max_bytes));
     let health = Arc::new(Health::new());
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::new(&cache));
     let (cache_tx, cache_rx) = crossbeam_channel::bounded(CACHE_QUEUE);
     let writer = cache::spawn_writer(cache.clone(), cache_rx)?;
 
@@ -96,7 +100,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     };
     let result = runtime.block_on(async {
         let signals = tokio::spawn(wait_for_signal(stop_tx));
-        restore(&store, &cache, &cache_tx, &metrics).await?;
+        restore(&store, &cache, &metrics).await?;
         drop(cache_tx);
         tokio::spawn(monitor(
             store.clone(),
@@ -129,23 +133,27 @@ pub fn run(args: ServeArgs) -> Result<()> {
     result
 }
 
-/// Loads every stored order into the cache, streamed, then marks the cache restored.
-async fn restore(
-    store: &Store,
-    cache: &Cache,
-    cache_tx: &crossbeam_channel::Sender<cache::Batch>,
-    metrics: &Metrics,
-) -> Result<()> {
+/// Loads stored orders into the cache, streamed, then marks the cache restored. With a byte
+/// bound, the newest orders are loaded until the bound is reached; the rest is read on demand.
+async fn restore(store: &Store, cache: &Cache, metrics: &Metrics) -> Result<()> {
     let started = Instant::now();
     let total = store
         .count_orders()
         .await
         .wrap_err("cannot count stored orders")?;
-    info!(orders = total, "restoring the cache from PostgreSQL");
-    let mut rows = store.documents();
+    info!(
+        orders = total,
+        max_bytes = cache.max_bytes(),
+        "restoring the cache from PostgreSQL"
+    );
+    let mut rows = match cache.max_bytes() {
+        None => store.documents(),
+        Some(_) => store.documents_newest_first(),
+    };
     let mut chunk = Vec::with_capacity(RESTORE_CHUNK);
     let mut loaded = 0u64;
     let mut last_log = Instant::now();
+    let mut stopped_early = false;
     while let Some(row) = rows.next().await {
         let (uid, document) = row.wrap_err("cannot read stored orders")?;
         match OrderUid::parse(&uid) {
@@ -155,11 +163,9 @@ async fn restore(
         }
         if chunk.len() == RESTORE_CHUNK {
             loaded += chunk.len() as u64;
-            send_blocking(
-                cache_tx,
-                std::mem::replace(&mut chunk, Vec::with_capacity(RESTORE_CHUNK)),
-            )
-            .await?;
+            let full = std::mem::replace(&mut chunk, Vec::with_capacity(RESTORE_CHUNK));
+            // Nothing else runs on the runtime yet; inserting here keeps at most one chunk in flight.
+            tokio::task::block_in_place(|| cache.insert_batch(full));
             metrics
                 .restored_orders
                 .set(i64::try_from(loaded).unwrap_or(i64::MAX));
@@ -167,36 +173,30 @@ async fn restore(
                 info!(loaded, total, "restoring the cache");
                 last_log = Instant::now();
             }
+            if cache.is_full() {
+                stopped_early = true;
+                break;
+            }
         }
     }
+    drop(rows);
     loaded += chunk.len() as u64;
-    send_blocking(cache_tx, chunk).await?;
+    tokio::task::block_in_place(|| cache.insert_batch(chunk));
     metrics
         .restored_orders
         .set(i64::try_from(loaded).unwrap_or(i64::MAX));
-    // Wait until the writer has applied everything: only then is a miss a real 404.
-    while (cache.len() as u64) < loaded {
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    if stopped_early || (cache.len() as u64) < loaded {
+        cache.mark_incomplete();
     }
     cache.mark_restored();
     info!(
-        orders = loaded,
+        orders = cache.len(),
         bytes = cache.bytes(),
+        complete = cache.is_complete(),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "cache restored; ready"
     );
     Ok(())
-}
-
-async fn send_blocking(
-    tx: &crossbeam_channel::Sender<cache::Batch>,
-    batch: cache::Batch,
-) -> Result<()> {
-    let tx = tx.clone();
-    tokio::task::spawn_blocking(move || tx.send(batch))
-        .await
-        .map_err(|e| eyre!("cache restore task failed: {e}"))?
-        .map_err(|_| eyre!("the cache writer stopped"))
 }
 
 /// Keeps `/readyz` honest while ingest is idle: checks PostgreSQL and the NATS connection every second.

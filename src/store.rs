@@ -227,6 +227,14 @@ impl Store {
         sqlx::query_as("SELECT order_uid, document FROM orders").fetch(&self.pool)
     }
 
+    /// Every stored (order_uid, document), newest first (for a restore that stops when memory is full).
+    pub fn documents_newest_first(&self) -> BoxStream<'_, Result<(String, String), sqlx::Error>> {
+        sqlx::query_as(
+            "SELECT order_uid, document FROM orders ORDER BY date_created DESC, order_uid DESC",
+        )
+        .fetch(&self.pool)
+    }
+
     /// Stored orders in creation order (`date_created`, then `order_uid`), streamed: the ones
     /// created at or after `since`, and after the order `after` (to resume an interrupted run).
     pub fn documents_in_order<'a>(

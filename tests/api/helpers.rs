@@ -45,6 +45,7 @@ pub struct TestApp {
     pub subject: String,
     pub durable: String,
     child: Option<Child>,
+    serve_args: Vec<String>,
     db: Option<PgPool>,
     js: jetstream::Context,
     http: ureq::Agent,
@@ -66,6 +67,11 @@ pub type Reply = (u16, HashMap<String, String>, Vec<u8>);
 
 /// Starts the service on fresh names and waits until it is ready and its consumer exists.
 pub fn spawn_app() -> TestApp {
+    spawn_app_with(&[])
+}
+
+/// `spawn_app` with extra `serve` flags (kept for restarts).
+pub fn spawn_app_with(serve_args: &[&str]) -> TestApp {
     let suffix = format!("{:08x}", rand::random::<u32>());
     let base_url = std::env::var("ORDERSVC_TEST_DATABASE_URL")
         .unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_owned());
@@ -91,6 +97,7 @@ pub fn spawn_app() -> TestApp {
         durable: format!("durable_{suffix}"),
         suffix,
         child: None,
+        serve_args: serve_args.iter().map(|a| (*a).to_owned()).collect(),
         db: None,
         js,
         http: ureq::AgentBuilder::new()
@@ -153,6 +160,7 @@ impl TestApp {
             .args(["--subject", &self.subject])
             .args(["--durable", &self.durable])
             .args(["--http-addr", "127.0.0.1:0"])
+            .args(&self.serve_args)
             .env("RUST_LOG", service_log_filter())
             .stdin(Stdio::null())
             .stdout(Stdio::null())

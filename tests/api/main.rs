@@ -1,4 +1,5 @@
 mod bad_messages;
+mod bounded_cache;
 mod browser;
 mod duplicates;
 mod durability;

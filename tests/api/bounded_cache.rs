@@ -1,0 +1,64 @@
+//! `--cache-max-bytes`: memory holds at most the bound, and every stored order is still served,
+//! byte for byte, before and after a restart (what is not in memory is read from PostgreSQL).
+
+use crate::helpers::{model_with_uid, spawn_app_with, TestApp};
+
+/// Room for about a dozen model-sized orders (~1.1 KB each); the test stores a hundred.
+const BOUND: u64 = 15_000;
+
+fn metric(app: &TestApp, name: &str) -> f64 {
+    let (status, _, body) = app.get("/metrics");
+    assert_eq!(status, 200);
+    let text = String::from_utf8(body).expect("UTF-8");
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+fn assert_all_served(app: &TestApp, orders: &[(String, Vec<u8>)]) {
+    for (uid, message) in orders {
+        let (status, _, body) = app.get(&format!("/order/{uid}"));
+        assert_eq!(status, 200, "{uid}");
+        assert_eq!(&body, message, "{uid}");
+    }
+}
+
+#[test]
+fn a_cache_smaller_than_the_data_still_serves_every_order_within_its_bound() {
+    // Arrange
+    let bound = BOUND.to_string();
+    let mut app = spawn_app_with(&["--cache-max-bytes", &bound]);
+    let orders: Vec<(String, Vec<u8>)> = (0..100)
+        .map(|i| {
+            let uid = format!("bounded-{i:03}");
+            let message = model_with_uid(&uid);
+            (uid, message)
+        })
+        .collect();
+    for (_, message) in &orders {
+        app.publish(message);
+    }
+    for (uid, _) in &orders {
+        app.wait_for_order(uid);
+    }
+
+    // Act + Assert: every order, twice over (hits and misses), and memory within the bound.
+    assert_all_served(&app, &orders);
+    assert_all_served(&app, &orders);
+    assert!(metric(&app, "ordersvc_cache_bytes") <= BOUND as f64);
+    assert!(metric(&app, "ordersvc_cache_evictions_total") > 0.0);
+    assert!(metric(&app, "ordersvc_cache_misses_total") > 0.0);
+    assert_eq!(
+        app.get("/order/bounded-never-stored").0,
+        404,
+        "an unknown id is still a 404"
+    );
+
+    // And after a restart, which restores only what fits.
+    assert!(app.terminate().success());
+    app.restart();
+    assert!(metric(&app, "ordersvc_cache_bytes") <= BOUND as f64);
+    assert!(metric(&app, "ordersvc_cache_orders") < orders.len() as f64);
+    assert_all_served(&app, &orders);
+    assert!(metric(&app, "ordersvc_cache_bytes") <= BOUND as f64);
+}
