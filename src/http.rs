@@ -3,6 +3,7 @@
 //! Routes (the design's contract): `GET /order/{order_uid}`, `GET /orders`, `GET /`, `GET /healthz`,
 //! `GET /readyz`. HEAD works wherever GET does; other methods get 405.
 
+use std::future::Future;
 use std::io::Cursor;
 use std::net::{SocketAddr, TcpListener};
 use std::str::FromStr;
@@ -26,13 +27,14 @@ use crate::order::OrderUid;
 use crate::page;
 use crate::store::Store;
 
-/// Default and largest page size of `GET /orders`.
-const ORDERS_DEFAULT_LIMIT: i64 = 20;
+/// Default page size of the listings, and the largest of each.
+const LIST_DEFAULT_LIMIT: i64 = 20;
 const ORDERS_MAX_LIMIT: i64 = 1000;
-/// Longest wait for the recent-orders query.
-const ORDERS_QUERY_TIMEOUT: Duration = Duration::from_secs(1);
-/// Longest wait for one order read from PostgreSQL on a cache miss.
-const DB_READ_TIMEOUT: Duration = Duration::from_secs(1);
+const REJECTED_MAX_LIMIT: i64 = 200;
+/// How much of a rejected payload `/rejected` shows (the whole is in PostgreSQL).
+const REJECTED_PAYLOAD_SHOWN: usize = 4096;
+/// Longest an HTTP worker waits for PostgreSQL (a listing, or an order missing from memory).
+const DB_TIMEOUT: Duration = Duration::from_secs(1);
 /// Longest id echoed back in an error body.
 const ECHO_MAX: usize = 128;
 
@@ -160,6 +162,7 @@ fn route(request: &Request, state: &AppState) -> (&'static str, ResponseBox) {
         "/readyz" => "readyz",
         "/metrics" => "metrics",
         "/orders" => "orders",
+        "/rejected" => "rejected",
         _ if path.starts_with("/order/") => "order",
         _ => {
             return (
@@ -192,6 +195,7 @@ fn route(request: &Request, state: &AppState) -> (&'static str, ResponseBox) {
             ))
             .boxed(),
         "/orders" => recent_orders(query, state),
+        "/rejected" => rejected(query, state),
         _ => order(request, &path["/order/".len()..], state),
     };
     (name, response)
@@ -227,17 +231,9 @@ fn order(request: &Request, raw_id: &str, state: &AppState) -> ResponseBox {
     }
     // With a byte bound, an order not in memory may still be stored: ask PostgreSQL (once per
     // id, however many requests want it), within a short deadline.
-    let loaded = state.cache.get_or_load(&uid, || {
-        let query = state.store.document(uid.as_str());
-        match state
-            .runtime
-            .block_on(async { tokio::time::timeout(DB_READ_TIMEOUT, query).await })
-        {
-            Ok(Ok(document)) => Ok(document),
-            Ok(Err(e)) => Err(format!("PostgreSQL unavailable: {e}")),
-            Err(_) => Err("PostgreSQL did not answer in time".to_owned()),
-        }
-    });
+    let loaded = state
+        .cache
+        .get_or_load(&uid, || db_call(state, state.store.document(uid.as_str())));
     match loaded {
         Ok(Some(entry)) => order_response(request, &entry),
         Ok(None) => id_error(404, "order not found", uid.as_str()),
@@ -271,67 +267,74 @@ fn order_response(request: &Request, entry: &Arc<Entry>) -> ResponseBox {
     .boxed()
 }
 
-/// `GET /orders?limit=N&before=CURSOR`: newest first, read from PostgreSQL's index.
-fn recent_orders(query: &str, state: &AppState) -> ResponseBox {
-    let mut limit = ORDERS_DEFAULT_LIMIT;
-    let mut before = None;
+/// `limit` and `before` of a listing; any other parameter is refused.
+struct Paging {
+    limit: i64,
+    before: Option<String>,
+}
+
+fn paging(query: &str, max: i64) -> Result<Paging, ResponseBox> {
+    let mut paging = Paging {
+        limit: LIST_DEFAULT_LIMIT.min(max),
+        before: None,
+    };
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         let value = percent_decode_str(value).decode_utf8_lossy();
         match key {
             "limit" => match value.parse::<i64>() {
-                Ok(n) if (1..=ORDERS_MAX_LIMIT).contains(&n) => limit = n,
+                Ok(n) if (1..=max).contains(&n) => paging.limit = n,
                 _ => {
-                    return json_response(
-                        400,
-                        &json!({ "error": format!("limit must be an integer from 1 to {ORDERS_MAX_LIMIT}") }),
-                    )
+                    return Err(bad_request(&format!(
+                        "limit must be an integer from 1 to {max}"
+                    )))
                 }
             },
-            "before" => match PageCursor::decode(&value) {
-                Some(cursor) => before = Some(cursor),
-                None => {
-                    return json_response(
-                        400,
-                        &json!({ "error": "before is not a cursor returned by /orders" }),
-                    )
-                }
-            },
-            _ => {
-                return json_response(
-                    400,
-                    &json!({ "error": format!("unknown parameter {key:?}") }),
-                )
-            }
+            "before" => paging.before = Some(value.into_owned()),
+            _ => return Err(bad_request(&format!("unknown parameter {key:?}"))),
         }
     }
-    // An HTTP worker must never wait long on PostgreSQL: order lookups queue behind it.
+    Ok(paging)
+}
+
+fn bad_request(message: &str) -> ResponseBox {
+    json_response(400, &json!({ "error": message }))
+}
+
+/// Runs a PostgreSQL query for an HTTP worker: refused at once while PostgreSQL is known to be
+/// down, and bounded in time, because order lookups queue behind a worker that waits.
+fn db_call<T>(
+    state: &AppState,
+    query: impl Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, String> {
     if let Some(problem) = state.health.db_problem() {
-        return json_response(
-            503,
-            &json!({ "error": format!("PostgreSQL unavailable: {problem}") }),
-        );
+        return Err(format!("PostgreSQL unavailable: {problem}"));
     }
-    let query = state
-        .store
-        .recent(limit + 1, before.map(|c| (c.date, c.uid)));
-    let rows = state
+    match state
         .runtime
-        .block_on(async { tokio::time::timeout(ORDERS_QUERY_TIMEOUT, query).await });
-    let mut rows = match rows {
-        Ok(Ok(rows)) => rows,
-        Err(_) => {
-            return json_response(
-                503,
-                &json!({ "error": "PostgreSQL did not answer in time" }),
-            )
-        }
-        Ok(Err(e)) => {
-            return json_response(
-                503,
-                &json!({ "error": format!("PostgreSQL unavailable: {e}") }),
-            )
-        }
+        .block_on(async { tokio::time::timeout(DB_TIMEOUT, query).await })
+    {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(format!("PostgreSQL unavailable: {e}")),
+        Err(_) => Err("PostgreSQL did not answer in time".to_owned()),
+    }
+}
+
+/// `GET /orders?limit=N&before=CURSOR`: newest first, read from PostgreSQL's index.
+fn recent_orders(query: &str, state: &AppState) -> ResponseBox {
+    let paging = match paging(query, ORDERS_MAX_LIMIT) {
+        Ok(paging) => paging,
+        Err(response) => return response,
+    };
+    let before = match paging.before.as_deref().map(PageCursor::decode) {
+        None => None,
+        Some(Some(cursor)) => Some((cursor.date, cursor.uid)),
+        Some(None) => return bad_request("before is not a cursor returned by /orders"),
+    };
+    let limit = paging.limit;
+    let mut rows = match db_call(state, state.store.recent(limit + 1, before)) {
+        Ok(rows) => rows,
+        Err(e) => return json_response(503, &json!({ "error": e })),
     };
     let more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
@@ -358,6 +361,46 @@ fn recent_orders(query: &str, state: &AppState) -> ResponseBox {
         })
         .collect();
     json_response(200, &json!({ "orders": orders, "next": next }))
+}
+
+/// `GET /rejected?limit=N&before=ID`: the latest rejected messages, newest first, for operators.
+fn rejected(query: &str, state: &AppState) -> ResponseBox {
+    let paging = match paging(query, REJECTED_MAX_LIMIT) {
+        Ok(paging) => paging,
+        Err(response) => return response,
+    };
+    let before = match paging.before.as_deref().map(str::parse::<i64>) {
+        None => None,
+        Some(Ok(id)) => Some(id),
+        Some(Err(_)) => return bad_request("before must be the id of a rejected message"),
+    };
+    let rows = match db_call(state, state.store.rejected(paging.limit, before)) {
+        Ok(rows) => rows,
+        Err(e) => return json_response(503, &json!({ "error": e })),
+    };
+    let next = if rows.len() as i64 == paging.limit {
+        rows.last().map(|r| r.id)
+    } else {
+        None
+    };
+    let messages: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            let shown = &r.payload[..r.payload.len().min(REJECTED_PAYLOAD_SHOWN)];
+            json!({
+                "id": r.id,
+                "stream": r.stream,
+                "stream_seq": r.stream_seq,
+                "received_at": r.received_at.format(&Rfc3339).unwrap_or_default(),
+                "kind": r.kind,
+                "reason": r.reason,
+                "payload_bytes": r.payload.len(),
+                // As text for reading; the exact bytes stay in PostgreSQL.
+                "payload": String::from_utf8_lossy(shown),
+            })
+        })
+        .collect();
+    json_response(200, &json!({ "rejected": messages, "next": next }))
 }
 
 /// A position in the recent-orders list: the last row of a page.

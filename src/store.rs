@@ -77,8 +77,14 @@ pub struct Summary {
 /// A row of `rejected_messages`, for operators and tests.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct RejectedRow {
+    /// The row's id (newest is highest): the paging cursor.
+    pub id: i64,
+    /// The stream the message came from.
+    pub stream: String,
     /// Stream sequence number of the message.
     pub stream_seq: i64,
+    /// When it was recorded.
+    pub received_at: OffsetDateTime,
     /// `RejectKind` label or `conflicting_duplicate`.
     pub kind: String,
     /// Human-readable reason naming the rule and the field path.
@@ -326,12 +332,18 @@ impl Store {
         }
     }
 
-    /// The most recent rejected messages, newest first.
-    pub async fn rejected(&self, limit: i64) -> Result<Vec<RejectedRow>, sqlx::Error> {
+    /// The most recent rejected messages, newest first, older than the row `before` if given.
+    pub async fn rejected(
+        &self,
+        limit: i64,
+        before: Option<i64>,
+    ) -> Result<Vec<RejectedRow>, sqlx::Error> {
         sqlx::query_as(
-            "SELECT stream_seq, kind, reason, payload FROM rejected_messages ORDER BY id DESC LIMIT $1",
+            "SELECT id, stream, stream_seq, received_at, kind, reason, payload FROM rejected_messages \
+             WHERE ($2::int8 IS NULL OR id < $2) ORDER BY id DESC LIMIT $1",
         )
         .bind(limit)
+        .bind(before)
         .fetch_all(&self.pool)
         .await
     }
