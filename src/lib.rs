@@ -2,9 +2,11 @@
 //!
 //! Data flows one way: bus → ingest → store → cache → http. Each subcommand has its own module.
 
+pub mod bench;
 pub mod bus;
 pub mod cache;
 pub mod config;
+pub mod generate;
 pub mod health;
 pub mod http;
 pub mod ingest;

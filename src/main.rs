@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 use color_eyre::eyre::Result;
 
 use ordersvc::config::LogFormat;
-use ordersvc::{logging, migrate, publish, replay, serve};
+use ordersvc::{bench, logging, migrate, publish, replay, serve};
 
 /// Orders from NATS JetStream, stored in PostgreSQL, served over HTTP from memory.
 #[derive(Parser, Debug)]
@@ -35,6 +35,8 @@ enum Command {
     Migrate(migrate::MigrateArgs),
     /// Republish every stored order from PostgreSQL to the stream (or re-validate with --dry-run).
     ReplayFromDb(replay::ReplayArgs),
+    /// Measure the service: HTTP read load (`bench http`) or ingest throughput (`bench ingest`).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> Result<()> {
@@ -51,5 +53,6 @@ fn main() -> Result<()> {
         Command::Publish(args) => publish::run(args),
         Command::Migrate(args) => migrate::run(args),
         Command::ReplayFromDb(args) => replay::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }

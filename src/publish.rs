@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use crate::bus::{self, Pipeline, PublishSummary};
 use crate::config::NatsArgs;
+use crate::generate;
 use crate::order::OrderUid;
 use crate::samples::SAMPLES;
 
@@ -33,16 +34,41 @@ pub struct PublishArgs {
     /// Publish acks awaited at once (the pipelining window).
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub in_flight: u32,
+    /// Publish N generated valid orders (1 to 20 items, ids `bench-<seed>-<n>`) instead of files.
+    #[arg(long, value_name = "N", conflicts_with_all = ["files", "lines"])]
+    pub generate: Option<u64>,
+    /// Seed of `--generate`: the same seed gives the same orders (a fresh one if not given).
+    #[arg(long, requires = "generate")]
+    pub seed: Option<u64>,
 }
 
 /// Publishes and prints the summary; fails if any message could not be published.
 pub fn run(args: PublishArgs) -> Result<()> {
-    let messages = collect(&args)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .wrap_err("cannot start the async runtime")?;
-    let summary = runtime.block_on(publish(&args, messages))?;
+    let summary = match args.generate {
+        Some(count) => {
+            let seed = args.seed.unwrap_or_else(generate::random_seed);
+            eprintln!(
+                "publishing {count} generated orders, seed {seed}: ids {} and on",
+                generate::uid(seed, 0)
+            );
+            // Generated one at a time as they are sent: a million orders never sit in memory.
+            let generated = (0..count).map(move |n| {
+                (
+                    generate::uid(seed, n),
+                    Bytes::from(generate::order_bytes(seed, n)),
+                )
+            });
+            runtime.block_on(publish(&args, count, generated))?
+        }
+        None => {
+            let messages = collect(&args)?;
+            runtime.block_on(publish(&args, messages.len() as u64, messages))?
+        }
+    };
     println!(
         "published {}, duplicates dropped by the server {}, failed {}",
         summary.published, summary.duplicates, summary.failed
@@ -87,11 +113,15 @@ fn collect(args: &PublishArgs) -> Result<Vec<(String, Bytes)>> {
     Ok(messages)
 }
 
-async fn publish(args: &PublishArgs, messages: Vec<(String, Bytes)>) -> Result<PublishSummary> {
+async fn publish(
+    args: &PublishArgs,
+    count: u64,
+    messages: impl IntoIterator<Item = (String, Bytes)>,
+) -> Result<PublishSummary> {
     let client = bus::connect(&args.nats.nats_url, "ordersvc publish").await?;
     let js = jetstream::new(client);
     bus::ensure_stream(&js, &args.nats).await?;
-    let progress = bus::progress_bar(messages.len() as u64, PROGRESS_FROM);
+    let progress = bus::progress_bar(count, PROGRESS_FROM);
     let mut pipeline = Pipeline::new(js, &args.nats.subject, args.in_flight as usize, progress);
     for (label, payload) in messages {
         let id = message_id(&payload);
@@ -143,6 +173,8 @@ mod tests {
             files: vec![file],
             lines: true,
             in_flight: 1,
+            generate: None,
+            seed: None,
         };
         let messages = collect(&args).expect("collect");
         std::fs::remove_dir_all(&dir).ok();

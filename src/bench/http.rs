@@ -1,0 +1,616 @@
+//! `ordersvc bench http`: a load generator for `GET /order/{id}`, one OS thread per connection.
+//!
+//! Open loop (`--rate N`): request `i` is due at `start + i/N`. A connection takes the next
+//! request, sleeps until it is due if it is early, and its latency is counted from the moment it
+//! was due to the last byte of the response. When the server stalls, every connection is busy,
+//! later requests are sent late and their latency includes the wait: a stall shows in the
+//! percentiles instead of silently lowering the request rate ("coordinated omission").
+//! Closed loop (`--rate max`): each connection sends back to back; latency counts from the send.
+//!
+//! Which id request `i` asks for is a pure function of the seed and `i`, so a run is repeatable
+//! whatever thread happens to send which request.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Barrier, OnceLock};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use color_eyre::eyre::{bail, eyre, Result, WrapErr};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::client::{Client, Target};
+use super::report::{self, HttpSummary};
+use super::{parse_duration, parse_ratio, DEFAULT_URL};
+use crate::generate::Rng;
+use crate::order::OrderUid;
+
+/// Random stream for the hit-or-miss and id choice of each request.
+const STREAM_PICK: u64 = 10;
+/// Random stream for the unknown ids.
+const STREAM_MISS_IDS: u64 = 11;
+/// Distinct unknown ids used for misses.
+const MISS_IDS: u64 = 1024;
+/// Ids asked of `GET /orders` per page (its maximum).
+const PAGE_LIMIT: usize = 1000;
+/// Distinct error texts kept per connection; more are counted under one line.
+const MAX_DISTINCT_ERRORS: usize = 32;
+/// Stack of the connection threads: they only hold a buffer on the heap.
+const THREAD_STACK: usize = 256 * 1024;
+
+/// Settings of `ordersvc bench http`.
+#[derive(Args, Clone, Debug)]
+pub struct HttpArgs {
+    /// Base URL of the service.
+    #[arg(long, env = "ORDERSVC_BENCH_URL", default_value = DEFAULT_URL)]
+    pub url: String,
+    /// Requests per second (open loop: each request has a due time and its latency counts from
+    /// it), or `max` (closed loop: every connection sends back to back).
+    #[arg(long, env = "ORDERSVC_BENCH_RATE", default_value = "max")]
+    pub rate: Rate,
+    /// How long to send requests: e.g. 500ms, 10s, 2m.
+    #[arg(long, env = "ORDERSVC_BENCH_DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Keep-alive connections, each driven by its own thread.
+    #[arg(long, env = "ORDERSVC_BENCH_CONNECTIONS", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    pub connections: u16,
+    /// File of order ids to request, one per line. Without it, ids are read from the service's
+    /// `GET /orders`, newest first.
+    #[arg(long, env = "ORDERSVC_BENCH_IDS", value_name = "FILE")]
+    pub ids: Option<PathBuf>,
+    /// Most ids to read from `GET /orders`.
+    #[arg(long, env = "ORDERSVC_BENCH_MAX_IDS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub max_ids: u64,
+    /// Share of requests (0 to 1) for random unknown ids; for those, 404 is the right answer.
+    #[arg(long, env = "ORDERSVC_BENCH_MISS_RATIO", default_value = "0", value_parser = parse_ratio)]
+    pub miss_ratio: f64,
+    /// Print the report as one JSON object instead of text.
+    #[arg(long, env = "ORDERSVC_BENCH_JSON")]
+    pub json: bool,
+    /// Seed of the id choice; the same seed, ids and rate ask for the same ids in the same order.
+    #[arg(long, env = "ORDERSVC_BENCH_SEED")]
+    pub seed: Option<u64>,
+    /// Longest wait for one response (and for connecting); a slower one counts as an error.
+    #[arg(long, env = "ORDERSVC_BENCH_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+/// `--rate`: a constant request rate, or as fast as the connections go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rate {
+    /// Closed loop.
+    Max,
+    /// Open loop, requests per second.
+    PerSecond(u64),
+}
+
+impl FromStr for Rate {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Rate, String> {
+        if s.eq_ignore_ascii_case("max") {
+            return Ok(Rate::Max);
+        }
+        match s.trim_end_matches("/s").parse::<u64>() {
+            Ok(n) if n > 0 => Ok(Rate::PerSecond(n)),
+            _ => Err(format!(
+                "{s:?} is not a rate: give requests per second (e.g. 5000) or max"
+            )),
+        }
+    }
+}
+
+/// When request `i` is due, counted from the start, at `rate` requests per second.
+pub(crate) fn due(i: u64, rate: u64) -> Duration {
+    let nanos = u128::from(i) * 1_000_000_000 / u128::from(rate.max(1));
+    Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+}
+
+/// What request `i` asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Pick {
+    /// The known id at this index.
+    Hit(usize),
+    /// The unknown id at this index.
+    Miss(usize),
+}
+
+/// The id of request `i`: a miss with probability `miss_ratio`, else a known id, uniformly.
+pub(crate) fn pick(seed: u64, i: u64, miss_ratio: f64, hits: usize, misses: usize) -> Pick {
+    let mut rng = Rng::for_item(seed, i, STREAM_PICK);
+    let miss = hits == 0 || rng.chance(miss_ratio);
+    if miss {
+        Pick::Miss(rng.below(misses as u64) as usize)
+    } else {
+        Pick::Hit(rng.below(hits as u64) as usize)
+    }
+}
+
+/// The success rule: a known id must be answered 2xx, an unknown id (a deliberate miss) 404.
+pub(crate) fn is_success(pick: Pick, status: u16) -> bool {
+    match pick {
+        Pick::Hit(_) => (200..300).contains(&status),
+        Pick::Miss(_) => status == 404,
+    }
+}
+
+/// Runs the benchmark and prints the report.
+pub fn run(args: HttpArgs) -> Result<()> {
+    let target = Target::parse(&args.url)?;
+    let seed = args.seed.unwrap_or_else(crate::generate::random_seed);
+    let ids = match &args.ids {
+        Some(path) => read_ids(path)?,
+        None => fetch_ids(&target, args.max_ids, args.timeout)
+            .wrap_err_with(|| format!("cannot read order ids from {}/orders", target.url()))?,
+    };
+    if ids.is_empty() && args.miss_ratio < 1.0 {
+        bail!(
+            "no order ids to request: the service has no orders yet (publish some, e.g. with \
+             `ordersvc bench ingest`) or pass --ids FILE, or use --miss-ratio 1"
+        );
+    }
+    let hits: Vec<Box<[u8]>> = ids
+        .iter()
+        .map(|id| target.get(&format!("/order/{id}")))
+        .collect();
+    let misses: Vec<Box<[u8]>> = (0..MISS_IDS)
+        .map(|n| {
+            let mut rng = Rng::for_item(seed, n, STREAM_MISS_IDS);
+            target.get(&format!("/order/bench-miss-{:016x}", rng.next_u64()))
+        })
+        .collect();
+    Client::new(target.addr(), args.timeout)
+        .connect()
+        .wrap_err_with(|| format!("cannot connect to the service at {}", target.url()))?;
+
+    let mode = match args.rate {
+        Rate::Max => "closed loop at maximum rate".to_owned(),
+        Rate::PerSecond(n) => format!("open loop at {n} requests/s"),
+    };
+    eprintln!(
+        "bench http: {} for {}, {} connections, {} ids, miss ratio {}, seed {seed}",
+        mode,
+        report::duration(args.duration),
+        args.connections,
+        ids.len(),
+        args.miss_ratio
+    );
+    if let Rate::PerSecond(_) = args.rate {
+        precise_sleep();
+    }
+    let plan = Arc::new(Plan {
+        rate: args.rate,
+        duration: args.duration,
+        seed,
+        miss_ratio: args.miss_ratio,
+        hits,
+        misses,
+        next: AtomicU64::new(0),
+        start: OnceLock::new(),
+    });
+    let summary = attack(&plan, &target, usize::from(args.connections), args.timeout)?;
+    if args.json {
+        let mut value = summary.json();
+        value["settings"] = json!({
+            "url": target.url(),
+            "rate": match args.rate { Rate::Max => json!("max"), Rate::PerSecond(n) => json!(n) },
+            "latency_from": match args.rate { Rate::Max => "send", Rate::PerSecond(_) => "due" },
+            "duration_s": args.duration.as_secs_f64(),
+            "connections": args.connections,
+            "ids": ids.len(),
+            "miss_ratio": args.miss_ratio,
+            "seed": seed,
+        });
+        println!("{value}");
+    } else {
+        print!("{}", summary.text());
+    }
+    Ok(())
+}
+
+/// What every connection thread reads.
+struct Plan {
+    rate: Rate,
+    duration: Duration,
+    seed: u64,
+    miss_ratio: f64,
+    hits: Vec<Box<[u8]>>,
+    misses: Vec<Box<[u8]>>,
+    /// The index of the next request to send, shared by all connections.
+    next: AtomicU64,
+    /// Set by the first thread past the start line, once every connection is open.
+    start: OnceLock<Instant>,
+}
+
+/// One connection's counts; merged into the report at the end.
+struct Tally {
+    latencies: Histogram<u64>,
+    /// Open loop: how late each request was sent (sleep overshoot, or every connection busy).
+    send_lag: Histogram<u64>,
+    requests: u64,
+    successes: u64,
+    bytes_in: u64,
+    status_codes: BTreeMap<u16, u64>,
+    errors: BTreeMap<String, u64>,
+    last_send: Option<Instant>,
+    last_done: Option<Instant>,
+}
+
+impl Tally {
+    fn new() -> Tally {
+        Tally {
+            latencies: report::histogram(),
+            send_lag: report::histogram(),
+            requests: 0,
+            successes: 0,
+            bytes_in: 0,
+            status_codes: BTreeMap::new(),
+            errors: BTreeMap::new(),
+            last_send: None,
+            last_done: None,
+        }
+    }
+
+    fn error(&mut self, text: String) {
+        let key = if self.errors.len() < MAX_DISTINCT_ERRORS || self.errors.contains_key(&text) {
+            text
+        } else {
+            "(other errors)".to_owned()
+        };
+        *self.errors.entry(key).or_default() += 1;
+    }
+
+    fn merge(&mut self, other: Tally) {
+        // Both histograms have the same bounds, so adding cannot fail.
+        let _ = self.latencies.add(&other.latencies);
+        let _ = self.send_lag.add(&other.send_lag);
+        self.requests += other.requests;
+        self.successes += other.successes;
+        self.bytes_in += other.bytes_in;
+        for (code, n) in other.status_codes {
+            *self.status_codes.entry(code).or_default() += n;
+        }
+        for (error, n) in other.errors {
+            *self.errors.entry(error).or_default() += n;
+        }
+        self.last_send = self.last_send.max(other.last_send);
+        self.last_done = self.last_done.max(other.last_done);
+    }
+}
+
+/// Starts the connections, waits for them, and sums up.
+fn attack(
+    plan: &Arc<Plan>,
+    target: &Target,
+    connections: usize,
+    timeout: Duration,
+) -> Result<HttpSummary> {
+    // Every thread connects first, then all start together: connecting is not part of the run.
+    let ready = Arc::new(Barrier::new(connections + 1));
+    let mut threads = Vec::with_capacity(connections);
+    for n in 0..connections {
+        let (plan, ready) = (plan.clone(), ready.clone());
+        let mut client = Client::new(target.addr(), timeout);
+        let thread = std::thread::Builder::new()
+            .name(format!("bench-{n}"))
+            .stack_size(THREAD_STACK)
+            .spawn(move || {
+                let mut tally = Tally::new();
+                // A failure here is not counted: the first request tries again and counts its own.
+                let _ = client.connect();
+                ready.wait();
+                let start = *plan.start.get_or_init(Instant::now);
+                connection(&plan, start, &mut client, &mut tally);
+                tally
+            })
+            .wrap_err("cannot start a connection thread")?;
+        threads.push(thread);
+    }
+    ready.wait();
+    let start = *plan.start.get_or_init(Instant::now);
+
+    let bar = progress(plan.duration);
+    while !threads.iter().all(|t| t.is_finished()) {
+        std::thread::sleep(Duration::from_millis(100));
+        let elapsed = start.elapsed().min(plan.duration);
+        bar.set_position(elapsed.as_millis() as u64);
+        bar.set_message(format!("{} requests", plan.next.load(Ordering::Relaxed)));
+    }
+    bar.finish_and_clear();
+
+    let mut total = Tally::new();
+    for thread in threads {
+        let tally = thread
+            .join()
+            .map_err(|_| eyre!("a connection thread panicked"))?;
+        total.merge(tally);
+    }
+    let last_send = total.last_send.unwrap_or(start);
+    let last_done = total.last_done.unwrap_or(last_send).max(last_send);
+    Ok(HttpSummary {
+        requests: total.requests,
+        successes: total.successes,
+        attack: last_send.saturating_duration_since(start),
+        wait: last_done.saturating_duration_since(last_send),
+        latencies: total.latencies,
+        send_lag: match plan.rate {
+            Rate::Max => None,
+            Rate::PerSecond(_) => Some(total.send_lag),
+        },
+        bytes_in: total.bytes_in,
+        status_codes: total.status_codes,
+        errors: total.errors,
+    })
+}
+
+/// One connection's loop: take the next request, send it when due, record it.
+fn connection(plan: &Plan, start: Instant, client: &mut Client, tally: &mut Tally) {
+    let end = start + plan.duration;
+    loop {
+        let i = plan.next.fetch_add(1, Ordering::Relaxed);
+        // Closed loop: the request is "due" when the connection is free; open loop: at its slot.
+        let due_at = match plan.rate {
+            Rate::Max => {
+                let now = Instant::now();
+                if now >= end {
+                    return;
+                }
+                now
+            }
+            Rate::PerSecond(rate) => {
+                let offset = due(i, rate);
+                if offset >= plan.duration {
+                    return;
+                }
+                let due_at = start + offset;
+                let now = Instant::now();
+                if due_at > now {
+                    std::thread::sleep(due_at - now);
+                }
+                due_at
+            }
+        };
+        let target = pick(
+            plan.seed,
+            i,
+            plan.miss_ratio,
+            plan.hits.len(),
+            plan.misses.len(),
+        );
+        let request = match target {
+            Pick::Hit(n) => &plan.hits[n],
+            Pick::Miss(n) => &plan.misses[n],
+        };
+        let sent = Instant::now();
+        let result = client.request(request, None);
+        let done = Instant::now();
+        report::record(&mut tally.latencies, done - due_at);
+        if let Rate::PerSecond(_) = plan.rate {
+            report::record(&mut tally.send_lag, sent.saturating_duration_since(due_at));
+        }
+        tally.requests += 1;
+        tally.last_send = Some(sent);
+        tally.last_done = Some(done);
+        match result {
+            Ok(reply) => {
+                *tally.status_codes.entry(reply.status).or_default() += 1;
+                tally.bytes_in += reply.body_len as u64;
+                if is_success(target, reply.status) {
+                    tally.successes += 1;
+                } else {
+                    let kind = match target {
+                        Pick::Hit(_) => "a known",
+                        Pick::Miss(_) => "an unknown",
+                    };
+                    tally.error(format!("status {} for {kind} id", reply.status));
+                }
+            }
+            Err(e) => {
+                *tally.status_codes.entry(0).or_default() += 1;
+                tally.error(e.to_string());
+            }
+        }
+    }
+}
+
+/// Asks Linux to wake sleeping threads on time. Its default timer slack lets a sleep overrun by up
+/// to 50 µs; in open loop that overrun makes requests late, and the lateness counts as latency.
+/// Threads inherit the slack of the thread that spawns them, so this is called before the
+/// connection threads start. Best effort: without it the numbers are only a little pessimistic.
+fn precise_sleep() {
+    // `/proc/self` is the main thread, which is the one that runs `bench` and spawns the others.
+    if let Err(e) = std::fs::write("/proc/self/timerslack_ns", "1") {
+        eprintln!("note: cannot lower the timer slack ({e}); sleeps may overrun by up to 50 µs");
+    }
+}
+
+/// A progress bar over the run's duration, on stderr, hidden when stderr is not a terminal.
+fn progress(duration: Duration) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(duration.as_millis() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {elapsed} of {prefix}, {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_prefix(report::duration(duration));
+    bar
+}
+
+/// Reads ids, one per line; blank lines are skipped, an invalid id is an error.
+fn read_ids(path: &std::path::Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .wrap_err_with(|| format!("cannot read ids from {}", path.display()))?;
+    parse_ids(&text).wrap_err_with(|| format!("in {}", path.display()))
+}
+
+fn parse_ids(text: &str) -> Result<Vec<String>> {
+    let mut ids = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let id = line.trim();
+        if id.is_empty() {
+            continue;
+        }
+        // The id goes into the request line as it is: it must follow the order_uid rule.
+        let uid = OrderUid::parse(id).map_err(|e| eyre!("line {}: {id:?}: {e}", n + 1))?;
+        ids.push(uid.as_str().to_owned());
+    }
+    Ok(ids)
+}
+
+/// Pages through `GET /orders` (newest first) until `max` ids or the end of the list.
+fn fetch_ids(target: &Target, max: u64, timeout: Duration) -> Result<Vec<String>> {
+    #[derive(Deserialize)]
+    struct Page {
+        orders: Vec<Entry>,
+        next: Option<String>,
+    }
+    #[derive(Deserialize)]
+    struct Entry {
+        order_uid: String,
+    }
+    let max = usize::try_from(max).unwrap_or(usize::MAX);
+    let mut client = Client::new(target.addr(), timeout);
+    let mut ids = Vec::new();
+    let mut cursor: Option<String> = None;
+    while ids.len() < max {
+        let limit = (max - ids.len()).min(PAGE_LIMIT);
+        let path = match &cursor {
+            // Cursors are `<digits>.<order_uid>`: URL-safe as they are.
+            Some(c) => format!("/orders?limit={limit}&before={c}"),
+            None => format!("/orders?limit={limit}"),
+        };
+        let mut body = Vec::new();
+        let reply = client
+            .request(&target.get(&path), Some(&mut body))
+            .wrap_err_with(|| format!("GET {path}"))?;
+        if reply.status != 200 {
+            bail!(
+                "GET {path} answered {}: {}",
+                reply.status,
+                String::from_utf8_lossy(&body)
+            );
+        }
+        let page: Page = serde_json::from_slice(&body)
+            .wrap_err_with(|| format!("GET {path}: unexpected body"))?;
+        for entry in page.orders {
+            if OrderUid::parse(&entry.order_uid).is_ok() {
+                ids.push(entry.order_uid);
+            }
+        }
+        match page.next {
+            Some(next) if !next.contains(|c: char| c.is_whitespace() || c == '&') => {
+                cursor = Some(next)
+            }
+            _ => break,
+        }
+    }
+    ids.truncate(max);
+    Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rate_of_1000_over_one_second_has_1000_due_times_one_millisecond_apart() {
+        let times: Vec<Duration> = (0..)
+            .map(|i| due(i, 1000))
+            .take_while(|d| *d < Duration::from_secs(1))
+            .collect();
+        assert_eq!(times.len(), 1000);
+        assert_eq!(times[0], Duration::ZERO);
+        assert!(times
+            .windows(2)
+            .all(|w| w[1] - w[0] == Duration::from_millis(1)));
+    }
+
+    #[test]
+    fn due_times_do_not_drift_at_rates_that_do_not_divide_a_second() {
+        assert_eq!(due(3, 3), Duration::from_secs(1));
+        assert_eq!(due(7_000, 7), Duration::from_secs(1000));
+        assert_eq!(due(1, 3), Duration::from_nanos(333_333_333));
+    }
+
+    #[test]
+    fn rates_are_a_positive_number_or_max() {
+        assert_eq!("max".parse(), Ok(Rate::Max));
+        assert_eq!("5000".parse(), Ok(Rate::PerSecond(5000)));
+        assert_eq!("5000/s".parse(), Ok(Rate::PerSecond(5000)));
+        assert!("0".parse::<Rate>().is_err());
+        assert!("fast".parse::<Rate>().is_err());
+    }
+
+    #[test]
+    fn picks_are_repeatable_and_the_miss_share_follows_the_ratio() {
+        let picks: Vec<Pick> = (0..10_000).map(|i| pick(42, i, 0.1, 100, 10)).collect();
+        let again: Vec<Pick> = (0..10_000).map(|i| pick(42, i, 0.1, 100, 10)).collect();
+        assert_eq!(picks, again);
+        let misses = picks.iter().filter(|p| matches!(p, Pick::Miss(_))).count();
+        assert!((900..1100).contains(&misses), "{misses} misses in 10,000");
+        assert!(picks.iter().all(|p| match p {
+            Pick::Hit(n) => *n < 100,
+            Pick::Miss(n) => *n < 10,
+        }));
+        assert!((0..1000).all(|i| matches!(pick(1, i, 0.0, 5, 5), Pick::Hit(_))));
+        assert!((0..1000).all(|i| matches!(pick(1, i, 1.0, 5, 5), Pick::Miss(_))));
+        assert!((0..1000).all(|i| matches!(pick(1, i, 0.0, 0, 5), Pick::Miss(_))));
+    }
+
+    #[test]
+    fn a_known_id_needs_a_2xx_and_an_unknown_id_a_404() {
+        assert!(is_success(Pick::Hit(0), 200));
+        assert!(!is_success(Pick::Hit(0), 404));
+        assert!(!is_success(Pick::Hit(0), 503));
+        assert!(is_success(Pick::Miss(0), 404));
+        assert!(!is_success(Pick::Miss(0), 200));
+    }
+
+    #[test]
+    fn the_ids_file_skips_blank_lines_and_refuses_ids_that_break_the_rule() {
+        assert_eq!(parse_ids("a\n\n  b-1 \n").expect("valid"), vec!["a", "b-1"]);
+        let err = parse_ids("a\nbad id\n").expect_err("invalid");
+        assert!(err.to_string().starts_with("line 2"), "{err}");
+    }
+
+    #[test]
+    fn tallies_merge_counts_codes_errors_and_latencies() {
+        let mut a = Tally::new();
+        a.requests = 2;
+        a.successes = 1;
+        a.status_codes.insert(200, 1);
+        a.error("x".into());
+        report::record(&mut a.latencies, Duration::from_micros(100));
+        let mut b = Tally::new();
+        b.requests = 3;
+        b.status_codes.insert(200, 2);
+        b.error("x".into());
+        b.error("y".into());
+        report::record(&mut b.latencies, Duration::from_micros(300));
+        a.merge(b);
+        assert_eq!(a.requests, 5);
+        assert_eq!(a.status_codes[&200], 3);
+        assert_eq!(a.errors["x"], 2);
+        assert_eq!(a.errors["y"], 1);
+        assert_eq!(a.latencies.len(), 2);
+        assert_eq!(a.latencies.max(), 300);
+    }
+
+    #[test]
+    fn distinct_errors_are_bounded_per_connection() {
+        let mut t = Tally::new();
+        for n in 0..100 {
+            t.error(format!("error {n}"));
+        }
+        assert_eq!(t.errors.len(), MAX_DISTINCT_ERRORS + 1);
+        assert_eq!(t.errors["(other errors)"], 100 - MAX_DISTINCT_ERRORS as u64);
+    }
+}

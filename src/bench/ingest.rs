@@ -1,0 +1,878 @@
+//! `ordersvc bench ingest`: how fast published orders become stored and servable.
+//!
+//! The publisher (a single-threaded tokio runtime on the calling thread) puts generated orders on
+//! the stream with publish acks pipelined, like `ordersvc publish`. Every `--sample-every`-th
+//! valid order, and always the last one, is watched: a watcher thread asks `GET /order/{id}` until
+//! it answers 200. Two modes:
+//! - live: the service is already running; latency runs from each sampled order's publish ack to
+//!   its first 200, and the end-to-end rate from the first publish to the last valid order visible;
+//! - backlog: everything is published first, then this command starts `ordersvc serve` itself and
+//!   times the drain, from the first 200 of `/readyz` to the last valid order visible.
+//!
+//! The watcher probes the oldest pending samples first and stops a round at the first few that are
+//! not visible yet, because the service ingests the stream in order: that keeps its own load on the
+//! service small. Its resolution is about one `POLL_PAUSE` plus a request; an order that becomes
+//! visible out of order is noticed when those ahead of it are, so latencies can only be overstated.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::future::IntoFuture;
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use clap::{Args, ValueEnum};
+use color_eyre::eyre::{bail, eyre, Result, WrapErr};
+use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use hdrhistogram::Histogram;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use super::client::{Client, ClientError, Target};
+use super::report::{self, IngestSummary};
+use super::{parse_duration, parse_ratio, DEFAULT_URL};
+use crate::bus;
+use crate::config::{DbArgs, NatsArgs, DEFAULT_DURABLE};
+use crate::generate::{self, Rng};
+
+/// Random stream of the kind of each message.
+const STREAM_KIND: u64 = 20;
+/// Random stream of the original that a duplicate repeats.
+const STREAM_DUPLICATE: u64 = 21;
+/// Longest wait for one HTTP answer of the watcher.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause between the watcher's rounds when the oldest samples are not visible yet.
+const POLL_PAUSE: Duration = Duration::from_millis(1);
+/// Samples not yet visible that end a round of the watcher.
+const LOOKAHEAD: usize = 3;
+/// Pause between `/readyz` probes of the spawned service.
+const READY_POLL: Duration = Duration::from_millis(5);
+/// How long the spawned service may take to stop after SIGTERM before it is killed.
+const STOP_WAIT: Duration = Duration::from_secs(30);
+/// Lines of the spawned service's log shown when it fails.
+const LOG_TAIL: usize = 20;
+
+/// Settings of `ordersvc bench ingest`.
+#[derive(Args, Clone, Debug)]
+pub struct IngestArgs {
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// Backlog mode: the database of the service this command starts.
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Backlog mode: the durable consumer of the service this command starts.
+    #[arg(long, env = "ORDERSVC_DURABLE", default_value = DEFAULT_DURABLE)]
+    pub durable: String,
+    /// Base URL of the service, to see orders appear (backlog mode starts the service there).
+    #[arg(long, env = "ORDERSVC_BENCH_URL", default_value = DEFAULT_URL)]
+    pub url: String,
+    /// Messages to publish (valid, invalid and duplicates together).
+    #[arg(long, env = "ORDERSVC_BENCH_ORDERS", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub orders: u64,
+    /// Share of messages (0 to 1) that break a rule (bad JSON, a missing field, a wrong type, a bad value).
+    #[arg(long, env = "ORDERSVC_BENCH_INVALID_RATIO", default_value = "0", value_parser = parse_ratio)]
+    pub invalid_ratio: f64,
+    /// Share of messages (0 to 1) that repeat an earlier valid order, without `Nats-Msg-Id`, so that
+    /// the service's own duplicate detection sees them.
+    #[arg(long, env = "ORDERSVC_BENCH_DUPLICATE_RATIO", default_value = "0", value_parser = parse_ratio)]
+    pub duplicate_ratio: f64,
+    /// live: the service is running and ingests while this publishes; backlog: publish everything
+    /// first (nothing may consume the stream meanwhile), then start the service and time the drain.
+    #[arg(long, env = "ORDERSVC_BENCH_MODE", value_enum, default_value_t = Mode::Live)]
+    pub mode: Mode,
+    /// Seed of the generated orders (their ids are `bench-<seed>-<n>`): the same seed gives the
+    /// same messages. A fresh one is chosen when not given; ids must not be stored already.
+    #[arg(long, env = "ORDERSVC_BENCH_SEED")]
+    pub seed: Option<u64>,
+    /// Watch every N-th valid order (and always the last one) until it is visible over HTTP.
+    #[arg(long, env = "ORDERSVC_BENCH_SAMPLE_EVERY", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub sample_every: u64,
+    /// Publish acks awaited at once (the pipelining window).
+    #[arg(long, env = "ORDERSVC_BENCH_IN_FLIGHT", default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub in_flight: u32,
+    /// Give up when no watched order has become visible for this long (and, in backlog mode,
+    /// when the service is not ready within it).
+    #[arg(long, env = "ORDERSVC_BENCH_STALL_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub stall_timeout: Duration,
+    /// Backlog mode: one more flag for the service this command starts (repeatable), e.g.
+    /// `--serve-arg=--batch-size=2000`.
+    #[arg(long = "serve-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub serve_args: Vec<String>,
+    /// Print the report as one JSON object instead of text.
+    #[arg(long, env = "ORDERSVC_BENCH_JSON")]
+    pub json: bool,
+}
+
+/// How the service meets the published orders.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The service is running and ingests while orders are published.
+    Live,
+    /// Orders wait on the stream; then the service is started and drains them.
+    Backlog,
+}
+
+impl Mode {
+    /// The mode's name, as on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Live => "live",
+            Mode::Backlog => "backlog",
+        }
+    }
+}
+
+/// What message `n` is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A new valid order, published with `Nats-Msg-Id`.
+    Valid,
+    /// A message that breaks a rule.
+    Invalid,
+    /// An earlier valid order again, without `Nats-Msg-Id`.
+    Duplicate,
+}
+
+/// The kind of every message: a pure function of the seed and the ratios. A duplicate needs an
+/// earlier valid order to repeat, so until there is one it is a valid order instead.
+pub(crate) fn kinds(seed: u64, count: u64, invalid_ratio: f64, duplicate_ratio: f64) -> Vec<Kind> {
+    let mut any_valid = false;
+    (0..count)
+        .map(|n| {
+            let roll = Rng::for_item(seed, n, STREAM_KIND).unit();
+            let kind = if roll < invalid_ratio {
+                Kind::Invalid
+            } else if roll < invalid_ratio + duplicate_ratio && any_valid {
+                Kind::Duplicate
+            } else {
+                Kind::Valid
+            };
+            any_valid |= kind == Kind::Valid;
+            kind
+        })
+        .collect()
+}
+
+/// Whether the valid order with ordinal `ordinal` (0 for the first valid one), message `n`, is
+/// watched: every `every`-th, and always the last valid one, which ends the measurement.
+pub(crate) fn is_sampled(ordinal: u64, n: u64, every: u64, last_valid: u64) -> bool {
+    ordinal % every.max(1) == 0 || n == last_valid
+}
+
+/// The messages of a run and what is known of them before publishing.
+struct Plan {
+    seed: u64,
+    kinds: Vec<Kind>,
+    valid: u64,
+    invalid: u64,
+    duplicates: u64,
+    first_valid: u64,
+    last_valid: u64,
+    sample_every: u64,
+    samples: u64,
+}
+
+impl Plan {
+    fn new(seed: u64, args: &IngestArgs) -> Result<Plan> {
+        if args.invalid_ratio + args.duplicate_ratio >= 1.0 {
+            bail!(
+                "--invalid-ratio plus --duplicate-ratio must be below 1: some orders must be valid"
+            );
+        }
+        let kinds = kinds(seed, args.orders, args.invalid_ratio, args.duplicate_ratio);
+        let count = |k: Kind| kinds.iter().filter(|&&x| x == k).count() as u64;
+        let first_valid = kinds.iter().position(|&k| k == Kind::Valid);
+        let last_valid = kinds.iter().rposition(|&k| k == Kind::Valid);
+        let (Some(first_valid), Some(last_valid)) = (first_valid, last_valid) else {
+            bail!("with these ratios no valid order would be published: lower --invalid-ratio");
+        };
+        let valid = count(Kind::Valid);
+        // Every `every`-th ordinal from 0, plus the last one if it is not among them.
+        let every = args.sample_every;
+        let samples = (valid - 1) / every + 1 + u64::from((valid - 1) % every != 0);
+        Ok(Plan {
+            seed,
+            valid,
+            invalid: count(Kind::Invalid),
+            duplicates: count(Kind::Duplicate),
+            kinds,
+            first_valid: first_valid as u64,
+            last_valid: last_valid as u64,
+            sample_every: every,
+            samples,
+        })
+    }
+}
+
+/// A watched order: the request that fetches it and the instant its latency counts from.
+struct Sample {
+    request: Box<[u8]>,
+    since: Instant,
+    last: bool,
+}
+
+/// Runs the benchmark and prints the report.
+pub fn run(args: IngestArgs) -> Result<()> {
+    let target = Target::parse(&args.url)?;
+    let seed = args.seed.unwrap_or_else(crate::generate::random_seed);
+    let plan = Plan::new(seed, &args)?;
+    eprintln!(
+        "bench ingest ({}): {} messages ({} valid, {} invalid, {} duplicates), seed {seed}, \
+         stream {} subject {}",
+        args.mode.as_str(),
+        args.orders,
+        plan.valid,
+        plan.invalid,
+        plan.duplicates,
+        args.nats.stream,
+        args.nats.subject
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .wrap_err("cannot start the async runtime")?;
+    let summary = match args.mode {
+        Mode::Live => live(&args, &plan, &target, &runtime)?,
+        Mode::Backlog => backlog(&args, &plan, &target, &runtime)?,
+    };
+    if args.json {
+        println!("{}", summary.json());
+    } else {
+        print!("{}", summary.text());
+    }
+    if summary.missing > 0 {
+        bail!(
+            "{} of {} watched orders did not become visible (none appeared for {})",
+            summary.missing,
+            summary.sampled,
+            report::duration(args.stall_timeout)
+        );
+    }
+    if summary.failed > 0 {
+        bail!("{} message(s) could not be published", summary.failed);
+    }
+    Ok(())
+}
+
+fn live(
+    args: &IngestArgs,
+    plan: &Plan,
+    target: &Target,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<IngestSummary> {
+    let mut client = Client::new(target.addr(), REQUEST_TIMEOUT);
+    let (status, body) = get(&mut client, target, "/readyz").wrap_err_with(|| {
+        format!(
+            "the service at {} does not answer: start `ordersvc serve` first, or use --mode backlog",
+            target.url()
+        )
+    })?;
+    if status != 200 {
+        bail!(
+            "the service at {} is not ready ({status}): {body}",
+            target.url()
+        );
+    }
+    refuse_stored_ids(&mut client, target, plan)?;
+
+    let bars = bars();
+    let published_bar = bars.add(bar(args.orders, "published"));
+    let visible_bar = bars.add(bar(plan.samples, "watched orders visible"));
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let addr = target.addr();
+    let stall = args.stall_timeout;
+    let watcher = std::thread::Builder::new()
+        .name("bench-watch".into())
+        .spawn(move || watch(addr, &rx, stall, &visible_bar))
+        .wrap_err("cannot start the watcher thread")?;
+    let published = runtime.block_on(publish(args, plan, target, &published_bar, |sample| {
+        // The watcher only ends once this sender is gone, so it cannot have hung up.
+        let _ = tx.send(sample);
+    }));
+    drop(tx);
+    let visibility = watcher
+        .join()
+        .map_err(|_| eyre!("the watcher thread panicked"))?;
+    bars.clear().ok();
+    let published = published?;
+
+    let end_to_end = visibility
+        .last_seen_at
+        .map(|at| at.saturating_duration_since(published.first_at));
+    Ok(summary(args, plan, published, visibility, |s| {
+        s.end_to_end = end_to_end;
+    }))
+}
+
+fn backlog(
+    args: &IngestArgs,
+    plan: &Plan,
+    target: &Target,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<IngestSummary> {
+    // The service is started at --url: nothing may be there yet, and nothing should be consuming.
+    let mut client = Client::new(target.addr(), REQUEST_TIMEOUT);
+    match client.connect() {
+        Err(ClientError::Connect(_)) => {}
+        _ => bail!(
+            "something already answers at {}: backlog mode starts its own service there, and the \
+             backlog must wait unconsumed. Stop that service (or give another --url, and a fresh \
+             --stream or --durable)",
+            target.url()
+        ),
+    }
+    let bars = bars();
+    let published_bar = bars.add(bar(args.orders, "published"));
+    let mut samples = Vec::with_capacity(usize::try_from(plan.samples).unwrap_or(0));
+    let published = runtime.block_on(publish(args, plan, target, &published_bar, |s| {
+        samples.push(s)
+    }))?;
+    let pending = runtime.block_on(pending_messages(args))?;
+    if pending < published.acked.saturating_sub(published.server_duplicates) {
+        eprintln!(
+            "warning: the durable consumer {} has only {pending} messages pending of the {} just \
+             published: something else consumes the stream, and the drain rate will be wrong",
+            args.durable, published.acked
+        );
+    }
+
+    let log = std::env::temp_dir().join(format!("ordersvc-bench-serve-{}.log", std::process::id()));
+    let spawned_at = Instant::now();
+    let mut service = Service::spawn(args, target.addr(), &log)?;
+    let ready_at = loop {
+        if let Some(status) = service.exited()? {
+            bail!(
+                "the service exited ({status}) before it was ready; its log ({}):\n{}",
+                log.display(),
+                tail(&log)
+            );
+        }
+        if let Ok((200, _)) = get(&mut client, target, "/readyz") {
+            break Instant::now();
+        }
+        if spawned_at.elapsed() > args.stall_timeout {
+            bail!(
+                "the service was not ready within {}; its log: {}",
+                report::duration(args.stall_timeout),
+                log.display()
+            );
+        }
+        std::thread::sleep(READY_POLL);
+    };
+    let (tx, rx) = crossbeam_channel::unbounded();
+    for mut sample in samples {
+        sample.since = ready_at;
+        let _ = tx.send(sample);
+    }
+    drop(tx);
+    let visible_bar = bars.add(bar(plan.samples, "watched orders visible"));
+    let visibility = watch(target.addr(), &rx, args.stall_timeout, &visible_bar);
+    bars.clear().ok();
+    let stopped = service.stop();
+
+    let drain = visibility
+        .last_seen_at
+        .map(|at| at.saturating_duration_since(ready_at));
+    let mut summary = summary(args, plan, published, visibility, |s| {
+        s.spawn_to_ready = Some(ready_at - spawned_at);
+        s.drain = drain;
+        s.pending_at_start = Some(pending);
+        s.service_log = Some(log.clone());
+    });
+    match stopped {
+        Ok(status) if status.success() => {}
+        Ok(status) => summary.error(format!("the service stopped with {status}")),
+        Err(e) => summary.error(format!("stopping the service: {e:#}")),
+    }
+    Ok(summary)
+}
+
+/// Builds the report from what was counted; `fill` adds the mode's own numbers.
+fn summary(
+    args: &IngestArgs,
+    plan: &Plan,
+    published: Published,
+    visibility: Visibility,
+    fill: impl FnOnce(&mut IngestSummary),
+) -> IngestSummary {
+    let mut errors = published.errors;
+    for (e, n) in visibility.errors {
+        *errors.entry(e).or_default() += n;
+    }
+    let mut s = IngestSummary {
+        mode: args.mode.as_str(),
+        seed: plan.seed,
+        messages: args.orders,
+        valid: plan.valid,
+        invalid: plan.invalid,
+        duplicates: plan.duplicates,
+        acked: published.acked,
+        failed: published.failed,
+        server_duplicates: published.server_duplicates,
+        publish_time: published
+            .last_ack_at
+            .saturating_duration_since(published.first_at),
+        end_to_end: None,
+        spawn_to_ready: None,
+        drain: None,
+        pending_at_start: None,
+        sampled: plan.samples,
+        seen: visibility.seen,
+        missing: plan.samples - visibility.seen.min(plan.samples),
+        latencies: visibility.latencies,
+        errors,
+        service_log: None,
+    };
+    fill(&mut s);
+    s
+}
+
+/// Refuses to run when the first order of this seed is already stored: its ids would all be
+/// duplicates, visible at once, and every number would be wrong.
+fn refuse_stored_ids(client: &mut Client, target: &Target, plan: &Plan) -> Result<()> {
+    let uid = generate::uid(plan.seed, plan.first_valid);
+    let (status, _) = get(client, target, &format!("/order/{uid}"))?;
+    if status == 200 {
+        bail!(
+            "order {uid} is already stored: seed {} was used before on this service; give another --seed",
+            plan.seed
+        );
+    }
+    Ok(())
+}
+
+/// A GET with the body as text (for messages).
+fn get(client: &mut Client, target: &Target, path: &str) -> Result<(u16, String)> {
+    let mut body = Vec::new();
+    let reply = client
+        .request(&target.get(path), Some(&mut body))
+        .wrap_err_with(|| format!("GET {}{path}", target.url()))?;
+    Ok((reply.status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// What the publisher counted.
+struct Published {
+    first_at: Instant,
+    last_ack_at: Instant,
+    acked: u64,
+    failed: u64,
+    server_duplicates: u64,
+    errors: BTreeMap<String, u64>,
+}
+
+/// Publishes every message of the plan with acks pipelined; hands each watched valid order to
+/// `on_sample` the moment its publish ack arrives.
+async fn publish(
+    args: &IngestArgs,
+    plan: &Plan,
+    target: &Target,
+    bar: &ProgressBar,
+    mut on_sample: impl FnMut(Sample),
+) -> Result<Published> {
+    let client = bus::connect(&args.nats.nats_url, "ordersvc bench ingest").await?;
+    let js = jetstream::new(client.clone());
+    bus::ensure_stream(&js, &args.nats).await?;
+
+    let subject = async_nats::Subject::from(args.nats.subject.as_str());
+    let window = args.in_flight as usize;
+
+    let mut out = Published {
+        first_at: Instant::now(),
+        last_ack_at: Instant::now(),
+        acked: 0,
+        failed: 0,
+        server_duplicates: 0,
+        errors: BTreeMap::new(),
+    };
+    let mut on_ack = |out: &mut Published, (sample, result): AckOutcome| {
+        bar.inc(1);
+        match result {
+            Ok(ack) => {
+                out.acked += 1;
+                out.server_duplicates += u64::from(ack.duplicate);
+                if let Some(mut sample) = sample {
+                    sample.since = Instant::now();
+                    on_sample(sample);
+                }
+            }
+            Err(e) => {
+                out.failed += 1;
+                *out.errors.entry(format!("publish ack: {e}")).or_default() += 1;
+            }
+        }
+    };
+    let mut acks = FuturesUnordered::new();
+    let mut valid_so_far: Vec<u64> = Vec::new();
+    for (n, &kind) in (0u64..).zip(&plan.kinds) {
+        let mut payload = Vec::with_capacity(4096);
+        let mut headers = async_nats::HeaderMap::new();
+        let mut sample = None;
+        match kind {
+            Kind::Valid => {
+                generate::order(plan.seed, n, &mut payload);
+                let uid = generate::uid(plan.seed, n);
+                if is_sampled(
+                    valid_so_far.len() as u64,
+                    n,
+                    plan.sample_every,
+                    plan.last_valid,
+                ) {
+                    sample = Some(Sample {
+                        request: target.get(&format!("/order/{uid}")),
+                        since: Instant::now(),
+                        last: n == plan.last_valid,
+                    });
+                }
+                headers.insert("Nats-Msg-Id", uid.as_str());
+                valid_so_far.push(n);
+            }
+            Kind::Invalid => {
+                generate::invalid(plan.seed, n, &mut payload);
+            }
+            Kind::Duplicate => {
+                let mut rng = Rng::for_item(plan.seed, n, STREAM_DUPLICATE);
+                let at = rng.below(valid_so_far.len() as u64) as usize;
+                generate::order(plan.seed, valid_so_far[at], &mut payload);
+            }
+        }
+        match js
+            .publish_with_headers(subject.clone(), headers, payload.into())
+            .await
+        {
+            Ok(ack) => acks.push(ack.into_future().map(move |r| (sample, r))),
+            Err(e) => {
+                bar.inc(1);
+                out.failed += 1;
+                *out.errors.entry(format!("publish: {e}")).or_default() += 1;
+            }
+        }
+        // Take every ack that has arrived, so that a sample's instant is when its ack came.
+        while let Some(Some(outcome)) = acks.next().now_or_never() {
+            on_ack(&mut out, outcome);
+        }
+        while acks.len() >= window {
+            if let Some(outcome) = acks.next().await {
+                on_ack(&mut out, outcome);
+            }
+        }
+    }
+    while let Some(outcome) = acks.next().await {
+        on_ack(&mut out, outcome);
+    }
+    out.last_ack_at = Instant::now();
+    // Nothing is buffered after the last ack, but be explicit before the connection goes away.
+    client.flush().await.ok();
+    bar.finish();
+    Ok(out)
+}
+
+type AckOutcome = (
+    Option<Sample>,
+    Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
+);
+
+/// Messages the service will have to process when it starts: those pending for the durable
+/// consumer, or (for a durable that does not exist yet, which starts at the stream's beginning)
+/// all the messages in the stream.
+async fn pending_messages(args: &IngestArgs) -> Result<u64> {
+    let client = bus::connect(&args.nats.nats_url, "ordersvc bench ingest").await?;
+    let js = jetstream::new(client);
+    let mut stream = bus::ensure_stream(&js, &args.nats).await?;
+    if let Ok(info) = stream.consumer_info(&args.durable).await {
+        return Ok(info.num_pending + info.num_ack_pending as u64);
+    }
+    let info = stream
+        .info()
+        .await
+        .wrap_err_with(|| format!("cannot read the state of the stream {}", args.nats.stream))?;
+    Ok(info.state.messages)
+}
+
+/// What the watcher saw.
+struct Visibility {
+    latencies: Histogram<u64>,
+    seen: u64,
+    last_seen_at: Option<Instant>,
+    errors: BTreeMap<String, u64>,
+}
+
+/// Asks for each sample until it answers 200, oldest first; returns when every sample has been
+/// seen and the channel is closed, or when nothing has become visible for `stall`.
+fn watch(
+    addr: SocketAddr,
+    rx: &Receiver<Sample>,
+    stall: Duration,
+    bar: &ProgressBar,
+) -> Visibility {
+    let mut client = Client::new(addr, REQUEST_TIMEOUT);
+    let mut out = Visibility {
+        latencies: report::histogram(),
+        seen: 0,
+        last_seen_at: None,
+        errors: BTreeMap::new(),
+    };
+    let mut pending: VecDeque<Sample> = VecDeque::new();
+    let mut open = true;
+    let mut progress_at = Instant::now();
+    loop {
+        while open {
+            match rx.try_recv() {
+                Ok(sample) => {
+                    pending.push_back(sample);
+                    progress_at = Instant::now();
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => open = false,
+            }
+        }
+        if pending.is_empty() {
+            if !open {
+                break;
+            }
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(sample) => {
+                    pending.push_back(sample);
+                    progress_at = Instant::now();
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => open = false,
+            }
+            continue;
+        }
+        let mut not_yet = 0;
+        let mut i = 0;
+        while i < pending.len() && not_yet < LOOKAHEAD {
+            match client.request(&pending[i].request, None) {
+                Ok(reply) if reply.status == 200 => {
+                    let now = Instant::now();
+                    if let Some(sample) = pending.remove(i) {
+                        report::record(
+                            &mut out.latencies,
+                            now.saturating_duration_since(sample.since),
+                        );
+                        out.seen += 1;
+                        if sample.last {
+                            out.last_seen_at = Some(now);
+                        }
+                    }
+                    progress_at = now;
+                    bar.inc(1);
+                }
+                // Not stored yet (404), or the cache is still loading (503).
+                Ok(reply) if reply.status == 404 || reply.status == 503 => {
+                    not_yet += 1;
+                    i += 1;
+                }
+                Ok(reply) => {
+                    *out.errors
+                        .entry(format!("status {} for a published order", reply.status))
+                        .or_default() += 1;
+                    not_yet += 1;
+                    i += 1;
+                }
+                Err(e) => {
+                    *out.errors.entry(format!("watching: {e}")).or_default() += 1;
+                    not_yet += 1;
+                    i += 1;
+                }
+            }
+        }
+        if not_yet > 0 {
+            if progress_at.elapsed() > stall {
+                break;
+            }
+            std::thread::sleep(POLL_PAUSE);
+        }
+    }
+    bar.finish();
+    out
+}
+
+/// The `ordersvc serve` that backlog mode starts, stopped with SIGTERM when dropped.
+struct Service {
+    child: Child,
+    status: Option<ExitStatus>,
+}
+
+impl Service {
+    fn spawn(args: &IngestArgs, http_addr: SocketAddr, log: &Path) -> Result<Service> {
+        let exe = std::env::current_exe().wrap_err("cannot find this program's own path")?;
+        let log_file = std::fs::File::create(log)
+            .wrap_err_with(|| format!("cannot create the service log {}", log.display()))?;
+        let log_err = log_file
+            .try_clone()
+            .wrap_err("cannot share the service log file")?;
+        let child = Command::new(&exe)
+            .arg("serve")
+            .args(["--database-url", &args.db.database_url])
+            .args(["--nats-url", &args.nats.nats_url])
+            .args(["--stream", &args.nats.stream])
+            .args(["--subject", &args.nats.subject])
+            .args(["--durable", &args.durable])
+            .args(["--http-addr", &http_addr.to_string()])
+            .args(&args.serve_args)
+            .stdin(Stdio::null())
+            .stdout(log_file)
+            .stderr(log_err)
+            .spawn()
+            .wrap_err_with(|| format!("cannot start {} serve", exe.display()))?;
+        Ok(Service {
+            child,
+            status: None,
+        })
+    }
+
+    /// The exit status, if the service has exited.
+    fn exited(&mut self) -> Result<Option<ExitStatus>> {
+        if self.status.is_none() {
+            self.status = self
+                .child
+                .try_wait()
+                .wrap_err("cannot check on the service process")?;
+        }
+        Ok(self.status)
+    }
+
+    /// Sends SIGTERM (through `kill`, which needs no unsafe code here), waits for a clean stop,
+    /// and kills the process if it does not stop in time.
+    fn stop(&mut self) -> Result<ExitStatus> {
+        if let Some(status) = self.exited()? {
+            return Ok(status);
+        }
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status();
+        if sent.is_ok_and(|s| s.success()) {
+            let deadline = Instant::now() + STOP_WAIT;
+            while Instant::now() < deadline {
+                if let Some(status) = self.exited()? {
+                    return Ok(status);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        // SIGTERM could not be sent, or did not work in time: SIGKILL.
+        self.child.kill().wrap_err("cannot kill the service")?;
+        let status = self.child.wait().wrap_err("cannot wait for the service")?;
+        self.status = Some(status);
+        bail!("the service did not stop within {STOP_WAIT:?} of SIGTERM and was killed")
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        // On an early return: never leave a service behind holding the port and the consumer.
+        let _ = self.stop();
+    }
+}
+
+/// The last lines of a log file.
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(LOG_TAIL)..].join("\n")
+}
+
+fn bars() -> MultiProgress {
+    if std::io::stderr().is_terminal() {
+        MultiProgress::new()
+    } else {
+        MultiProgress::with_draw_target(ProgressDrawTarget::hidden())
+    }
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    let template = format!("{{bar:40}} {{pos}}/{{len}} {what}, {{per_sec}}, {{elapsed}}");
+    bar.set_style(
+        ProgressStyle::with_template(&template).unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_follow_the_ratios_and_never_start_with_a_duplicate() {
+        let k = kinds(1, 100_000, 0.1, 0.2);
+        let count = |kind| k.iter().filter(|&&x| x == kind).count();
+        assert!(
+            (9_000..11_000).contains(&count(Kind::Invalid)),
+            "{}",
+            count(Kind::Invalid)
+        );
+        assert!(
+            (19_000..21_000).contains(&count(Kind::Duplicate)),
+            "{}",
+            count(Kind::Duplicate)
+        );
+        let first_valid = k
+            .iter()
+            .position(|&x| x == Kind::Valid)
+            .expect("some valid");
+        assert!(k[..first_valid].iter().all(|&x| x == Kind::Invalid));
+        assert_eq!(k, kinds(1, 100_000, 0.1, 0.2));
+        assert!(kinds(2, 1000, 0.0, 0.0).iter().all(|&x| x == Kind::Valid));
+    }
+
+    #[test]
+    fn every_nth_valid_order_and_the_last_one_are_sampled() {
+        let sampled: Vec<u64> = (0..25).filter(|&v| is_sampled(v, v, 10, 24)).collect();
+        assert_eq!(sampled, vec![0, 10, 20, 24]);
+    }
+
+    fn args(orders: u64, every: u64) -> IngestArgs {
+        IngestArgs {
+            nats: NatsArgs {
+                nats_url: String::new(),
+                stream: String::new(),
+                subject: String::new(),
+            },
+            db: DbArgs {
+                database_url: String::new(),
+            },
+            durable: String::new(),
+            url: DEFAULT_URL.into(),
+            orders,
+            invalid_ratio: 0.0,
+            duplicate_ratio: 0.0,
+            mode: Mode::Live,
+            seed: None,
+            sample_every: every,
+            in_flight: 1,
+            stall_timeout: Duration::from_secs(1),
+            serve_args: Vec::new(),
+            json: false,
+        }
+    }
+
+    #[test]
+    fn the_plan_counts_samples_including_the_last_valid_order() {
+        for (orders, every, samples) in [
+            (25, 10, 4),
+            (21, 10, 3),
+            (1, 100, 1),
+            (100, 1, 100),
+            (20_000, 100, 201),
+        ] {
+            let plan = Plan::new(3, &args(orders, every)).expect("valid plan");
+            let counted = (0..orders)
+                .filter(|&n| is_sampled(n, n, every, orders - 1))
+                .count() as u64;
+            assert_eq!(plan.samples, counted, "{orders} orders, every {every}");
+            assert_eq!(plan.samples, samples, "{orders} orders, every {every}");
+        }
+    }
+
+    #[test]
+    fn a_plan_without_valid_orders_is_refused() {
+        let mut a = args(10, 1);
+        a.invalid_ratio = 0.6;
+        a.duplicate_ratio = 0.4;
+        assert!(Plan::new(1, &a).is_err());
+    }
+}
