@@ -35,6 +35,8 @@ const REJECTED_MAX_LIMIT: i64 = 200;
 const REJECTED_PAYLOAD_SHOWN: usize = 4096;
 /// Longest an HTTP worker waits for PostgreSQL (a listing, or an order missing from memory).
 const DB_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often the connection pool is kicked (see `kick_connection_pool`).
+const KICK_EVERY: Duration = Duration::from_millis(100);
 /// Longest id echoed back in an error body.
 const ECHO_MAX: usize = 128;
 
@@ -78,6 +80,14 @@ impl HttpServer {
                 .wrap_err("cannot start an HTTP worker thread")?;
             handles.push(handle);
         }
+        let kicker = {
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("http-kicker".into())
+                .spawn(move || kick_connection_pool(addr, &stop))
+                .wrap_err("cannot start the HTTP kicker thread")?
+        };
+        handles.push(kicker);
         Ok(HttpServer {
             server,
             addr,
@@ -100,6 +110,27 @@ impl HttpServer {
         for handle in self.workers {
             let _ = handle.join();
         }
+    }
+}
+
+/// Works around a lost wake-up in tiny_http 0.12's connection pool (`util::TaskPool::spawn`
+/// reads its count of idle threads while a thread it just woke still counts as idle): when
+/// connections arrive in a burst, one can be queued with nobody to take it, and its requests wait
+/// until some other connection closes (seen in `bench http` as a single request taking the whole
+/// run). A pool thread takes queued connections when its own connection ends, so a short-lived
+/// connection to ourselves every `KICK_EVERY` bounds such a wait to about that long.
+fn kick_connection_pool(addr: SocketAddr, stop: &AtomicBool) {
+    let target = match addr.ip() {
+        ip if ip.is_unspecified() && addr.is_ipv4() => {
+            SocketAddr::from(([127, 0, 0, 1], addr.port()))
+        }
+        ip if ip.is_unspecified() => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port())),
+        _ => addr,
+    };
+    while !stop.load(Ordering::Acquire) {
+        std::thread::sleep(KICK_EVERY);
+        // Connect and close at once: the pool thread that takes it finishes immediately.
+        let _ = std::net::TcpStream::connect_timeout(&target, KICK_EVERY);
     }
 }
 
