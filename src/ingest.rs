@@ -33,6 +33,12 @@ const HEARTBEAT: Duration = Duration::from_secs(5);
 /// While a batch is being retried, how often its messages are reported in progress (well within
 /// the consumer's ack wait, so the server never redelivers them to someone else meanwhile).
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+/// Longest one batch write may take before it is cut off and retried (below the ack wait).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a shutdown waits for the batch in flight to commit before handing it back.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// At most this many buffered chunks are handed back at shutdown.
+const RELEASE_CHUNKS_MAX: usize = 64;
 
 /// Everything the ingest loop needs.
 pub struct Ingest {
@@ -101,9 +107,18 @@ impl Ingest {
             };
             let mut chunks = messages.ready_chunks(self.batch_size);
             loop {
+                // The flag, not only the change: a change may have been seen while a batch was
+                // being written.
+                if *shutdown.borrow() {
+                    release_prefetched(&mut chunks).await;
+                    break 'subscribe;
+                }
                 let chunk = tokio::select! {
                     biased;
-                    _ = shutdown.changed() => break 'subscribe,
+                    _ = shutdown.changed() => {
+                        release_prefetched(&mut chunks).await;
+                        break 'subscribe;
+                    }
                     chunk = chunks.next() => chunk,
                 };
                 let Some(chunk) = chunk else {
@@ -127,7 +142,10 @@ impl Ingest {
                         Err(BatchError::CacheGone) => {
                             return Err(eyre!("the cache writer stopped"))
                         }
-                        Err(BatchError::Shutdown) => break 'subscribe,
+                        Err(BatchError::Shutdown) => {
+                            release_prefetched(&mut chunks).await;
+                            break 'subscribe;
+                        }
                     }
                 }
                 if let Some(e) = stream_error {
@@ -192,7 +210,20 @@ impl Ingest {
         let mut last_progress = Instant::now();
         let written = loop {
             let started = Instant::now();
-            match self.write(&incoming).await {
+            // A write that hangs (a lock, a silent network) is cut off and retried, and it never
+            // holds up a shutdown for longer than the grace period.
+            let attempt = tokio::time::timeout(WRITE_TIMEOUT, self.write(&incoming));
+            let result = tokio::select! {
+                biased;
+                result = attempt => result.unwrap_or_else(|_| Err(write_timed_out())),
+                _ = after_shutdown_grace(shutdown) => {
+                    warn!("the batch in flight was not committed within the shutdown grace period; handing it back");
+                    let naks = messages.iter().map(|m| m.ack_with(AckKind::Nak(None)));
+                    futures::future::join_all(naks).await;
+                    return Err(BatchError::Shutdown);
+                }
+            };
+            match result {
                 Ok(written) => {
                     self.metrics
                         .commit_seconds
@@ -306,6 +337,45 @@ impl Ingest {
                 Err(TrySendError::Disconnected(_)) => return Err(BatchError::CacheGone),
             }
         }
+    }
+}
+
+/// The error a write gets when it takes longer than `WRITE_TIMEOUT` (retried like any outage).
+fn write_timed_out() -> sqlx::Error {
+    let message = format!("no commit within {} s", WRITE_TIMEOUT.as_secs());
+    sqlx::Error::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, message))
+}
+
+/// Resolves `SHUTDOWN_GRACE` after shutdown is requested (never, if it is not).
+async fn after_shutdown_grace(shutdown: &mut watch::Receiver<bool>) {
+    if !*shutdown.borrow() && shutdown.changed().await.is_err() {
+        // The sender is gone without a request: no shutdown will come this way.
+        std::future::pending::<()>().await;
+    }
+    tokio::time::sleep(SHUTDOWN_GRACE).await;
+}
+
+/// On shutdown, hands back the messages pulled ahead but not handled, so that the next consumer
+/// gets them at once instead of after the ack wait.
+async fn release_prefetched<S, E>(chunks: &mut S)
+where
+    S: futures::Stream<Item = Vec<Result<jetstream::Message, E>>> + Unpin,
+{
+    use futures::FutureExt;
+    let mut released = 0usize;
+    // Only what is already buffered: polling must not wait for (or pull) more.
+    for _ in 0..RELEASE_CHUNKS_MAX {
+        let Some(Some(chunk)) = chunks.next().now_or_never() else {
+            break;
+        };
+        let naks = chunk
+            .iter()
+            .flatten()
+            .map(|m| m.ack_with(AckKind::Nak(None)));
+        released += futures::future::join_all(naks).await.len();
+    }
+    if released > 0 {
+        info!(released, "handed messages pulled ahead back to the stream");
     }
 }
 

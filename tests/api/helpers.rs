@@ -7,12 +7,13 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, publish::PublishAck};
+use futures::stream::{FuturesOrdered, StreamExt};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Connection, PgConnection};
 
@@ -32,6 +33,8 @@ const EVENTUALLY: Duration = Duration::from_secs(60);
 const STOP_DEADLINE: Duration = Duration::from_secs(30);
 /// Between two polls.
 const POLL: Duration = Duration::from_millis(25);
+/// Publish acks awaited at once by `publish_many`.
+const PUBLISH_WINDOW: usize = 256;
 
 /// A running service with its own database, stream, subject and durable consumer.
 pub struct TestApp {
@@ -44,6 +47,9 @@ pub struct TestApp {
     pub stream: String,
     pub subject: String,
     pub durable: String,
+    /// The URLs the service is given: the ones above, or a proxy's address in their place.
+    service_database_url: String,
+    service_nats_url: String,
     child: Option<Child>,
     serve_args: Vec<String>,
     db: Option<PgPool>,
@@ -72,11 +78,39 @@ pub fn spawn_app() -> TestApp {
 
 /// `spawn_app` with extra `serve` flags (kept for restarts).
 pub fn spawn_app_with(serve_args: &[&str]) -> TestApp {
+    spawn_app_with_options(SpawnOptions {
+        serve_args,
+        ..SpawnOptions::default()
+    })
+}
+
+/// How to start the service, for `spawn_app_with_options`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SpawnOptions<'a> {
+    /// The service reaches PostgreSQL at this address (a proxy's) instead of the real one.
+    pub db_via: Option<SocketAddr>,
+    /// The service reaches NATS at this address (a proxy's) instead of the real one.
+    pub nats_via: Option<SocketAddr>,
+    /// Extra `serve` flags (kept for restarts).
+    pub serve_args: &'a [&'a str],
+}
+
+/// `spawn_app` with options. Only the service's URLs go through `db_via` and `nats_via`: the
+/// test's own connections (publishing, SQL checks, cleanup) stay direct.
+pub fn spawn_app_with_options(options: SpawnOptions) -> TestApp {
+    let serve_args = options.serve_args;
     let suffix = format!("{:08x}", rand::random::<u32>());
-    let base_url = std::env::var("ORDERSVC_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_owned());
-    let nats_url =
-        std::env::var("ORDERSVC_TEST_NATS_URL").unwrap_or_else(|_| DEFAULT_NATS_URL.to_owned());
+    let base_url = base_database_url();
+    let nats_url = base_nats_url();
+    let database_url = with_database(&base_url, &format!("ordersvc_test_{suffix}"));
+    let service_database_url = match options.db_via {
+        Some(via) => with_host(&database_url, via),
+        None => database_url.clone(),
+    };
+    let service_nats_url = match options.nats_via {
+        Some(via) => with_host(&nats_url, via),
+        None => nats_url.clone(),
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -90,8 +124,10 @@ pub fn spawn_app_with(serve_args: &[&str]) -> TestApp {
     });
     let mut app = TestApp {
         addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        database_url: with_database(&base_url, &format!("ordersvc_test_{suffix}")),
+        database_url,
         nats_url,
+        service_database_url,
+        service_nats_url,
         stream: format!("TEST_{}", suffix.to_uppercase()),
         subject: format!("test.{suffix}"),
         durable: format!("durable_{suffix}"),
@@ -117,6 +153,59 @@ pub fn spawn_app_with(serve_args: &[&str]) -> TestApp {
     );
     app.db = Some(pool.expect("cannot connect to the test database that the service created"));
     app
+}
+
+/// The PostgreSQL server the tests use (`ORDERSVC_TEST_DATABASE_URL` or the default).
+pub fn postgres_addr() -> SocketAddr {
+    server_addr(&base_database_url(), 5432)
+}
+
+/// The NATS server the tests use (`ORDERSVC_TEST_NATS_URL` or the default).
+pub fn nats_addr() -> SocketAddr {
+    server_addr(&base_nats_url(), 4222)
+}
+
+fn base_database_url() -> String {
+    std::env::var("ORDERSVC_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_owned())
+}
+
+fn base_nats_url() -> String {
+    std::env::var("ORDERSVC_TEST_NATS_URL").unwrap_or_else(|_| DEFAULT_NATS_URL.to_owned())
+}
+
+/// The `host:port` part of a URL: after the scheme and any `user:password@`, up to the path.
+fn authority(url: &str) -> (usize, usize) {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let end = url[start..]
+        .find(['/', '?'])
+        .map_or(url.len(), |i| start + i);
+    let host = url[start..end].rfind('@').map_or(start, |i| start + i + 1);
+    (host, end)
+}
+
+/// `url` with its host and port replaced by `addr` (scheme, user, path and parameters kept).
+fn with_host(url: &str, addr: SocketAddr) -> String {
+    let (start, end) = authority(url);
+    format!("{}{addr}{}", &url[..start], &url[end..])
+}
+
+/// The address a URL's `host:port` resolves to (`default_port` when it has none).
+fn server_addr(url: &str, default_port: u16) -> SocketAddr {
+    let (start, end) = authority(url);
+    let host_port = &url[start..end];
+    let with_port = if host_port
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        host_port.to_owned()
+    } else {
+        format!("{host_port}:{default_port}")
+    };
+    with_port
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .unwrap_or_else(|| panic!("cannot resolve {with_port} (from {url})"))
 }
 
 /// A file under testdata/, byte for byte.
@@ -154,8 +243,8 @@ impl TestApp {
         assert!(self.child.is_none(), "the service is already running");
         let mut child = Command::new(env!("CARGO_BIN_EXE_ordersvc"))
             .args(["--log-format", "text", "serve"])
-            .args(["--database-url", &self.database_url])
-            .args(["--nats-url", &self.nats_url])
+            .args(["--database-url", &self.service_database_url])
+            .args(["--nats-url", &self.service_nats_url])
             .args(["--stream", &self.stream])
             .args(["--subject", &self.subject])
             .args(["--durable", &self.durable])
@@ -330,6 +419,24 @@ impl TestApp {
         })
     }
 
+    /// Publishes many messages with their acks pipelined; see `Publisher::publish_many`.
+    pub fn publish_many<'m>(
+        &self,
+        messages: impl IntoIterator<Item = (Option<&'m str>, &'m [u8])>,
+    ) -> Vec<u64> {
+        self.publisher().publish_many(messages)
+    }
+
+    /// A handle that publishes to this test's subject from any thread, independently of the
+    /// `TestApp` (so that the test can kill or stop the service meanwhile).
+    pub fn publisher(&self) -> Publisher {
+        Publisher {
+            js: self.js.clone(),
+            subject: self.subject.clone(),
+            rt: self.rt.handle().clone(),
+        }
+    }
+
     /// `ordersvc publish` aimed at this test's NATS, stream and subject; add the arguments.
     pub fn publish_command(&self) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_ordersvc"));
@@ -483,6 +590,16 @@ impl TestApp {
             .expect("cannot count the orders")
     }
 
+    /// One integer from a query in the test database (e.g. `SELECT max(stream_seq) FROM orders`;
+    /// NULL reads as 0).
+    pub fn query_i64(&self, query: &str) -> i64 {
+        let value: Option<i64> = self
+            .rt
+            .block_on(sqlx::query_scalar(query).fetch_one(self.db()))
+            .unwrap_or_else(|e| panic!("cannot run {query:?}: {e}"));
+        value.unwrap_or(0)
+    }
+
     /// Runs one SQL statement in the test database as its owner (the service's role).
     pub fn execute_as_owner(&self, statement: &str) {
         self.rt
@@ -492,6 +609,61 @@ impl TestApp {
 
     fn db(&self) -> &PgPool {
         self.db.as_ref().expect("the test database is connected")
+    }
+}
+
+/// Publishes to a test's subject; made by `TestApp::publisher`.
+#[derive(Clone)]
+pub struct Publisher {
+    js: jetstream::Context,
+    subject: String,
+    rt: tokio::runtime::Handle,
+}
+
+impl Publisher {
+    /// Publishes every message in order, each with `Nats-Msg-Id` when it has an id, with up to
+    /// `PUBLISH_WINDOW` acks awaited at once; returns the stream sequences in the same order (a
+    /// repeat the server dropped within its duplicate window gets the original's sequence).
+    pub fn publish_many<'m>(
+        &self,
+        messages: impl IntoIterator<Item = (Option<&'m str>, &'m [u8])>,
+    ) -> Vec<u64> {
+        use std::future::IntoFuture;
+        self.rt.block_on(async {
+            let mut acks = FuturesOrdered::new();
+            let mut sequences = Vec::new();
+            for (msg_id, payload) in messages {
+                if acks.len() >= PUBLISH_WINDOW {
+                    sequences.push(next_sequence(&mut acks).await);
+                }
+                let mut headers = async_nats::HeaderMap::new();
+                if let Some(id) = msg_id {
+                    headers.insert("Nats-Msg-Id", id);
+                }
+                let ack = self
+                    .js
+                    .publish_with_headers(self.subject.clone(), headers, payload.to_vec().into())
+                    .await
+                    .expect("cannot publish");
+                acks.push_back(ack.into_future());
+            }
+            while !acks.is_empty() {
+                sequences.push(next_sequence(&mut acks).await);
+            }
+            sequences
+        })
+    }
+}
+
+async fn next_sequence<F, E>(acks: &mut FuturesOrdered<F>) -> u64
+where
+    F: std::future::Future<Output = Result<PublishAck, E>>,
+    E: std::fmt::Display,
+{
+    match acks.next().await {
+        Some(Ok(ack)) => ack.sequence,
+        Some(Err(e)) => panic!("a publish was not acknowledged: {e}"),
+        None => unreachable!("called with no ack pending"),
     }
 }
 

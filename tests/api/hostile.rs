@@ -1,0 +1,337 @@
+//! Hostile input: messages as large as NATS allows, and requests whose paths are not ids.
+//! Each must be answered or recorded cleanly, and the service must carry on.
+
+use std::collections::HashMap;
+
+use crate::helpers::{model_with_uid, spawn_app, TestApp};
+
+/// NATS's default max payload (and the stream's max message size): nothing larger reaches us.
+const MAX_PAYLOAD: usize = 1024 * 1024;
+
+/// testdata/model.json as text, with `from` replaced once by `to`.
+fn replace_once(model: &str, from: &str, to: &str) -> String {
+    assert!(model.contains(from), "the model no longer has {from}");
+    model.replacen(from, to, 1)
+}
+
+/// A valid order of exactly `size` bytes: the model with huge strings of several kinds
+/// (multi-byte UTF-8, JSON escapes, markup, and plain ASCII to make up the exact size).
+fn order_of_size(uid: &str, size: usize) -> Vec<u8> {
+    let model = String::from_utf8(model_with_uid(uid)).expect("model.json is UTF-8");
+    let wide = "Ü🦀ж".repeat(30_000); // 9 bytes each
+    let escaped = r#"\"\\\n\t\u0000\u00e9</script><b>"#.repeat(10_000);
+    let order = replace_once(
+        &model,
+        r#""address": "Ploshad Mira 15""#,
+        &format!(r#""address": "{wide}""#),
+    );
+    let order = replace_once(
+        &order,
+        r#""name": "Mascaras""#,
+        &format!(r#""name": "{escaped}""#),
+    );
+    let placeholder = r#""customer_id": "test""#;
+    let without_padding = order.len() - "test".len();
+    assert!(
+        without_padding < size,
+        "the fixed part is already too large"
+    );
+    let padding = "c".repeat(size - without_padding);
+    let order = replace_once(
+        &order,
+        placeholder,
+        &format!(r#""customer_id": "{padding}""#),
+    );
+    assert_eq!(order.len(), size);
+    order.into_bytes()
+}
+
+/// `n` bytes that are not UTF-8, from a fixed seed (the same garbage every run).
+fn garbage(n: usize) -> Vec<u8> {
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut bytes: Vec<u8> = (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect();
+    bytes[0] = 0xFF; // never valid UTF-8, whatever the generator gives
+    bytes
+}
+
+#[test]
+fn a_message_at_the_nats_max_payload_with_huge_strings_is_handled() {
+    // Arrange
+    let app = spawn_app();
+    let huge = order_of_size("huge-strings", MAX_PAYLOAD - 100);
+    let half = MAX_PAYLOAD / 2;
+    let refused: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("1 MiB of random bytes", garbage(MAX_PAYLOAD), "not_utf8"),
+        (
+            "1 MiB of nested arrays",
+            format!("{}{}", "[".repeat(half), "]".repeat(half)).into_bytes(),
+            "too_deep",
+        ),
+        (
+            "1 MiB of text that is not JSON",
+            "not json ".repeat(MAX_PAYLOAD / 9).into_bytes(),
+            "bad_json",
+        ),
+        (
+            "1 MiB of a flat JSON array",
+            format!("[{}1]", "1,".repeat((MAX_PAYLOAD - 3) / 2)).into_bytes(),
+            "not_object",
+        ),
+    ];
+    let after = model_with_uid("after-the-huge-ones");
+
+    // Act
+    app.publish(&huge);
+    let sequences: Vec<u64> = refused
+        .iter()
+        .map(|(_, payload, _)| app.publish(payload).sequence)
+        .collect();
+    app.publish(&after);
+
+    // Assert: the huge order is stored and served byte for byte; the rest is recorded.
+    assert!(app.wait_for_order("after-the-huge-ones") == after);
+    app.wait_until_drained();
+    let (status, headers, body) = app.get("/order/huge-strings");
+    assert_eq!(status, 200);
+    assert_eq!(
+        headers.get("content-length").map(String::as_str),
+        Some(huge.len().to_string().as_str())
+    );
+    assert!(
+        body == huge,
+        "the served body differs ({} bytes)",
+        body.len()
+    );
+    assert_eq!(app.orders_count(), 2);
+    let rejected = app.rejected();
+    assert_eq!(rejected.len(), refused.len(), "one rejection each");
+    for ((what, payload, kind), seq) in refused.iter().zip(sequences) {
+        let row = rejected
+            .iter()
+            .find(|r| r.stream_seq as u64 == seq)
+            .unwrap_or_else(|| panic!("{what} was not recorded"));
+        assert_eq!(&row.kind, kind, "{what}: {}", row.reason);
+        assert!(&row.payload == payload, "{what}: the recorded bytes differ");
+    }
+    // The recent-orders list copes with a huge customer_id too.
+    let (status, _, body) = app.get("/orders?limit=5");
+    assert_eq!(status, 200, "/orders: {}", String::from_utf8_lossy(&body));
+    assert_eq!(app.get("/readyz").0, 200);
+}
+
+/// One item of the model with one-character strings and numbers: the smallest valid item.
+const SMALLEST_ITEM: &str = r#"{"chrt_id":1,"track_number":"T","price":1,"rid":"r","name":"n","sale":0,"size":"0","total_price":1,"nm_id":1,"brand":"b","status":2}"#;
+
+/// The model with `n` smallest items, compact.
+fn order_with_items(uid: &str, n: usize) -> Vec<u8> {
+    let mut order: serde_json::Value =
+        serde_json::from_slice(&model_with_uid(uid)).expect("model.json is JSON");
+    order["items"] = serde_json::Value::Null;
+    let text = serde_json::to_string(&order).expect("serialisable");
+    let items = vec![SMALLEST_ITEM; n].join(",");
+    replace_once(&text, r#""items":null"#, &format!(r#""items":[{items}]"#)).into_bytes()
+}
+
+#[test]
+fn an_order_with_as_many_items_as_the_max_payload_holds_is_stored_and_served() {
+    // Every string of an item must be non-empty, so an item takes at least SMALLEST_ITEM's
+    // bytes: 10,000 of them do not fit in one NATS message. The test takes as many as fit.
+    let ten_thousand = order_with_items("too-many-items", 10_000);
+    assert!(
+        ten_thousand.len() > MAX_PAYLOAD,
+        "10,000 items fit after all ({} bytes): test exactly 10,000",
+        ten_thousand.len()
+    );
+    let fixed = order_with_items("many-items", 0).len() - 2 + SMALLEST_ITEM.len();
+    let n = (MAX_PAYLOAD - fixed) / (SMALLEST_ITEM.len() + 1);
+    let order = order_with_items("many-items", n);
+    assert!(order.len() <= MAX_PAYLOAD, "{} bytes", order.len());
+    assert!(n > 7_000, "only {n} items");
+
+    // Arrange
+    let app = spawn_app();
+
+    // Act
+    app.publish(&order);
+
+    // Assert
+    let served = app.wait_for_order("many-items");
+    assert!(
+        served == order,
+        "the served body differs ({} bytes)",
+        served.len()
+    );
+    app.wait_until_drained();
+    assert!(app.rejected().is_empty(), "{:?}", app.rejected().first());
+}
+
+/// A raw HTTP answer: status, headers (lower-case names), and every byte after the headers.
+struct Raw {
+    status: u16,
+    headers: HashMap<String, String>,
+    body: Vec<u8>,
+}
+
+/// Sends one request as it is (asking to close the connection) and parses the answer; the
+/// body must be exactly as long as Content-Length says (for HEAD: empty).
+fn send(app: &TestApp, method: &str, target: &str, body: &[u8]) -> Raw {
+    let mut request = format!(
+        "{method} {target} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
+        app.addr
+    );
+    if !body.is_empty() {
+        request += &format!("Content-Length: {}\r\n", body.len());
+    }
+    request += "\r\n";
+    request += std::str::from_utf8(body).expect("request bodies here are text");
+    let answer = app.raw_http(&request);
+    let what = format!("{method} {}", &target[..target.len().min(80)]);
+    let end = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("{what}: no complete header block in {answer:?}"));
+    let head = std::str::from_utf8(&answer[..end]).expect("the header block is text");
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{what}: a bad status line {status_line:?}"));
+    let headers: HashMap<String, String> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        .collect();
+    let body = answer[end + 4..].to_vec();
+    if method == "HEAD" {
+        assert!(body.is_empty(), "{what}: a HEAD answer with a body");
+    } else if let Some(length) = headers.get("content-length") {
+        assert_eq!(
+            length.parse::<usize>().ok(),
+            Some(body.len()),
+            "{what}: Content-Length"
+        );
+    }
+    Raw {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// A 400 with the design's JSON error body.
+fn assert_json_400(reply: &Raw, what: &str) {
+    assert_eq!(reply.status, 400, "{what}");
+    assert_eq!(
+        reply.headers.get("content-type").map(String::as_str),
+        Some("application/json"),
+        "{what}"
+    );
+    let error: serde_json::Value = serde_json::from_slice(&reply.body)
+        .unwrap_or_else(|e| panic!("{what}: the body is not JSON ({e})"));
+    assert!(
+        error["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{what}: {error}"
+    );
+    assert!(error["order_uid"].is_string(), "{what}: {error}");
+}
+
+#[test]
+fn bodies_and_paths_that_are_not_ids_are_refused_cleanly() {
+    // Arrange
+    let app = spawn_app();
+    let order = model_with_uid("abc-1");
+    app.publish(&order);
+    app.wait_for_order("abc-1");
+    let metrics = send(&app, "GET", "/metrics", b"");
+    assert_eq!(metrics.status, 200);
+    let metrics_text = String::from_utf8_lossy(&metrics.body).into_owned();
+
+    // Percent-encoded ids are decoded, then looked up.
+    for target in ["/order/abc%2D1", "/order/%61%62%63-1", "/order/abc-1?x=%FF"] {
+        let reply = send(&app, "GET", target, b"");
+        assert_eq!(reply.status, 200, "{target}");
+        assert!(reply.body == order, "{target}: the body differs");
+    }
+
+    // Ids that are not ids: 400 with a JSON error.
+    let long = "a".repeat(10 * 1024);
+    for target in [
+        "/order/%FF%FE".to_owned(),
+        "/order/%C3%28".to_owned(),
+        "/order/abc%00".to_owned(),
+        "/order/%".to_owned(),
+        "/order/".to_owned(),
+        format!("/order/{long}"),
+        format!("/order/{}", "%41".repeat(3_000)),
+    ] {
+        let reply = send(&app, "GET", &target, b"");
+        assert_json_400(&reply, &format!("GET {}", &target[..target.len().min(40)]));
+    }
+
+    // Traversal: refused, and never the metrics.
+    for target in [
+        "/order/../metrics",
+        "/order/..%2Fmetrics",
+        "/order/%2E%2E/metrics",
+        "/order/%2e%2e%2fmetrics",
+        "/order/../../../etc/passwd",
+        "/order//metrics",
+    ] {
+        let reply = send(&app, "GET", target, b"");
+        assert!(
+            matches!(reply.status, 400 | 404),
+            "{target}: {}",
+            reply.status
+        );
+        let text = String::from_utf8_lossy(&reply.body);
+        assert!(
+            !text.contains("# EOF") && text != metrics_text,
+            "{target} served the metrics"
+        );
+    }
+
+    // HEAD: the status and headers of GET, no body (the parser checks it).
+    let head = send(&app, "HEAD", "/order/x", b"");
+    assert_eq!(head.status, 404);
+    let head = send(&app, "HEAD", "/order/abc-1", b"");
+    assert_eq!(head.status, 200);
+    assert_eq!(
+        head.headers.get("content-length").map(String::as_str),
+        Some(order.len().to_string().as_str())
+    );
+
+    // Other methods: 405 naming the allowed ones, bodies or not.
+    let big_body = "x".repeat(100 * 1024);
+    for (method, body) in [
+        ("DELETE", ""),
+        ("POST", "{}"),
+        ("PUT", big_body.as_str()),
+        ("OPTIONS", ""),
+        ("BREW", ""),
+    ] {
+        let reply = send(&app, method, "/order/x", body.as_bytes());
+        assert_eq!(reply.status, 405, "{method}");
+        assert_eq!(
+            reply.headers.get("allow").map(String::as_str),
+            Some("GET, HEAD"),
+            "{method}"
+        );
+    }
+
+    // A GET with a body is still a GET.
+    let reply = send(&app, "GET", "/order/abc-1", b"ignored");
+    assert_eq!(reply.status, 200);
+    assert!(reply.body == order);
+
+    // And after all that, the service is fine.
+    assert_eq!(app.get("/readyz").0, 200);
+    assert_eq!(app.get("/order/abc-1").2, order);
+}
