@@ -26,6 +26,8 @@ use crate::store::Store;
 
 /// Restored orders are handed to the cache in chunks of this many.
 const RESTORE_CHUNK: usize = 10_000;
+/// Longest wait for each step of a shutdown that depends on PostgreSQL or NATS.
+const STOP_WAIT: Duration = Duration::from_secs(2);
 /// Batches waiting for the cache writer before ingest waits for it.
 const CACHE_QUEUE: usize = 64;
 
@@ -119,9 +121,12 @@ pub fn run(args: ServeArgs) -> Result<()> {
             rejected = totals.rejected,
             "ingest stopped"
         );
-        // Acks are buffered by the client: send them before the connection goes away.
-        if let Err(e) = client.flush().await {
-            warn!(error = %e, "could not flush the last acks; those messages will be redelivered");
+        // Acks are buffered by the client: send them before the connection goes away (but do
+        // not wait on a NATS that is gone: unsent acks only mean redeliveries).
+        match tokio::time::timeout(STOP_WAIT, client.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "could not flush the last acks; those messages will be redelivered"),
+            Err(_) => warn!("NATS did not take the last acks in time; those messages will be redelivered"),
         }
         signals.abort();
         Ok::<_, color_eyre::Report>(())
@@ -129,7 +134,13 @@ pub fn run(args: ServeArgs) -> Result<()> {
 
     http.shutdown();
     let _ = writer.join();
-    runtime.block_on(store.close());
+    // A connection whose statement was abandoned at shutdown (stuck on a lock, say) would keep
+    // close() waiting for PostgreSQL; exiting closes it anyway, and PostgreSQL rolls it back.
+    let closed = runtime.block_on(async { tokio::time::timeout(STOP_WAIT, store.close()).await });
+    if closed.is_err() {
+        warn!("PostgreSQL connections did not close in time; exiting anyway");
+    }
+    runtime.shutdown_timeout(STOP_WAIT);
     result
 }
 
