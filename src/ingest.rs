@@ -33,6 +33,8 @@ const HEARTBEAT: Duration = Duration::from_secs(5);
 /// While a batch is being retried, how often its messages are reported in progress (well within
 /// the consumer's ack wait, so the server never redelivers them to someone else meanwhile).
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+/// Longest a batch waits for more messages before it is written.
+const LINGER: Duration = Duration::from_millis(5);
 /// Longest one batch write may take before it is cut off and retried (below the ack wait).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a shutdown waits for the batch in flight to commit before handing it back.
@@ -106,6 +108,8 @@ impl Ingest {
                 }
             };
             let mut chunks = messages.ready_chunks(self.batch_size);
+            // Messages pulled but not yet in a batch (what a full batch left over).
+            let mut carry = Vec::new();
             loop {
                 // The flag, not only the change: a change may have been seen while a batch was
                 // being written.
@@ -113,21 +117,37 @@ impl Ingest {
                     release_prefetched(&mut chunks).await;
                     break 'subscribe;
                 }
-                let chunk = tokio::select! {
-                    biased;
-                    _ = shutdown.changed() => {
-                        release_prefetched(&mut chunks).await;
-                        break 'subscribe;
+                if carry.is_empty() {
+                    let chunk = tokio::select! {
+                        biased;
+                        _ = shutdown.changed() => {
+                            release_prefetched(&mut chunks).await;
+                            break 'subscribe;
+                        }
+                        chunk = chunks.next() => chunk,
+                    };
+                    let Some(chunk) = chunk else {
+                        warn!("the message stream ended; subscribing again");
+                        if sleep_or_shutdown(&mut backoff, &mut shutdown).await {
+                            break 'subscribe;
+                        }
+                        continue 'subscribe;
+                    };
+                    carry = chunk;
+                }
+                // A commit costs about the same for one message as for a thousand, and messages
+                // arrive in small bursts: under load, wait a moment for a fuller batch. When idle,
+                // a lone message waits at most LINGER.
+                let deadline = tokio::time::Instant::now() + LINGER;
+                while carry.len() < self.batch_size {
+                    match tokio::time::timeout_at(deadline, chunks.next()).await {
+                        Ok(Some(more)) => carry.extend(more),
+                        // The deadline, or the end of the stream (seen again on the next pull).
+                        _ => break,
                     }
-                    chunk = chunks.next() => chunk,
-                };
-                let Some(chunk) = chunk else {
-                    warn!("the message stream ended; subscribing again");
-                    if sleep_or_shutdown(&mut backoff, &mut shutdown).await {
-                        break 'subscribe;
-                    }
-                    continue 'subscribe;
-                };
+                }
+                let rest = carry.split_off(carry.len().min(self.batch_size));
+                let chunk = std::mem::replace(&mut carry, rest);
                 let mut batch = Vec::with_capacity(chunk.len());
                 let mut stream_error = None;
                 for item in chunk {
