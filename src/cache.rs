@@ -294,11 +294,6 @@ impl Cache {
         }
     }
 
-    /// Whether more documents would exceed the bound (the restore stops there).
-    pub fn is_full(&self) -> bool {
-        self.max_bytes.is_some_and(|max| self.bytes() >= max)
-    }
-
     /// Number of cached orders.
     pub fn len(&self) -> usize {
         self.table

@@ -163,12 +163,18 @@ async fn restore(store: &Store, cache: &Cache, metrics: &Metrics) -> Result<()> 
     };
     let mut chunk = Vec::with_capacity(RESTORE_CHUNK);
     let mut loaded = 0u64;
+    // Counted here, not read from the cache: the cache evicts to stay within its bound, so its
+    // own byte count never says "full".
+    let mut loaded_bytes = 0u64;
     let mut last_log = Instant::now();
     let mut stopped_early = false;
     while let Some(row) = rows.next().await {
         let (uid, document) = row.wrap_err("cannot read stored orders")?;
         match OrderUid::parse(&uid) {
-            Ok(uid) => chunk.push((uid, document)),
+            Ok(uid) => {
+                loaded_bytes += document.len() as u64;
+                chunk.push((uid, document));
+            }
             // The table's CHECK constraint makes this impossible; skip rather than refuse to start.
             Err(e) => warn!(error = %e, "skipping a stored order with an invalid id"),
         }
@@ -184,7 +190,7 @@ async fn restore(store: &Store, cache: &Cache, metrics: &Metrics) -> Result<()> 
                 info!(loaded, total, "restoring the cache");
                 last_log = Instant::now();
             }
-            if cache.is_full() {
+            if cache.max_bytes().is_some_and(|max| loaded_bytes >= max) {
                 stopped_early = true;
                 break;
             }
