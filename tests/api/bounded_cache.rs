@@ -3,7 +3,7 @@
 
 use crate::helpers::{model_with_uid, spawn_app_with, TestApp};
 
-/// Room for about a dozen model-sized orders (~1.1 KB each); the test stores a hundred.
+/// Room for about a dozen model-sized orders (~1.1 KB each); the test stores two thousand.
 const BOUND: u64 = 15_000;
 
 fn metric(app: &TestApp, name: &str) -> f64 {
@@ -28,16 +28,18 @@ fn a_cache_smaller_than_the_data_still_serves_every_order_within_its_bound() {
     // Arrange
     let bound = BOUND.to_string();
     let mut app = spawn_app_with(&["--cache-max-bytes", &bound]);
-    let orders: Vec<(String, Vec<u8>)> = (0..100)
+    let orders: Vec<(String, Vec<u8>)> = (0..2000)
         .map(|i| {
             let uid = format!("bounded-{i:03}");
             let message = model_with_uid(&uid);
             (uid, message)
         })
         .collect();
-    for (_, message) in &orders {
-        app.publish(message);
-    }
+    app.publish_many(
+        orders
+            .iter()
+            .map(|(uid, message)| (Some(uid.as_str()), message.as_slice())),
+    );
     for (uid, _) in &orders {
         app.wait_for_order(uid);
     }

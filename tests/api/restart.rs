@@ -2,7 +2,11 @@
 
 use crate::helpers::{model_with_uid, spawn_app, testdata};
 
-/// The valid testdata samples and 20 generated orders, as (order_uid, message).
+/// How many generated orders the restart tests store beside the samples: a restore of a few
+/// thousand, not a handful.
+const GENERATED: usize = 3000;
+
+/// The valid testdata samples and `GENERATED` generated orders, as (order_uid, message).
 fn some_valid_orders() -> Vec<(String, Vec<u8>)> {
     let mut orders: Vec<(String, Vec<u8>)> = [
         ("b563feb7b2b84b6test", "model.json"),
@@ -14,7 +18,7 @@ fn some_valid_orders() -> Vec<(String, Vec<u8>)> {
     .into_iter()
     .map(|(uid, file)| (uid.to_owned(), testdata(file)))
     .collect();
-    for i in 0..20 {
+    for i in 0..GENERATED {
         let uid = format!("generated-{i:04}");
         let message = model_with_uid(&uid);
         orders.push((uid, message));
@@ -27,9 +31,11 @@ fn after_a_kill_and_restart_every_order_is_served_again_byte_for_byte() {
     // Arrange
     let mut app = spawn_app();
     let orders = some_valid_orders();
-    for (uid, message) in &orders {
-        app.publish_with_id(message, uid);
-    }
+    app.publish_many(
+        orders
+            .iter()
+            .map(|(uid, message)| (Some(uid.as_str()), message.as_slice())),
+    );
     for (uid, message) in &orders {
         assert_eq!(&app.wait_for_order(uid), message, "{uid} before the kill");
     }
@@ -52,9 +58,11 @@ fn after_a_restart_with_the_stream_deleted_orders_are_restored_from_postgres() {
     // Arrange
     let mut app = spawn_app();
     let orders = some_valid_orders();
-    for (uid, message) in &orders {
-        app.publish_with_id(message, uid);
-    }
+    app.publish_many(
+        orders
+            .iter()
+            .map(|(uid, message)| (Some(uid.as_str()), message.as_slice())),
+    );
     for (uid, _) in &orders {
         app.wait_for_order(uid);
     }
