@@ -405,20 +405,6 @@ impl TestApp {
         })
     }
 
-    /// Publishes with a `Nats-Msg-Id` header and awaits the ack.
-    pub fn publish_with_id(&self, payload: &[u8], msg_id: &str) -> PublishAck {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", msg_id);
-        self.rt.block_on(async {
-            self.js
-                .publish_with_headers(self.subject.clone(), headers, payload.to_vec().into())
-                .await
-                .expect("cannot publish")
-                .await
-                .expect("the publish was not acknowledged")
-        })
-    }
-
     /// Publishes many messages with their acks pipelined; see `Publisher::publish_many`.
     pub fn publish_many<'m>(
         &self,
