@@ -139,11 +139,17 @@ fn orders_published_while_postgres_is_unreachable_are_all_stored_once_it_returns
     db.restore();
 
     // Assert: everything is stored once, served, and acked.
+    assert_recovered_with_every_order_stored_once(&app, &orders);
+}
+
+/// After an outage: the consumer drains, every order is stored once and served, nothing was
+/// rejected, and the service is ready again.
+fn assert_recovered_with_every_order_stored_once(app: &TestApp, orders: &[(String, Vec<u8>)]) {
     app.wait_until_drained();
     assert_eq!(app.orders_count(), orders.len() as i64);
     let rejected = app.rejected();
     assert!(rejected.is_empty(), "rejections: {:?}", rejected.first());
-    assert_every_order_is_served(&app, &orders);
+    assert_every_order_is_served(app, orders);
     app.wait_until(|app| readiness(app).0 == 200, "/readyz to answer 200 again");
 }
 
@@ -183,12 +189,7 @@ fn a_cut_nats_connection_mid_ingest_loses_nothing() {
     nats.restore();
 
     // Assert
-    app.wait_until_drained();
-    assert_eq!(app.orders_count(), orders.len() as i64);
-    let rejected = app.rejected();
-    assert!(rejected.is_empty(), "rejections: {:?}", rejected.first());
-    assert_every_order_is_served(&app, &orders);
-    app.wait_until(|app| readiness(app).0 == 200, "/readyz to answer 200 again");
+    assert_recovered_with_every_order_stored_once(&app, &orders);
 }
 
 /// A transaction of the test's own that holds an exclusive lock on `orders`: every write of the
