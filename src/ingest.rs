@@ -114,14 +114,14 @@ impl Ingest {
                 // The flag, not only the change: a change may have been seen while a batch was
                 // being written.
                 if *shutdown.borrow() {
-                    release_prefetched(&mut chunks).await;
+                    release_prefetched(&mut chunks, std::mem::take(&mut carry)).await;
                     break 'subscribe;
                 }
                 if carry.is_empty() {
                     let chunk = tokio::select! {
                         biased;
                         _ = shutdown.changed() => {
-                            release_prefetched(&mut chunks).await;
+                            release_prefetched(&mut chunks, std::mem::take(&mut carry)).await;
                             break 'subscribe;
                         }
                         chunk = chunks.next() => chunk,
@@ -163,7 +163,7 @@ impl Ingest {
                             return Err(eyre!("the cache writer stopped"))
                         }
                         Err(BatchError::Shutdown) => {
-                            release_prefetched(&mut chunks).await;
+                            release_prefetched(&mut chunks, std::mem::take(&mut carry)).await;
                             break 'subscribe;
                         }
                     }
@@ -375,14 +375,19 @@ async fn after_shutdown_grace(shutdown: &mut watch::Receiver<bool>) {
     tokio::time::sleep(SHUTDOWN_GRACE).await;
 }
 
-/// On shutdown, hands back the messages pulled ahead but not handled, so that the next consumer
-/// gets them at once instead of after the ack wait.
-async fn release_prefetched<S, E>(chunks: &mut S)
+/// On shutdown, hands back the messages pulled ahead but not handled (those carried over from a
+/// full batch, and those buffered in the stream), so that the next consumer gets them at once
+/// instead of after the ack wait.
+async fn release_prefetched<S, E>(chunks: &mut S, carry: Vec<Result<jetstream::Message, E>>)
 where
     S: futures::Stream<Item = Vec<Result<jetstream::Message, E>>> + Unpin,
 {
     use futures::FutureExt;
-    let mut released = 0usize;
+    let naks = carry
+        .iter()
+        .flatten()
+        .map(|m| m.ack_with(AckKind::Nak(None)));
+    let mut released = futures::future::join_all(naks).await.len();
     // Only what is already buffered: polling must not wait for (or pull) more.
     for _ in 0..RELEASE_CHUNKS_MAX {
         let Some(Some(chunk)) = chunks.next().now_or_never() else {
