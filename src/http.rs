@@ -181,73 +181,133 @@ fn worker(server: &tiny_http::Server, stop: &AtomicBool, state: &AppState) {
     }
 }
 
+/// Where a request target leads. Pure (no I/O), so that it can be fuzzed on its own.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route<'a> {
+    /// `/`: the web page.
+    Page,
+    /// `/app.js`.
+    Script,
+    /// `/app.css`.
+    Style,
+    /// `/healthz`.
+    Healthz,
+    /// `/readyz`.
+    Readyz,
+    /// `/metrics`.
+    Metrics,
+    /// `/orders?…`, with its query string.
+    Orders(&'a str),
+    /// `/rejected?…`, with its query string.
+    Rejected(&'a str),
+    /// `/order/{id}`: the decoded, validated id, or why it is not one.
+    Order(Result<OrderUid, BadId>),
+    /// Anything else.
+    NotFound,
+}
+
+/// An `/order/{id}` whose id breaks the order_uid rule.
+#[derive(Debug, PartialEq, Eq)]
+pub struct BadId {
+    /// The rule it breaks.
+    pub reason: String,
+    /// The id as received (lossily decoded), for the error body.
+    pub id: String,
+}
+
+impl Route<'_> {
+    /// The route's name in the metrics (never the path itself: ids would make labels unbounded).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Route::Page | Route::Script | Route::Style => "page",
+            Route::Healthz => "healthz",
+            Route::Readyz => "readyz",
+            Route::Metrics => "metrics",
+            Route::Orders(_) => "orders",
+            Route::Rejected(_) => "rejected",
+            Route::Order(_) => "order",
+            Route::NotFound => "other",
+        }
+    }
+}
+
+/// Resolves a request target (path and query, as tiny_http gives it).
+pub fn resolve(target: &str) -> Route<'_> {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    match path {
+        "/" => Route::Page,
+        "/app.js" => Route::Script,
+        "/app.css" => Route::Style,
+        "/healthz" => Route::Healthz,
+        "/readyz" => Route::Readyz,
+        "/metrics" => Route::Metrics,
+        "/orders" => Route::Orders(query),
+        "/rejected" => Route::Rejected(query),
+        _ => match path.strip_prefix("/order/") {
+            Some(raw_id) => Route::Order(decode_id(raw_id)),
+            None => Route::NotFound,
+        },
+    }
+}
+
+/// Percent-decodes and validates the id of `/order/{id}`.
+fn decode_id(raw_id: &str) -> Result<OrderUid, BadId> {
+    let id = percent_decode_str(raw_id)
+        .decode_utf8()
+        .map_err(|_| BadId {
+            reason: "order_uid must be valid UTF-8".to_owned(),
+            id: raw_id.to_owned(),
+        })?;
+    OrderUid::parse(&id).map_err(|e| BadId {
+        reason: e.to_string(),
+        id: id.into_owned(),
+    })
+}
+
 /// Answers one request; also names its route for the metrics.
 fn route(request: &Request, state: &AppState) -> (&'static str, ResponseBox) {
-    let (path, query) = match request.url().split_once('?') {
-        Some((p, q)) => (p, q),
-        None => (request.url(), ""),
-    };
-    let name = match path {
-        "/" | "/app.js" | "/app.css" => "page",
-        "/healthz" => "healthz",
-        "/readyz" => "readyz",
-        "/metrics" => "metrics",
-        "/orders" => "orders",
-        "/rejected" => "rejected",
-        _ if path.starts_with("/order/") => "order",
-        _ => {
-            return (
-                "other",
-                json_response(404, &json!({ "error": "no such path" })),
-            )
-        }
-    };
+    let route = resolve(request.url());
+    let name = route.name();
+    if route == Route::NotFound {
+        return (
+            name,
+            json_response(404, &json!({ "error": "no such path" })),
+        );
+    }
     if !matches!(request.method(), Method::Get | Method::Head) {
         let response = json_response(405, &json!({ "error": "method not allowed" }))
             .with_header(header("Allow", "GET, HEAD"));
         return (name, response);
     }
-    let response = match path {
-        "/" => page::html(),
-        "/app.js" => page::script(),
-        "/app.css" => page::style(),
-        "/healthz" => json_response(200, &json!({ "status": "ok" })),
-        "/readyz" => match state.health.readiness(&state.cache) {
+    let response = match route {
+        Route::Page => page::html(),
+        Route::Script => page::script(),
+        Route::Style => page::style(),
+        Route::Healthz => json_response(200, &json!({ "status": "ok" })),
+        Route::Readyz => match state.health.readiness(&state.cache) {
             Ok(()) => json_response(
                 200,
                 &json!({ "status": "ready", "orders": state.cache.len() }),
             ),
             Err(reason) => json_response(503, &json!({ "status": "not ready", "reason": reason })),
         },
-        "/metrics" => Response::from_data(state.metrics.encode(&state.cache, &state.health))
+        Route::Metrics => Response::from_data(state.metrics.encode(&state.cache, &state.health))
             .with_header(header(
                 "Content-Type",
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
             ))
             .boxed(),
-        "/orders" => recent_orders(query, state),
-        "/rejected" => rejected(query, state),
-        _ => order(request, &path["/order/".len()..], state),
+        Route::Orders(query) => recent_orders(query, state),
+        Route::Rejected(query) => rejected(query, state),
+        Route::Order(Ok(uid)) => order(request, &uid, state),
+        Route::Order(Err(bad)) => id_error(400, &bad.reason, &bad.id),
+        Route::NotFound => json_response(404, &json!({ "error": "no such path" })),
     };
     (name, response)
 }
 
 /// `GET /order/{order_uid}`.
-fn order(request: &Request, raw_id: &str, state: &AppState) -> ResponseBox {
-    let id = match percent_decode_str(raw_id).decode_utf8() {
-        Ok(id) => id,
-        Err(_) => {
-            return id_error(
-                400,
-                "order_uid must be valid UTF-8",
-                &String::from_utf8_lossy(raw_id.as_bytes()),
-            )
-        }
-    };
-    let uid = match OrderUid::parse(&id) {
-        Ok(uid) => uid,
-        Err(e) => return id_error(400, &e.to_string(), &id),
-    };
+fn order(request: &Request, uid: &OrderUid, state: &AppState) -> ResponseBox {
     if !state.cache.is_restored() {
         // Serve what is already loaded, but never a false 404 while the rest is on its way.
         return match state.cache.get(uid.as_str()) {
@@ -264,7 +324,7 @@ fn order(request: &Request, raw_id: &str, state: &AppState) -> ResponseBox {
     // id, however many requests want it), within a short deadline.
     let loaded = state
         .cache
-        .get_or_load(&uid, || db_call(state, state.store.document(uid.as_str())));
+        .get_or_load(uid, || db_call(state, state.store.document(uid.as_str())));
     match loaded {
         Ok(Some(entry)) => order_response(request, &entry),
         Ok(None) => id_error(404, "order not found", uid.as_str()),
@@ -504,6 +564,49 @@ mod tests {
         let back = PageCursor::decode(&c.encode()).expect("decodes");
         assert_eq!(back.date, date);
         assert_eq!(back.uid, "a_b-1");
+    }
+
+    #[test]
+    fn targets_resolve_to_their_routes() {
+        assert_eq!(resolve("/"), Route::Page);
+        assert_eq!(resolve("/?id=abc"), Route::Page);
+        assert_eq!(resolve("/orders?limit=5"), Route::Orders("limit=5"));
+        let uid = OrderUid::parse("abc-1").expect("a valid id");
+        assert_eq!(resolve("/order/abc%2D1"), Route::Order(Ok(uid)));
+        for other in [
+            "",
+            "/order",
+            "/orders/x",
+            "/metrics/",
+            "//",
+            "/app.js/x",
+            "/../metrics",
+        ] {
+            assert_eq!(resolve(other), Route::NotFound, "{other:?}");
+        }
+    }
+
+    #[test]
+    fn ids_that_break_the_rule_are_refused_with_the_rule_and_echoed() {
+        for (target, echoed) in [
+            ("/order/", ""),
+            // Not UTF-8 once decoded: echoed as received.
+            ("/order/%FF%FE", "%FF%FE"),
+            ("/order/../metrics", "../metrics"),
+            ("/order/a%2Fb", "a/b"),
+            ("/order/a b", "a b"),
+            ("/order/x%00", "x\0"),
+        ] {
+            match resolve(target) {
+                Route::Order(Err(bad)) => {
+                    assert_eq!(bad.id, echoed, "{target:?}");
+                    assert!(!bad.reason.is_empty());
+                }
+                other => panic!("{target:?} resolved to {other:?}"),
+            }
+        }
+        let long = format!("/order/{}", "a".repeat(65));
+        assert!(matches!(resolve(&long), Route::Order(Err(_))));
     }
 
     #[test]
