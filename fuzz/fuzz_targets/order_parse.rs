@@ -1,0 +1,16 @@
+//! Any bytes from the bus: `Order::parse` must return, never panic, never run away, and an
+//! accepted order must serve exactly the bytes it was given.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use ordersvc::order::Order;
+
+fuzz_target!(|data: &[u8]| {
+    match Order::parse(data) {
+        Ok(order) => {
+            assert_eq!(order.document().as_bytes(), data);
+            assert!(!order.uid().as_str().is_empty());
+        }
+        Err(rejection) => assert!(!rejection.to_string().is_empty()),
+    }
+});
