@@ -7,6 +7,7 @@ mod faults;
 mod helpers;
 mod hostile;
 mod http;
+mod operations;
 mod orders_list;
 mod page;
 mod proxy;
