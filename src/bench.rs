@@ -28,6 +28,7 @@ pub const DEFAULT_URL: &str = "http://127.0.0.1:8080";
 /// Settings of `ordersvc bench`.
 #[derive(Args, Clone, Debug)]
 pub struct BenchArgs {
+    /// Which benchmark.
     #[command(subcommand)]
     pub command: BenchCommand,
 }

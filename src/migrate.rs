@@ -9,6 +9,7 @@ use crate::store::{redact, Store};
 /// Settings of `ordersvc migrate`.
 #[derive(Args, Clone, Debug)]
 pub struct MigrateArgs {
+    /// Where PostgreSQL is.
     #[command(flatten)]
     pub db: DbArgs,
 }

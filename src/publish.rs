@@ -22,6 +22,7 @@ const PROGRESS_FROM: u64 = 20;
 /// Settings of `ordersvc publish`.
 #[derive(Args, Clone, Debug)]
 pub struct PublishArgs {
+    /// Where the stream is.
     #[command(flatten)]
     pub nats: NatsArgs,
     /// File to publish as one message; `-` reads stdin. Repeatable. Without it, the embedded

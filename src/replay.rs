@@ -23,8 +23,10 @@ const PROGRESS_FROM: u64 = 100;
 /// Settings of `ordersvc replay-from-db`.
 #[derive(Args, Clone, Debug)]
 pub struct ReplayArgs {
+    /// Where PostgreSQL is.
     #[command(flatten)]
     pub db: DbArgs,
+    /// Where the stream is.
     #[command(flatten)]
     pub nats: NatsArgs,
     /// Only orders created at or after this RFC 3339 date-time (e.g. 2021-11-26T00:00:00Z).

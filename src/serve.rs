@@ -34,8 +34,10 @@ const CACHE_QUEUE: usize = 64;
 /// Settings of `ordersvc serve`.
 #[derive(Args, Clone, Debug)]
 pub struct ServeArgs {
+    /// Where PostgreSQL is.
     #[command(flatten)]
     pub db: DbArgs,
+    /// Where the stream is.
     #[command(flatten)]
     pub nats: NatsArgs,
     /// Durable consumer name: restarts resume where this consumer left off.

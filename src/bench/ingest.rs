@@ -58,6 +58,7 @@ const LOG_TAIL: usize = 20;
 /// Settings of `ordersvc bench ingest`.
 #[derive(Args, Clone, Debug)]
 pub struct IngestArgs {
+    /// Where the stream is.
     #[command(flatten)]
     pub nats: NatsArgs,
     /// Backlog mode: the database of the service this command starts.
