@@ -51,6 +51,9 @@ pub struct TestApp {
     service_database_url: String,
     service_nats_url: String,
     child: Option<Child>,
+    /// Every line the service has logged so far (all runs).
+    logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    log_filter: Option<String>,
     serve_args: Vec<String>,
     db: Option<PgPool>,
     js: jetstream::Context,
@@ -93,6 +96,8 @@ pub struct SpawnOptions<'a> {
     pub nats_via: Option<SocketAddr>,
     /// Extra `serve` flags (kept for restarts).
     pub serve_args: &'a [&'a str],
+    /// The service's `RUST_LOG` instead of the default filter.
+    pub log_filter: Option<&'a str>,
 }
 
 /// `spawn_app` with options. Only the service's URLs go through `db_via` and `nats_via`: the
@@ -133,6 +138,8 @@ pub fn spawn_app_with_options(options: SpawnOptions) -> TestApp {
         durable: format!("durable_{suffix}"),
         suffix,
         child: None,
+        logs: std::sync::Arc::default(),
+        log_filter: options.log_filter.map(str::to_owned),
         serve_args: serve_args.iter().map(|a| (*a).to_owned()).collect(),
         db: None,
         js,
@@ -250,7 +257,10 @@ impl TestApp {
             .args(["--durable", &self.durable])
             .args(["--http-addr", "127.0.0.1:0"])
             .args(&self.serve_args)
-            .env("RUST_LOG", service_log_filter())
+            .env(
+                "RUST_LOG",
+                self.log_filter.clone().unwrap_or_else(service_log_filter),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -263,12 +273,16 @@ impl TestApp {
         // over the address from the "listening on" line.
         let (tx, rx) = mpsc::channel();
         let prefix = self.suffix.clone();
+        let logs = self.logs.clone();
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).split(b'\n') {
                 let Ok(line) = line else { break };
                 let line = String::from_utf8_lossy(&line);
                 eprintln!("[{prefix}] {line}");
+                logs.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(line.clone().into_owned());
                 if let Some(addr) = listening_addr(&line) {
                     if let Some(tx) = tx.take() {
                         let _ = tx.send(addr);
@@ -309,6 +323,11 @@ impl TestApp {
             |app| app.try_consumer_info().is_ok(),
             "the service to create its stream and durable consumer",
         );
+    }
+
+    /// Every line the service has logged so far, over all its runs.
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// SIGKILL, and wait for the process to be gone.
@@ -701,5 +720,9 @@ fn service_log_filter() -> String {
 /// The address in the service's `listening on http://ADDR` log line.
 fn listening_addr(line: &str) -> Option<SocketAddr> {
     let rest = &line[line.find("listening on http://")? + "listening on http://".len()..];
-    rest.split_whitespace().next()?.parse().ok()
+    // Text logs end the address with a space, JSON logs with a quote.
+    let end = rest
+        .find(|c: char| !(c.is_ascii_alphanumeric() || ".:[]".contains(c)))
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
 }

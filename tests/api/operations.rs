@@ -5,7 +5,7 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
 
-use crate::helpers::{model_with_uid, spawn_app};
+use crate::helpers::{model_with_uid, spawn_app, spawn_app_with_options, SpawnOptions};
 
 #[test]
 fn rejected_messages_are_listed_newest_first_with_their_reason_and_payload() {
@@ -85,4 +85,56 @@ fn thousands_of_idle_and_slow_connections_do_not_starve_normal_requests() {
     assert_eq!(app.get("/healthz").0, 200);
     drop(idle);
     drop(slow);
+}
+
+#[test]
+fn no_log_line_carries_the_personal_data_of_an_order() {
+    // Arrange: the most talkative logs, and orders whose personal fields are easy to spot.
+    let app = spawn_app_with_options(SpawnOptions {
+        serve_args: &["--log-format", "json"],
+        log_filter: Some("debug"),
+        ..SpawnOptions::default()
+    });
+    let personal = [
+        "Zebediah Quaxworth",
+        "+1555019283",
+        "zebediah@example.org",
+        "17 Qwxyz Lane",
+    ];
+    let order = String::from_utf8(model_with_uid("personal-data"))
+        .expect("UTF-8")
+        .replacen("Test Testov", personal[0], 1)
+        .replacen("+9720000000", personal[1], 1)
+        .replacen("test@gmail.com", personal[2], 1)
+        .replacen("Ploshad Mira 15", personal[3], 1);
+    app.publish(order.as_bytes());
+    // The same data in a message that is refused, and in a conflicting duplicate.
+    app.publish(
+        order
+            .replacen("\"sm_id\": 99", "\"sm_id\": -1", 1)
+            .as_bytes(),
+    );
+    app.publish(
+        order
+            .replacen("\"sm_id\": 99", "\"sm_id\": 100", 1)
+            .as_bytes(),
+    );
+    app.wait_for_order("personal-data");
+    app.wait_until(
+        |app| app.rejected().len() == 2,
+        "both refusals to be recorded",
+    );
+    app.get("/order/personal-data");
+
+    // Assert: logs were written (at debug), and none holds any of the personal values.
+    let logs = app.logs();
+    assert!(
+        logs.iter().any(|l| l.contains("\"level\":\"DEBUG\"")),
+        "no debug logs at all"
+    );
+    for line in &logs {
+        for value in personal {
+            assert!(!line.contains(value), "a log line holds {value:?}: {line}");
+        }
+    }
 }
