@@ -33,6 +33,9 @@ const HEARTBEAT: Duration = Duration::from_secs(5);
 /// While a batch is being retried, how often its messages are reported in progress (well within
 /// the consumer's ack wait, so the server never redelivers them to someone else meanwhile).
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+/// Failed attempts at a batch before its messages are tried one by one, to find one that
+/// PostgreSQL refuses for a reason other than its data (a trigger, a rule).
+const ISOLATE_AFTER: u32 = 5;
 /// Longest a batch waits for more messages before it is written.
 const LINGER: Duration = Duration::from_millis(5);
 /// Longest one batch write may take before it is cut off and retried (below the ack wait).
@@ -228,11 +231,15 @@ impl Ingest {
         }
         let mut backoff = BACKOFF_MIN;
         let mut last_progress = Instant::now();
+        let mut attempts = 0u32;
         let written = loop {
+            attempts += 1;
             let started = Instant::now();
             // A write that hangs (a lock, a silent network) is cut off and retried, and it never
             // holds up a shutdown for longer than the grace period.
-            let attempt = tokio::time::timeout(WRITE_TIMEOUT, self.write(&incoming));
+            // After a few refusals, look for a message that PostgreSQL refuses on its own.
+            let isolate = attempts > ISOLATE_AFTER;
+            let attempt = tokio::time::timeout(WRITE_TIMEOUT, self.write(&incoming, isolate));
             let result = tokio::select! {
                 biased;
                 result = attempt => result.unwrap_or_else(|_| Err(write_timed_out())),
@@ -312,17 +319,28 @@ impl Ingest {
         Ok(())
     }
 
-    /// Writes a batch; if PostgreSQL refuses its data (not its availability), writes the messages
-    /// one by one so that the one it refuses is recorded as rejected and blocks nothing.
-    async fn write(&self, incoming: &[Incoming]) -> Result<Written, sqlx::Error> {
-        match self.store.write_batch(&self.nats.stream, incoming).await {
-            Err(e) if is_data_error(&e) => {
-                warn!(error = %e, "PostgreSQL refused a batch's data; writing it message by message")
-            }
-            other => return other,
+    /// Writes a batch. If PostgreSQL refuses it because of a message's data (or, with
+    /// `isolate_refusals`, for any reason it answers with), writes the messages one by one so
+    /// that the one it refuses is recorded as rejected and blocks nothing.
+    async fn write(
+        &self,
+        incoming: &[Incoming],
+        isolate_refusals: bool,
+    ) -> Result<Written, sqlx::Error> {
+        let error = match self.store.write_batch(&self.nats.stream, incoming).await {
+            Ok(written) => return Ok(written),
+            Err(e) => e,
+        };
+        let refusal = |e: &sqlx::Error| {
+            is_data_error(e) || (isolate_refusals && matches!(e, sqlx::Error::Database(_)))
+        };
+        if !refusal(&error) {
+            return Err(error);
         }
+        warn!(error = %error, "PostgreSQL refused a batch; writing it message by message");
         let mut all = Written::default();
-        for message in incoming {
+        let mut refused = Vec::new();
+        for (i, message) in incoming.iter().enumerate() {
             match self
                 .store
                 .write_batch(&self.nats.stream, std::slice::from_ref(message))
@@ -332,15 +350,23 @@ impl Ingest {
                     all.outcomes.extend(written.outcomes);
                     all.to_cache.extend(written.to_cache);
                 }
-                Err(e) if is_data_error(&e) => {
-                    warn!(seq = message.seq, error = %e, "PostgreSQL refused a message; recording it as rejected");
-                    self.store
-                        .reject_one(&self.nats.stream, message, &format!("store error: {e}"))
-                        .await?;
-                    all.outcomes.push(Outcome::Rejected("store_error"));
-                }
+                Err(e) if refusal(&e) => refused.push((i, e)),
                 Err(e) => return Err(e),
             }
+        }
+        // A refusal that no message escapes, and that is not about data, is the database's
+        // problem (a missing table, a permission), not a message's: retry the whole batch
+        // rather than reject every order in it.
+        if refused.len() == incoming.len() && !refused.iter().all(|(_, e)| is_data_error(e)) {
+            return Err(error);
+        }
+        for (i, e) in refused {
+            let message = &incoming[i];
+            warn!(seq = message.seq, error = %e, "PostgreSQL refused a message; recording it as rejected");
+            self.store
+                .reject_one(&self.nats.stream, message, &format!("store error: {e}"))
+                .await?;
+            all.outcomes.push(Outcome::Rejected("store_error"));
         }
         Ok(all)
     }

@@ -494,13 +494,14 @@ fn sigterm_under_load_finishes_the_batch_in_flight_and_exits_zero() {
     assert_every_order_is_served(&app, &all);
 }
 
-#[test]
-fn a_row_postgres_refuses_is_rejected_and_does_not_block_the_orders_behind_it() {
+/// Publishes 20 good orders around one whose customer PostgreSQL refuses (as `setup` makes it
+/// refuse), and checks that the good ones are stored and the poison recorded with `reason`.
+fn assert_a_refused_row_is_isolated(setup: &[&str], reason: &str) {
     // Arrange: PostgreSQL refuses one customer; the model itself allows it.
     let app = spawn_app();
-    app.execute_as_owner(
-        "ALTER TABLE orders ADD CONSTRAINT no_poison CHECK (customer_id <> 'poison')",
-    );
+    for statement in setup {
+        app.execute_as_owner(statement);
+    }
     let good = generated_orders("around-poison", 20);
     let poison = String::from_utf8(model_with_uid("poison-order"))
         .expect("model.json is UTF-8")
@@ -532,9 +533,32 @@ fn a_row_postgres_refuses_is_rejected_and_does_not_block_the_orders_behind_it() 
     assert_eq!(row.stream_seq as u64, poison_seq);
     assert_eq!(row.kind, "store_error", "{}", row.reason);
     assert!(
-        row.reason.contains("no_poison"),
-        "the reason does not name the constraint: {}",
+        row.reason.contains(reason),
+        "the reason does not say {reason:?}: {}",
         row.reason
     );
     assert!(row.payload == poison, "the recorded bytes differ");
+}
+
+#[test]
+fn a_row_postgres_refuses_is_rejected_and_does_not_block_the_orders_behind_it() {
+    assert_a_refused_row_is_isolated(
+        &["ALTER TABLE orders ADD CONSTRAINT no_poison CHECK (customer_id <> 'poison')"],
+        "no_poison",
+    );
+}
+
+#[test]
+fn a_row_a_trigger_refuses_is_retried_then_rejected_and_does_not_block_the_orders_behind_it() {
+    // A trigger's error is not a data error: it is retried as an outage first, then the batch
+    // is tried message by message, and only the message refused on its own is rejected.
+    assert_a_refused_row_is_isolated(
+        &[
+            "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN IF NEW.customer_id = 'poison' THEN RAISE EXCEPTION 'poison refused by a trigger'; \
+             END IF; RETURN NEW; END $$",
+            "CREATE TRIGGER refuse_poison BEFORE INSERT ON orders FOR EACH ROW EXECUTE FUNCTION refuse_poison()",
+        ],
+        "poison refused by a trigger",
+    );
 }
