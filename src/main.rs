@@ -41,7 +41,9 @@ enum Command {
 
 fn main() -> Result<()> {
     // Colours only for a person at a terminal, as for the logs.
-    let mut hook = color_eyre::config::HookBuilder::default();
+    // An error report is for the operator: the chain of contexts, without advice on backtraces
+    // (RUST_BACKTRACE=1 still adds one).
+    let mut hook = color_eyre::config::HookBuilder::default().display_env_section(false);
     if !std::io::stderr().is_terminal() {
         hook = hook.theme(color_eyre::config::Theme::new());
     }
