@@ -63,7 +63,20 @@ pub(crate) struct Latencies {
     pub max: u64,
 }
 
+/// The columns of a latency line, in Vegeta's order.
+const LATENCY_HEADER: &str = "[min, mean, 50, 90, 95, 99, 99.9, max]";
+
 impl Latencies {
+    /// The values of a latency line, in `LATENCY_HEADER`'s order, each with its unit.
+    fn row(&self) -> String {
+        [self.min as f64, self.mean, self.p50 as f64, self.p90 as f64]
+            .into_iter()
+            .chain([self.p95, self.p99, self.p999, self.max].map(|v| v as f64))
+            .map(micros)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// Reads the summary from a histogram (all zeros when it is empty).
     pub(crate) fn of(h: &Histogram<u64>) -> Latencies {
         if h.is_empty() {
@@ -200,17 +213,7 @@ impl HttpSummary {
                 duration(self.wait)
             ),
         );
-        let values: Vec<String> = [l.min as f64, l.mean, l.p50 as f64, l.p90 as f64]
-            .into_iter()
-            .chain([l.p95, l.p99, l.p999, l.max].map(|v| v as f64))
-            .map(micros)
-            .collect();
-        line(
-            &mut out,
-            "Latencies",
-            "[min, mean, 50, 90, 95, 99, 99.9, max]",
-            &values.join(", "),
-        );
+        line(&mut out, "Latencies", LATENCY_HEADER, &l.row());
         if let Some(lag) = &self.send_lag {
             let l = Latencies::of(lag);
             let values = [l.mean, l.p50 as f64, l.p99 as f64, l.max as f64].map(micros);
@@ -412,17 +415,7 @@ impl IngestSummary {
         );
         if self.mode == "live" {
             let l = Latencies::of(&self.latencies);
-            let values: Vec<String> = [l.min as f64, l.mean, l.p50 as f64, l.p90 as f64]
-                .into_iter()
-                .chain([l.p95, l.p99, l.p999, l.max].map(|v| v as f64))
-                .map(micros)
-                .collect();
-            line(
-                &mut out,
-                "Ack→visible",
-                "[min, mean, 50, 90, 95, 99, 99.9, max]",
-                &values.join(", "),
-            );
+            line(&mut out, "Ack→visible", LATENCY_HEADER, &l.row());
         }
         if let Some(log) = &self.service_log {
             line(

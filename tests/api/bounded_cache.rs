@@ -1,7 +1,7 @@
 //! `--cache-max-bytes`: memory holds at most the bound, and every stored order is still served,
 //! byte for byte, before and after a restart (what is not in memory is read from PostgreSQL).
 
-use crate::helpers::{model_with_uid, spawn_app_with, TestApp};
+use crate::helpers::{model_with_uid, spawn_app_with, with_ids, TestApp};
 
 /// Room for about a dozen model-sized orders (~1.1 KB each); the test stores two thousand.
 const BOUND: u64 = 15_000;
@@ -35,11 +35,7 @@ fn a_cache_smaller_than_the_data_still_serves_every_order_within_its_bound() {
             (uid, message)
         })
         .collect();
-    app.publish_many(
-        orders
-            .iter()
-            .map(|(uid, message)| (Some(uid.as_str()), message.as_slice())),
-    );
+    app.publish_many(with_ids(&orders));
     for (uid, _) in &orders {
         app.wait_for_order(uid);
     }

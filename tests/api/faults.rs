@@ -13,8 +13,8 @@ use rand::Rng;
 use sqlx::{Connection, PgConnection};
 
 use crate::helpers::{
-    model_with_uid, nats_addr, postgres_addr, spawn_app, spawn_app_with_options, SpawnOptions,
-    TestApp,
+    model_with_uid, nats_addr, postgres_addr, spawn_app, spawn_app_with_options, with_ids,
+    SpawnOptions, TestApp,
 };
 use crate::proxy::Proxy;
 
@@ -34,13 +34,6 @@ fn generated_orders(prefix: &str, n: usize) -> Vec<(String, Vec<u8>)> {
             (uid, message)
         })
         .collect()
-}
-
-/// The orders as `publish_many` takes them: each with its order_uid as `Nats-Msg-Id`.
-fn with_ids(orders: &[(String, Vec<u8>)]) -> impl Iterator<Item = (Option<&str>, &[u8])> {
-    orders
-        .iter()
-        .map(|(uid, message)| (Some(uid.as_str()), message.as_slice()))
 }
 
 /// Every order answers 200 with exactly the bytes that were published.

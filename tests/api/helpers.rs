@@ -221,6 +221,13 @@ pub fn testdata(path: &str) -> Vec<u8> {
     std::fs::read(&full).unwrap_or_else(|e| panic!("cannot read {full}: {e}"))
 }
 
+/// The orders as `publish_many` takes them: each with its order_uid as `Nats-Msg-Id`.
+pub fn with_ids(orders: &[(String, Vec<u8>)]) -> impl Iterator<Item = (Option<&str>, &[u8])> {
+    orders
+        .iter()
+        .map(|(uid, message)| (Some(uid.as_str()), message.as_slice()))
+}
+
 /// testdata/model.json with another order_uid (and nothing else changed).
 pub fn model_with_uid(uid: &str) -> Vec<u8> {
     let model = String::from_utf8(testdata("model.json")).expect("model.json is UTF-8");

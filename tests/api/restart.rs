@@ -1,6 +1,6 @@
 //! Crashes, restarts and stops: everything stored is served again, byte for byte.
 
-use crate::helpers::{model_with_uid, spawn_app, testdata};
+use crate::helpers::{model_with_uid, spawn_app, testdata, with_ids};
 
 /// How many generated orders the restart tests store beside the samples: a restore of a few
 /// thousand, not a handful.
@@ -31,11 +31,7 @@ fn after_a_kill_and_restart_every_order_is_served_again_byte_for_byte() {
     // Arrange
     let mut app = spawn_app();
     let orders = some_valid_orders();
-    app.publish_many(
-        orders
-            .iter()
-            .map(|(uid, message)| (Some(uid.as_str()), message.as_slice())),
-    );
+    app.publish_many(with_ids(&orders));
     for (uid, message) in &orders {
         assert_eq!(&app.wait_for_order(uid), message, "{uid} before the kill");
     }
@@ -58,11 +54,7 @@ fn after_a_restart_with_the_stream_deleted_orders_are_restored_from_postgres() {
     // Arrange
     let mut app = spawn_app();
     let orders = some_valid_orders();
-    app.publish_many(
-        orders
-            .iter()
-            .map(|(uid, message)| (Some(uid.as_str()), message.as_slice())),
-    );
+    app.publish_many(with_ids(&orders));
     for (uid, _) in &orders {
         app.wait_for_order(uid);
     }
