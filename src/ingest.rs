@@ -354,10 +354,13 @@ impl Ingest {
                 Err(e) => return Err(e),
             }
         }
-        // A refusal that no message escapes, and that is not about data, is the database's
-        // problem (a missing table, a permission), not a message's: retry the whole batch
-        // rather than reject every order in it.
-        if refused.len() == incoming.len() && !refused.iter().all(|(_, e)| is_data_error(e)) {
+        // When no message escapes a refusal that is not about data, ask whether PostgreSQL takes
+        // a known-good order at all: if not, it is the database's problem (a missing table, a
+        // permission), and the batch is retried rather than every order in it rejected.
+        if refused.len() == incoming.len()
+            && !refused.iter().all(|(_, e)| is_data_error(e))
+            && self.store.probe_write().await.is_err()
+        {
             return Err(error);
         }
         for (i, e) in refused {

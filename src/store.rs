@@ -19,6 +19,11 @@ use crate::order::{Order, OrderUid, Rejection};
 /// The migrations under `migrations/`, embedded in the binary.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// The id of `probe_write`'s order, which is always rolled back.
+const PROBE_UID: &str = "ordersvc-write-probe";
+/// A valid order like the producers' (the model's shape), for `probe_write`.
+const PROBE_DOCUMENT: &str = include_str!("../testdata/model.json");
+
 /// Reason recorded for a message whose order_uid is stored with other content (the design's wording).
 pub const CONFLICTING_DUPLICATE: &str = "conflicting duplicate";
 
@@ -207,6 +212,21 @@ impl Store {
         insert_rejections(&mut tx, stream, batch, &rejected).await?;
         tx.commit().await?;
         Ok(written)
+    }
+
+    /// Writes a known-good order (testdata/model.json under a reserved id) and rolls it back:
+    /// tells whether PostgreSQL takes orders at all, when every message of a batch is refused.
+    pub async fn probe_write(&self) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO orders (order_uid, document, date_created, customer_id, track_number, stream_seq) \
+             VALUES ($1, $2, '2021-11-26T06:22:19Z', 'test', 'WBILMTESTTRACK', 0) ON CONFLICT (order_uid) DO NOTHING",
+        )
+        .bind(PROBE_UID)
+        .bind(PROBE_DOCUMENT)
+        .execute(&mut *tx)
+        .await?;
+        tx.rollback().await
     }
 
     /// Records one message as rejected for a reason found while storing it (a row PostgreSQL

@@ -541,17 +541,51 @@ fn a_row_postgres_refuses_is_rejected_and_does_not_block_the_orders_behind_it() 
     );
 }
 
+/// A trigger that refuses the customer "poison" with an error that is not about data.
+const REFUSE_POISON_TRIGGER: [&str; 2] = [
+    "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ \
+     BEGIN IF NEW.customer_id = 'poison' THEN RAISE EXCEPTION 'poison refused by a trigger'; \
+     END IF; RETURN NEW; END $$",
+    "CREATE TRIGGER refuse_poison BEFORE INSERT ON orders FOR EACH ROW EXECUTE FUNCTION refuse_poison()",
+];
+
 #[test]
 fn a_row_a_trigger_refuses_is_retried_then_rejected_and_does_not_block_the_orders_behind_it() {
     // A trigger's error is not a data error: it is retried as an outage first, then the batch
     // is tried message by message, and only the message refused on its own is rejected.
-    assert_a_refused_row_is_isolated(
-        &[
-            "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ \
-             BEGIN IF NEW.customer_id = 'poison' THEN RAISE EXCEPTION 'poison refused by a trigger'; \
-             END IF; RETURN NEW; END $$",
-            "CREATE TRIGGER refuse_poison BEFORE INSERT ON orders FOR EACH ROW EXECUTE FUNCTION refuse_poison()",
-        ],
-        "poison refused by a trigger",
+    assert_a_refused_row_is_isolated(&REFUSE_POISON_TRIGGER, "poison refused by a trigger");
+}
+
+#[test]
+fn a_lone_row_a_trigger_refuses_is_rejected_because_postgres_takes_a_known_good_order() {
+    // Arrange: the refused message is alone in its batch, so no other message shows that
+    // PostgreSQL still takes orders; a rolled-back probe order does.
+    let app = spawn_app();
+    for statement in REFUSE_POISON_TRIGGER {
+        app.execute_as_owner(statement);
+    }
+    let poison = String::from_utf8(model_with_uid("lone-poison"))
+        .expect("model.json is UTF-8")
+        .replacen(r#""customer_id": "test""#, r#""customer_id": "poison""#, 1);
+
+    // Act
+    app.publish(poison.as_bytes());
+    app.wait_until(
+        |app| app.rejected().len() == 1,
+        "the lone poison to be rejected",
     );
+    app.publish(&model_with_uid("after-the-lone-poison"));
+
+    // Assert: the order behind it is served, the poison is recorded and never served.
+    app.wait_for_order("after-the-lone-poison");
+    app.wait_until_drained();
+    let rejected = app.rejected();
+    assert_eq!(rejected[0].kind, "store_error", "{}", rejected[0].reason);
+    assert!(
+        rejected[0].reason.contains("poison refused by a trigger"),
+        "{}",
+        rejected[0].reason
+    );
+    assert_eq!(app.get("/order/lone-poison").0, 404);
+    assert_eq!(app.orders_count(), 1, "the probe order was rolled back");
 }
