@@ -6,7 +6,7 @@ use std::process::Command;
 use crate::helpers::{model_with_uid, spawn_app, testdata, TestApp};
 
 /// `ordersvc replay-from-db` reading `source`'s database and publishing to `target`'s stream.
-fn replay(source: &TestApp, target: &TestApp, extra: &[&str]) -> String {
+fn replay_command(source: &TestApp, target: &TestApp, extra: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_ordersvc"));
     command
         .arg("replay-from-db")
@@ -15,7 +15,12 @@ fn replay(source: &TestApp, target: &TestApp, extra: &[&str]) -> String {
         .args(["--stream", &target.stream])
         .args(["--subject", &target.subject])
         .args(extra);
-    let output = source.run(command, b"");
+    command
+}
+
+/// Runs a replay that must succeed and returns its report.
+fn replay(source: &TestApp, target: &TestApp, extra: &[&str]) -> String {
+    let output = source.run(replay_command(source, target, extra), b"");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
@@ -119,14 +124,7 @@ fn a_dry_run_revalidates_every_stored_order_and_publishes_nothing() {
 #[test]
 fn replaying_after_an_unknown_order_fails_clearly() {
     let source = spawn_app();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ordersvc"));
-    command
-        .arg("replay-from-db")
-        .args(["--database-url", &source.database_url])
-        .args(["--nats-url", &source.nats_url])
-        .args(["--stream", &source.stream])
-        .args(["--subject", &source.subject])
-        .args(["--after", "no-such-order"]);
+    let command = replay_command(&source, &source, &["--after", "no-such-order"]);
     let output = source.run(command, b"");
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
