@@ -47,3 +47,34 @@ pub enum LogFormat {
     /// One JSON object per line, for log collectors.
     Json,
 }
+
+/// Parses a positive number of seconds, such as `10` or `0.5`.
+pub fn parse_seconds(s: &str) -> Result<std::time::Duration, String> {
+    let seconds: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(seconds > 0.0 && seconds <= 86_400.0) {
+        return Err(format!(
+            "{s:?} must be more than 0 and at most 86400 seconds"
+        ));
+    }
+    Ok(std::time::Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_parse_as_positive_durations_only() {
+        assert_eq!(parse_seconds("10"), Ok(std::time::Duration::from_secs(10)));
+        assert_eq!(
+            parse_seconds("0.5"),
+            Ok(std::time::Duration::from_millis(500))
+        );
+        for bad in ["", "0", "-1", "abc", "NaN", "inf", "1e9"] {
+            assert!(parse_seconds(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,24 +1,26 @@
-//! The HTTP front: a tiny_http server whose worker threads answer from the cache.
+//! The HTTP front: routes and handlers. Orders are answered from the cache on the connection's
+//! own task; only what needs PostgreSQL (a listing, an order missing from a bounded cache) moves
+//! to a blocking thread. The connection layer and its limits are in `server`.
 //!
 //! Routes (the design's contract): `GET /order/{order_uid}`, `GET /orders`, `GET /`, `GET /healthz`,
-//! `GET /readyz`. HEAD works wherever GET does; other methods get 405.
+//! `GET /readyz`, `GET /metrics`, `GET /rejected`. HEAD works wherever GET does; other methods
+//! get 405.
+
+mod server;
 
 use std::future::Future;
-use std::io::Cursor;
-use std::net::{SocketAddr, TcpListener};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use color_eyre::eyre::{eyre, Result, WrapErr};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{self, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
 use percent_encoding::percent_decode_str;
 use serde_json::json;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
-use tiny_http::{Header, Method, Request, Response, ResponseBox, StatusCode};
-use tracing::{debug, error};
 
 use crate::cache::{Body, Cache, Entry};
 use crate::health::Health;
@@ -27,18 +29,21 @@ use crate::order::OrderUid;
 use crate::page;
 use crate::store::Store;
 
+pub use self::server::{HttpServer, Limits, MAX_HEAD_BYTES};
+
 /// Default page size of the listings, and the largest of each.
 const LIST_DEFAULT_LIMIT: i64 = 20;
 const ORDERS_MAX_LIMIT: i64 = 1000;
 const REJECTED_MAX_LIMIT: i64 = 200;
 /// How much of a rejected payload `/rejected` shows (the whole is in PostgreSQL).
 const REJECTED_PAYLOAD_SHOWN: usize = 4096;
-/// Longest an HTTP worker waits for PostgreSQL (a listing, or an order missing from memory).
+/// Longest a request waits for PostgreSQL (a listing, or an order missing from memory).
 const DB_TIMEOUT: Duration = Duration::from_secs(1);
-/// How often the connection pool is kicked (see `kick_connection_pool`).
-const KICK_EVERY: Duration = Duration::from_millis(100);
 /// Longest id echoed back in an error body.
 const ECHO_MAX: usize = 128;
+
+/// A response, whole in memory (orders are shared with the cache, not copied).
+pub type Reply = Response<Full<Bytes>>;
 
 /// What the request handlers read.
 pub struct AppState {
@@ -54,131 +59,29 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
 }
 
-/// A running HTTP server and its worker threads.
-pub struct HttpServer {
-    server: Arc<tiny_http::Server>,
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    workers: Vec<JoinHandle<()>>,
-}
-
-impl HttpServer {
-    /// Binds `addr` and starts `workers` threads answering requests.
-    pub fn start(addr: SocketAddr, workers: usize, state: Arc<AppState>) -> Result<HttpServer> {
-        let listener = listen(addr).wrap_err_with(|| format!("cannot listen on {addr}"))?;
-        let addr = listener.local_addr()?;
-        let server = tiny_http::Server::from_listener(listener, None)
-            .map_err(|e| eyre!("cannot start the HTTP server: {e}"))?;
-        let server = Arc::new(server);
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut handles = Vec::with_capacity(workers);
-        for i in 0..workers {
-            let (server, stop, state) = (server.clone(), stop.clone(), state.clone());
-            let handle = std::thread::Builder::new()
-                .name(format!("http-{i}"))
-                .spawn(move || worker(&server, &stop, &state))
-                .wrap_err("cannot start an HTTP worker thread")?;
-            handles.push(handle);
-        }
-        let kicker = {
-            let stop = stop.clone();
-            std::thread::Builder::new()
-                .name("http-kicker".into())
-                .spawn(move || kick_connection_pool(addr, &stop))
-                .wrap_err("cannot start the HTTP kicker thread")?
-        };
-        handles.push(kicker);
-        Ok(HttpServer {
-            server,
-            addr,
-            stop,
-            workers: handles,
+/// Answers one request, and counts and times it.
+async fn handle<B>(request: Request<B>, state: &Arc<AppState>) -> Reply {
+    let started = Instant::now();
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |target| target.as_str());
+    let route = resolve(target);
+    let name = route.name();
+    let response = answer(route, &request, state).await;
+    let metrics = &state.metrics;
+    metrics
+        .http_requests
+        .get_or_create(&HttpLabels {
+            route: name,
+            status: response.status().as_u16(),
         })
-    }
-
-    /// The address actually bound (useful with port 0).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// Lets every worker finish the request it is answering, then stops them.
-    pub fn shutdown(self) {
-        self.stop.store(true, Ordering::Release);
-        for _ in &self.workers {
-            self.server.unblock();
-        }
-        for handle in self.workers {
-            let _ = handle.join();
-        }
-    }
-}
-
-/// Works around a lost wake-up in tiny_http 0.12's connection pool (`util::TaskPool::spawn`
-/// reads its count of idle threads while a thread it just woke still counts as idle): when
-/// connections arrive in a burst, one can be queued with nobody to take it, and its requests wait
-/// until some other connection closes (seen in `bench http` as a single request taking the whole
-/// run). A pool thread takes queued connections when its own connection ends, so a short-lived
-/// connection to ourselves every `KICK_EVERY` bounds such a wait to about that long.
-fn kick_connection_pool(addr: SocketAddr, stop: &AtomicBool) {
-    let target = match addr.ip() {
-        ip if ip.is_unspecified() && addr.is_ipv4() => {
-            SocketAddr::from(([127, 0, 0, 1], addr.port()))
-        }
-        ip if ip.is_unspecified() => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port())),
-        _ => addr,
-    };
-    while !stop.load(Ordering::Acquire) {
-        std::thread::sleep(KICK_EVERY);
-        // Connect and close at once: the pool thread that takes it finishes immediately.
-        let _ = std::net::TcpStream::connect_timeout(&target, KICK_EVERY);
-    }
-}
-
-/// A listening socket with TCP_NODELAY set: Linux copies it to every accepted connection, and
-/// tiny_http never sets it itself (without it, keep-alive responses over ~1 KB wait ~40 ms).
-fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    use socket2::{Domain, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    socket.set_reuse_address(true)?;
-    socket.set_tcp_nodelay(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    Ok(socket.into())
-}
-
-fn worker(server: &tiny_http::Server, stop: &AtomicBool, state: &AppState) {
-    while !stop.load(Ordering::Acquire) {
-        match server.recv_timeout(Duration::from_millis(200)) {
-            Ok(Some(request)) => {
-                let started = Instant::now();
-                let (name, response) = route(&request, state);
-                let status = response.status_code().0;
-                if let Err(e) = request.respond(response) {
-                    // The client went away: nothing to do.
-                    debug!(error = %e, "could not send a response");
-                }
-                let metrics = &state.metrics;
-                metrics
-                    .http_requests
-                    .get_or_create(&HttpLabels {
-                        route: name,
-                        status,
-                    })
-                    .inc();
-                metrics
-                    .http_seconds
-                    .get_or_create(&RouteLabels { route: name })
-                    .observe(started.elapsed().as_secs_f64());
-            }
-            Ok(None) => {}
-            Err(e) => {
-                if !stop.load(Ordering::Acquire) {
-                    error!(error = %e, "the HTTP server stopped accepting connections");
-                }
-                return;
-            }
-        }
-    }
+        .inc();
+    metrics
+        .http_seconds
+        .get_or_create(&RouteLabels { route: name })
+        .observe(started.elapsed().as_secs_f64());
+    response
 }
 
 /// Where a request target leads. Pure (no I/O), so that it can be fuzzed on its own.
@@ -231,7 +134,7 @@ impl Route<'_> {
     }
 }
 
-/// Resolves a request target (path and query, as tiny_http gives it).
+/// Resolves a request target (path and query, as sent).
 pub fn resolve(target: &str) -> Route<'_> {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     match path {
@@ -264,22 +167,17 @@ fn decode_id(raw_id: &str) -> Result<OrderUid, BadId> {
     })
 }
 
-/// Answers one request; also names its route for the metrics.
-fn route(request: &Request, state: &AppState) -> (&'static str, ResponseBox) {
-    let route = resolve(request.url());
-    let name = route.name();
+/// The response for a resolved route.
+async fn answer<B>(route: Route<'_>, request: &Request<B>, state: &Arc<AppState>) -> Reply {
     if route == Route::NotFound {
-        return (
-            name,
-            json_response(404, &json!({ "error": "no such path" })),
-        );
+        return json_response(404, &json!({ "error": "no such path" }));
     }
-    if !matches!(request.method(), Method::Get | Method::Head) {
-        let response = json_response(405, &json!({ "error": "method not allowed" }))
-            .with_header(header("Allow", "GET, HEAD"));
-        return (name, response);
+    if !matches!(*request.method(), Method::GET | Method::HEAD) {
+        let mut response = json_response(405, &json!({ "error": "method not allowed" }));
+        set(&mut response, header::ALLOW, "GET, HEAD");
+        return response;
     }
-    let response = match route {
+    match route {
         Route::Page => page::html(),
         Route::Script => page::script(),
         Route::Style => page::style(),
@@ -291,71 +189,107 @@ fn route(request: &Request, state: &AppState) -> (&'static str, ResponseBox) {
             ),
             Err(reason) => json_response(503, &json!({ "status": "not ready", "reason": reason })),
         },
-        Route::Metrics => Response::from_data(state.metrics.encode(&state.cache, &state.health))
-            .with_header(header(
-                "Content-Type",
+        Route::Metrics => {
+            let text = state.metrics.encode(&state.cache, &state.health);
+            let mut response = Response::new(Full::new(Bytes::from(text)));
+            set(
+                &mut response,
+                header::CONTENT_TYPE,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            ))
-            .boxed(),
-        Route::Orders(query) => recent_orders(query, state),
-        Route::Rejected(query) => rejected(query, state),
-        Route::Order(Ok(uid)) => order(request, &uid, state),
+            );
+            response
+        }
+        Route::Orders(query) => {
+            let query = query.to_owned();
+            blocking(state, move |state| recent_orders(&query, state)).await
+        }
+        Route::Rejected(query) => {
+            let query = query.to_owned();
+            blocking(state, move |state| rejected(&query, state)).await
+        }
+        Route::Order(Ok(uid)) => order(request, uid, state).await,
         Route::Order(Err(bad)) => id_error(400, &bad.reason, &bad.id),
         Route::NotFound => json_response(404, &json!({ "error": "no such path" })),
-    };
-    (name, response)
+    }
+}
+
+/// Runs a handler that waits on PostgreSQL on a blocking thread, off the connection tasks.
+async fn blocking(
+    state: &Arc<AppState>,
+    handler: impl FnOnce(&AppState) -> Reply + Send + 'static,
+) -> Reply {
+    let state = state.clone();
+    match tokio::task::spawn_blocking(move || handler(&state)).await {
+        Ok(response) => response,
+        // Only a panic in the handler (a bug) or a runtime shutting down gets here.
+        Err(e) => json_response(500, &json!({ "error": format!("internal error: {e}") })),
+    }
 }
 
 /// `GET /order/{order_uid}`.
-fn order(request: &Request, uid: &OrderUid, state: &AppState) -> ResponseBox {
+async fn order<B>(request: &Request<B>, uid: OrderUid, state: &Arc<AppState>) -> Reply {
+    if let Some(entry) = state.cache.get(uid.as_str()) {
+        return order_response(request, &entry);
+    }
     if !state.cache.is_restored() {
         // Serve what is already loaded, but never a false 404 while the rest is on its way.
-        return match state.cache.get(uid.as_str()) {
-            Some(entry) => order_response(request, &entry),
-            None => id_error(
-                503,
-                "the service is starting: orders are being restored",
-                uid.as_str(),
-            )
-            .with_header(header("Retry-After", "1")),
-        };
+        let mut response = id_error(
+            503,
+            "the service is starting: orders are being restored",
+            uid.as_str(),
+        );
+        set(&mut response, header::RETRY_AFTER, "1");
+        return response;
+    }
+    if state.cache.is_complete() {
+        return id_error(404, "order not found", uid.as_str());
     }
     // With a byte bound, an order not in memory may still be stored: ask PostgreSQL (once per
     // id, however many requests want it), within a short deadline.
-    let loaded = state
-        .cache
-        .get_or_load(uid, || db_call(state, state.store.document(uid.as_str())));
+    let loaded = {
+        let state = state.clone();
+        tokio::task::spawn_blocking(move || {
+            let loaded = state
+                .cache
+                .get_or_load(&uid, || db_call(&state, state.store.document(uid.as_str())));
+            (uid, loaded)
+        })
+        .await
+    };
     match loaded {
-        Ok(Some(entry)) => order_response(request, &entry),
-        Ok(None) => id_error(404, "order not found", uid.as_str()),
-        Err(e) => id_error(503, &e, uid.as_str()).with_header(header("Retry-After", "1")),
+        Ok((_, Ok(Some(entry)))) => order_response(request, &entry),
+        Ok((uid, Ok(None))) => id_error(404, "order not found", uid.as_str()),
+        Ok((uid, Err(e))) => {
+            let mut response = id_error(503, &e, uid.as_str());
+            set(&mut response, header::RETRY_AFTER, "1");
+            response
+        }
+        Err(e) => json_response(500, &json!({ "error": format!("internal error: {e}") })),
     }
 }
 
 /// 200 with the cached body, or 304 when the client already has it.
-fn order_response(request: &Request, entry: &Arc<Entry>) -> ResponseBox {
+fn order_response<B>(request: &Request<B>, entry: &Arc<Entry>) -> Reply {
     let tag = entry.etag();
-    let etag = header("ETag", &tag);
-    if if_none_match(request, &tag) {
-        return Response::empty(304).with_header(etag).boxed();
+    let not_modified = if_none_match(request, &tag);
+    let mut response = if not_modified {
+        let mut response = Response::new(Full::new(Bytes::new()));
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        response
+    } else {
+        // The cache's bytes, shared: no copy per request.
+        let mut response = Response::new(Full::new(Bytes::from_owner(Body(entry.clone()))));
+        set(&mut response, header::CONTENT_TYPE, "application/json");
+        set(&mut response, header::CACHE_CONTROL, "no-cache");
+        // The body holds untrusted text: never let a browser sniff it as HTML.
+        set(&mut response, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+        response
+    };
+    // An ETag is a quoted hex digest, always a valid header value.
+    if let Ok(value) = HeaderValue::from_str(&tag) {
+        response.headers_mut().insert(header::ETAG, value);
     }
-    let len = entry.body().len();
-    Response::new(
-        StatusCode(200),
-        vec![
-            header("Content-Type", "application/json"),
-            etag,
-            header("Cache-Control", "no-cache"),
-            // The body holds untrusted text: never let a browser sniff it as HTML.
-            header("X-Content-Type-Options", "nosniff"),
-        ],
-        Cursor::new(Body(entry.clone())),
-        Some(len),
-        None,
-    )
-    // Always send a Content-Length, even for large orders, rather than chunking.
-    .with_chunked_threshold(usize::MAX)
-    .boxed()
+    response
 }
 
 /// `limit` and `before` of a listing; any other parameter is refused.
@@ -364,7 +298,8 @@ struct Paging {
     before: Option<String>,
 }
 
-fn paging(query: &str, max: i64) -> Result<Paging, ResponseBox> {
+/// Reads the paging parameters, or says why they are wrong.
+fn paging(query: &str, max: i64) -> Result<Paging, String> {
     let mut paging = Paging {
         limit: LIST_DEFAULT_LIMIT.min(max),
         before: None,
@@ -375,25 +310,21 @@ fn paging(query: &str, max: i64) -> Result<Paging, ResponseBox> {
         match key {
             "limit" => match value.parse::<i64>() {
                 Ok(n) if (1..=max).contains(&n) => paging.limit = n,
-                _ => {
-                    return Err(bad_request(&format!(
-                        "limit must be an integer from 1 to {max}"
-                    )))
-                }
+                _ => return Err(format!("limit must be an integer from 1 to {max}")),
             },
             "before" => paging.before = Some(value.into_owned()),
-            _ => return Err(bad_request(&format!("unknown parameter {key:?}"))),
+            _ => return Err(format!("unknown parameter {key:?}")),
         }
     }
     Ok(paging)
 }
 
-fn bad_request(message: &str) -> ResponseBox {
+fn bad_request(message: &str) -> Reply {
     json_response(400, &json!({ "error": message }))
 }
 
-/// Runs a PostgreSQL query for an HTTP worker: refused at once while PostgreSQL is known to be
-/// down, and bounded in time, because order lookups queue behind a worker that waits.
+/// Runs a PostgreSQL query from a blocking HTTP thread: refused at once while PostgreSQL is known
+/// to be down, and bounded in time, so that a slow database cannot hold the threads.
 fn db_call<T>(
     state: &AppState,
     query: impl Future<Output = Result<T, sqlx::Error>>,
@@ -412,10 +343,10 @@ fn db_call<T>(
 }
 
 /// `GET /orders?limit=N&before=CURSOR`: newest first, read from PostgreSQL's index.
-fn recent_orders(query: &str, state: &AppState) -> ResponseBox {
+fn recent_orders(query: &str, state: &AppState) -> Reply {
     let paging = match paging(query, ORDERS_MAX_LIMIT) {
         Ok(paging) => paging,
-        Err(response) => return response,
+        Err(message) => return bad_request(&message),
     };
     let before = match paging.before.as_deref().map(PageCursor::decode) {
         None => None,
@@ -455,10 +386,10 @@ fn recent_orders(query: &str, state: &AppState) -> ResponseBox {
 }
 
 /// `GET /rejected?limit=N&before=ID`: the latest rejected messages, newest first, for operators.
-fn rejected(query: &str, state: &AppState) -> ResponseBox {
+fn rejected(query: &str, state: &AppState) -> Reply {
     let paging = match paging(query, REJECTED_MAX_LIMIT) {
         Ok(paging) => paging,
-        Err(response) => return response,
+        Err(message) => return bad_request(&message),
     };
     let before = match paging.before.as_deref().map(str::parse::<i64>) {
         None => None,
@@ -518,35 +449,38 @@ impl PageCursor {
 }
 
 /// True when the client already holds this version (`If-None-Match` lists the tag, or `*`).
-fn if_none_match(request: &Request, etag: &str) -> bool {
+fn if_none_match<B>(request: &Request<B>, etag: &str) -> bool {
     request
         .headers()
+        .get_all(header::IF_NONE_MATCH)
         .iter()
-        .filter(|h| h.field.equiv("If-None-Match"))
-        .flat_map(|h| h.value.as_str().split(','))
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
         .map(|tag| tag.trim().trim_start_matches("W/"))
         .any(|tag| tag == etag || tag == "*")
 }
 
 /// The design's error body: `{"error": "...", "order_uid": "..."}`.
-fn id_error(status: u16, message: &str, id: &str) -> ResponseBox {
+fn id_error(status: u16, message: &str, id: &str) -> Reply {
     let echoed: String = id.chars().take(ECHO_MAX).collect();
     json_response(status, &json!({ "error": message, "order_uid": echoed }))
 }
 
-fn json_response(status: u16, body: &serde_json::Value) -> ResponseBox {
-    Response::from_data(body.to_string())
-        .with_status_code(status)
-        .with_header(header("Content-Type", "application/json"))
-        .with_header(header("Cache-Control", "no-store"))
-        .with_header(header("X-Content-Type-Options", "nosniff"))
-        .boxed()
+fn json_response(status: u16, body: &serde_json::Value) -> Reply {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() =
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    set(&mut response, header::CONTENT_TYPE, "application/json");
+    set(&mut response, header::CACHE_CONTROL, "no-store");
+    set(&mut response, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    response
 }
 
-/// A header from trusted, ASCII-only parts.
-pub(crate) fn header(name: &str, value: &str) -> Header {
-    // Names and values here are constants or generated ASCII (ETags, numbers), never client input.
-    Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("header parts are constant ASCII")
+/// Sets a header whose value is a constant.
+pub(crate) fn set(response: &mut Reply, name: HeaderName, value: &'static str) {
+    response
+        .headers_mut()
+        .insert(name, HeaderValue::from_static(value));
 }
 
 #[cfg(test)]

@@ -62,8 +62,15 @@ pub struct Metrics {
     ready: Gauge,
     /// HTTP responses by route and status.
     pub http_requests: Family<HttpLabels, Counter>,
-    /// HTTP handling time by route (from the request being read to the response being written).
+    /// HTTP handling time by route (from the request being read to the response being ready).
     pub http_seconds: HistogramFamily<RouteLabels>,
+    /// HTTP connections open now.
+    pub http_connections: Gauge,
+    /// Connections answered 503 and closed because `--http-max-connections` were already open.
+    pub http_connections_refused: Counter,
+    /// Connections closed because they sent or took nothing for `--http-timeout`, or did not
+    /// send a request head within it.
+    pub http_connections_timed_out: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -149,6 +156,24 @@ impl Metrics {
             "HTTP handling time by route",
             http_seconds.clone(),
         );
+        let http_connections = Gauge::default();
+        registry.register(
+            "http_connections",
+            "HTTP connections open",
+            http_connections.clone(),
+        );
+        let http_connections_refused = Counter::default();
+        registry.register(
+            "http_connections_refused",
+            "HTTP connections refused with 503 because --http-max-connections were open",
+            http_connections_refused.clone(),
+        );
+        let http_connections_timed_out = Counter::default();
+        registry.register(
+            "http_connections_timed_out",
+            "HTTP connections closed for sending or taking nothing within --http-timeout",
+            http_connections_timed_out.clone(),
+        );
         Metrics {
             registry,
             messages,
@@ -162,6 +187,9 @@ impl Metrics {
             ready,
             http_requests,
             http_seconds,
+            http_connections,
+            http_connections_refused,
+            http_connections_timed_out,
         }
     }
 

@@ -16,9 +16,9 @@ use tracing::{info, warn};
 
 use crate::bus;
 use crate::cache::{self, Cache};
-use crate::config::{DbArgs, NatsArgs, DEFAULT_DURABLE, DEFAULT_HTTP_ADDR};
+use crate::config::{self, DbArgs, NatsArgs, DEFAULT_DURABLE, DEFAULT_HTTP_ADDR};
 use crate::health::Health;
-use crate::http::{AppState, HttpServer};
+use crate::http::{AppState, HttpServer, Limits};
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::order::OrderUid;
@@ -49,6 +49,13 @@ pub struct ServeArgs {
     /// HTTP worker threads answering requests from the cache. On 2 cores, more is not faster.
     #[arg(long, env = "ORDERSVC_HTTP_WORKERS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub http_workers: u16,
+    /// Most HTTP connections open at once; one more is answered 503 and closed.
+    #[arg(long, env = "ORDERSVC_HTTP_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub http_max_connections: u32,
+    /// Seconds a client has to send a request head, and that a connection may stay idle or
+    /// stalled (moving no bytes) before it is closed.
+    #[arg(long, env = "ORDERSVC_HTTP_TIMEOUT", default_value = "10", value_parser = config::parse_seconds)]
+    pub http_timeout: Duration,
     /// Most messages written to PostgreSQL in one transaction.
     #[arg(long, env = "ORDERSVC_BATCH_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u16).range(1..=10000))]
     pub batch_size: u16,
@@ -86,7 +93,16 @@ pub fn run(args: ServeArgs) -> Result<()> {
         runtime: runtime.handle().clone(),
         metrics: metrics.clone(),
     });
-    let http = HttpServer::start(args.http_addr, usize::from(args.http_workers), state)?;
+    let limits = Limits {
+        max_connections: args.http_max_connections,
+        timeout: args.http_timeout,
+    };
+    let http = HttpServer::start(
+        args.http_addr,
+        usize::from(args.http_workers),
+        limits,
+        state,
+    )?;
     info!(addr = %http.local_addr(), "listening on http://{}", http.local_addr());
 
     let (stop_tx, stop_rx) = watch::channel(false);

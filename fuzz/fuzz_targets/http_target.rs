@@ -6,7 +6,7 @@ use libfuzzer_sys::fuzz_target;
 use ordersvc::http::{resolve, Route};
 
 fuzz_target!(|data: &[u8]| {
-    // tiny_http hands over the target as a str; anything else never reaches the router.
+    // hyper hands over the target as an ASCII str; anything else never reaches the router.
     let Ok(target) = std::str::from_utf8(data) else { return };
     let route = resolve(target);
     let _ = route.name();

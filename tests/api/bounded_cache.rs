@@ -6,15 +6,6 @@ use crate::helpers::{model_with_uid, spawn_app_with, with_ids, TestApp};
 /// Room for about a dozen model-sized orders (~1.1 KB each); the test stores two thousand.
 const BOUND: u64 = 15_000;
 
-fn metric(app: &TestApp, name: &str) -> f64 {
-    let (status, _, body) = app.get("/metrics");
-    assert_eq!(status, 200);
-    let text = String::from_utf8(body).expect("UTF-8");
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
-}
-
 fn assert_all_served(app: &TestApp, orders: &[(String, Vec<u8>)]) {
     for (uid, message) in orders {
         let (status, _, body) = app.get(&format!("/order/{uid}"));
@@ -43,9 +34,9 @@ fn a_cache_smaller_than_the_data_still_serves_every_order_within_its_bound() {
     // Act + Assert: every order, twice over (hits and misses), and memory within the bound.
     assert_all_served(&app, &orders);
     assert_all_served(&app, &orders);
-    assert!(metric(&app, "ordersvc_cache_bytes") <= BOUND as f64);
-    assert!(metric(&app, "ordersvc_cache_evictions_total") > 0.0);
-    assert!(metric(&app, "ordersvc_cache_misses_total") > 0.0);
+    assert!(app.metric("ordersvc_cache_bytes") <= BOUND as f64);
+    assert!(app.metric("ordersvc_cache_evictions_total") > 0.0);
+    assert!(app.metric("ordersvc_cache_misses_total") > 0.0);
     assert_eq!(
         app.get("/order/bounded-never-stored").0,
         404,
@@ -55,8 +46,8 @@ fn a_cache_smaller_than_the_data_still_serves_every_order_within_its_bound() {
     // And after a restart, which restores only what fits.
     assert!(app.terminate().success());
     app.restart();
-    assert!(metric(&app, "ordersvc_cache_bytes") <= BOUND as f64);
-    assert!(metric(&app, "ordersvc_cache_orders") < orders.len() as f64);
+    assert!(app.metric("ordersvc_cache_bytes") <= BOUND as f64);
+    assert!(app.metric("ordersvc_cache_orders") < orders.len() as f64);
     assert_all_served(&app, &orders);
-    assert!(metric(&app, "ordersvc_cache_bytes") <= BOUND as f64);
+    assert!(app.metric("ordersvc_cache_bytes") <= BOUND as f64);
 }

@@ -251,6 +251,44 @@ fn with_database(url: &str, name: &str) -> String {
     format!("{}/{name}{query}", &main[..path])
 }
 
+/// testdata/model.json as text, with `from` replaced once by `to`.
+pub fn replace_once(model: &str, from: &str, to: &str) -> String {
+    assert!(model.contains(from), "the model no longer has {from}");
+    model.replacen(from, to, 1)
+}
+
+/// A valid order of exactly `size` bytes: the model with huge strings of several kinds
+/// (multi-byte UTF-8, JSON escapes, markup, and plain ASCII to make up the exact size).
+pub fn order_of_size(uid: &str, size: usize) -> Vec<u8> {
+    let model = String::from_utf8(model_with_uid(uid)).expect("model.json is UTF-8");
+    let wide = "Ü🦀ж".repeat(30_000); // 9 bytes each
+    let escaped = r#"\"\\\n\t\u0000\u00e9</script><b>"#.repeat(10_000);
+    let order = replace_once(
+        &model,
+        r#""address": "Ploshad Mira 15""#,
+        &format!(r#""address": "{wide}""#),
+    );
+    let order = replace_once(
+        &order,
+        r#""name": "Mascaras""#,
+        &format!(r#""name": "{escaped}""#),
+    );
+    let placeholder = r#""customer_id": "test""#;
+    let without_padding = order.len() - "test".len();
+    assert!(
+        without_padding < size,
+        "the fixed part is already too large"
+    );
+    let padding = "c".repeat(size - without_padding);
+    let order = replace_once(
+        &order,
+        placeholder,
+        &format!(r#""customer_id": "{padding}""#),
+    );
+    assert_eq!(order.len(), size);
+    order.into_bytes()
+}
+
 impl TestApp {
     /// Spawns `ordersvc serve` and waits for it: address logged, `/readyz` 200, consumer present.
     fn start(&mut self) {
@@ -405,13 +443,23 @@ impl TestApp {
         (status, headers, body)
     }
 
+    /// The value of an unlabelled metric in `/metrics`.
+    pub fn metric(&self, name: &str) -> f64 {
+        let (status, _, body) = self.get("/metrics");
+        assert_eq!(status, 200);
+        let text = String::from_utf8(body).expect("the metrics are UTF-8");
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    }
+
     /// Sends `request` as it is on a new connection (which it should ask to close) and returns
     /// every byte the service answers: for checks an HTTP client would hide, such as a HEAD body.
-    pub fn raw_http(&self, request: &str) -> Vec<u8> {
+    pub fn raw_http(&self, request: impl AsRef<[u8]>) -> Vec<u8> {
         let mut conn = TcpStream::connect(self.addr).expect("cannot connect to the service");
         conn.set_read_timeout(Some(Duration::from_secs(15)))
             .expect("set a read timeout");
-        conn.write_all(request.as_bytes())
+        conn.write_all(request.as_ref())
             .expect("cannot send the request");
         let mut answer = Vec::new();
         conn.read_to_end(&mut answer)

@@ -3,48 +3,10 @@
 
 use std::collections::HashMap;
 
-use crate::helpers::{model_with_uid, spawn_app, TestApp};
+use crate::helpers::{model_with_uid, order_of_size, replace_once, spawn_app, TestApp};
 
 /// NATS's default max payload (and the stream's max message size): nothing larger reaches us.
 const MAX_PAYLOAD: usize = 1024 * 1024;
-
-/// testdata/model.json as text, with `from` replaced once by `to`.
-fn replace_once(model: &str, from: &str, to: &str) -> String {
-    assert!(model.contains(from), "the model no longer has {from}");
-    model.replacen(from, to, 1)
-}
-
-/// A valid order of exactly `size` bytes: the model with huge strings of several kinds
-/// (multi-byte UTF-8, JSON escapes, markup, and plain ASCII to make up the exact size).
-fn order_of_size(uid: &str, size: usize) -> Vec<u8> {
-    let model = String::from_utf8(model_with_uid(uid)).expect("model.json is UTF-8");
-    let wide = "Ü🦀ж".repeat(30_000); // 9 bytes each
-    let escaped = r#"\"\\\n\t\u0000\u00e9</script><b>"#.repeat(10_000);
-    let order = replace_once(
-        &model,
-        r#""address": "Ploshad Mira 15""#,
-        &format!(r#""address": "{wide}""#),
-    );
-    let order = replace_once(
-        &order,
-        r#""name": "Mascaras""#,
-        &format!(r#""name": "{escaped}""#),
-    );
-    let placeholder = r#""customer_id": "test""#;
-    let without_padding = order.len() - "test".len();
-    assert!(
-        without_padding < size,
-        "the fixed part is already too large"
-    );
-    let padding = "c".repeat(size - without_padding);
-    let order = replace_once(
-        &order,
-        placeholder,
-        &format!(r#""customer_id": "{padding}""#),
-    );
-    assert_eq!(order.len(), size);
-    order.into_bytes()
-}
 
 /// `n` bytes that are not UTF-8, from a fixed seed (the same garbage every run).
 fn garbage(n: usize) -> Vec<u8> {

@@ -34,7 +34,7 @@ fn a_published_valid_order_is_served_with_the_exact_bytes_that_were_sent() {
     assert_eq!(headers.get("etag"), Some(&etag));
 
     // An HTTP client hides a HEAD body, so read the raw answer.
-    let answer = app.raw_http(&format!(
+    let answer = app.raw_http(format!(
         "HEAD /order/b563feb7b2b84b6test HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
         app.addr
     ));

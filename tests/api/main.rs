@@ -1,6 +1,7 @@
 mod bad_messages;
 mod bounded_cache;
 mod browser;
+mod connections;
 mod duplicates;
 mod durability;
 mod faults;

@@ -1,0 +1,424 @@
+//! The HTTP connection layer: accepting, limits, timeouts and graceful shutdown, on hyper.
+//!
+//! Everything a hostile or careless client can hold is bounded: the number of open connections
+//! (`--http-max-connections`; the next one gets a 503 and is closed), the size of a request head
+//! (`MAX_HEAD_BYTES`, else 431 or 414), the time to send a head, and the time a connection may
+//! move no bytes either way (`--http-timeout`). Handlers run on their own small runtime, apart
+//! from ingest, so reads never wait behind a batch.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use color_eyre::eyre::{Result, WrapErr};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
+use tracing::{debug, warn};
+
+use super::{handle, AppState};
+
+/// Largest request head (request line and headers) read; a larger one gets 431 (or 414 for the
+/// request line alone) and the connection is closed. An order id is at most 64 characters.
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Most header fields in one request.
+const MAX_HEADERS: usize = 64;
+/// How long a failing `accept` (out of file descriptors, say) waits before trying again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// Longest a shutdown waits for in-flight requests to be answered.
+const DRAIN_WAIT: Duration = Duration::from_secs(5);
+/// File descriptors kept for everything but served HTTP connections (PostgreSQL, NATS, logs, and
+/// connections being refused).
+const FD_RESERVE: u64 = 256 + REFUSING_AT_ONCE as u64;
+/// Threads for the handlers that wait on PostgreSQL (a listing, an order missing from memory).
+const BLOCKING_THREADS: usize = 32;
+/// Connections over the limit being answered at once; beyond that they are closed unanswered.
+const REFUSING_AT_ONCE: usize = 64;
+/// Longest a refused connection is kept to answer it.
+const LINGER: Duration = Duration::from_secs(1);
+/// The whole answer to a connection over the limit.
+const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
+Content-Length: 37\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{\"error\":\"too many open connections\"}";
+
+/// What a client may hold, and for how long.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Most connections open at once.
+    pub max_connections: u32,
+    /// Longest a client may take to send a request head, and longest a connection may move no
+    /// bytes at all (an idle keep-alive, a client that stops reading its response).
+    pub timeout: Duration,
+}
+
+/// A running HTTP server.
+pub struct HttpServer {
+    runtime: tokio::runtime::Runtime,
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    slots: Arc<Semaphore>,
+    max_connections: u32,
+}
+
+impl HttpServer {
+    /// Binds `addr` and serves it on `workers` threads.
+    pub fn start(
+        addr: SocketAddr,
+        workers: usize,
+        limits: Limits,
+        state: Arc<AppState>,
+    ) -> Result<HttpServer> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .max_blocking_threads(BLOCKING_THREADS)
+            .thread_name("http")
+            .enable_all()
+            .build()
+            .wrap_err("cannot start the HTTP runtime")?;
+        let listener = listen(addr).wrap_err_with(|| format!("cannot listen on {addr}"))?;
+        let addr = listener.local_addr()?;
+        let listener = {
+            let _in_runtime = runtime.enter();
+            TcpListener::from_std(listener).wrap_err("cannot register the HTTP listener")?
+        };
+        let max_connections = affordable_connections(limits.max_connections);
+        let limits = Limits {
+            max_connections,
+            ..limits
+        };
+        let slots = Arc::new(Semaphore::new(max_connections as usize));
+        let (stop, stopping) = watch::channel(false);
+        runtime.spawn(accept_loop(
+            listener,
+            slots.clone(),
+            limits,
+            stopping,
+            state,
+        ));
+        Ok(HttpServer {
+            runtime,
+            addr,
+            stop,
+            slots,
+            max_connections,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, lets every request in flight be answered (closing idle connections at
+    /// once), and waits for that at most `DRAIN_WAIT`.
+    pub fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let drained = self.runtime.block_on(async {
+            tokio::time::timeout(DRAIN_WAIT, self.slots.acquire_many(self.max_connections)).await
+        });
+        if drained.is_err() {
+            warn!("some HTTP connections were still busy at shutdown; closing them");
+        }
+        self.runtime.shutdown_timeout(Duration::from_millis(100));
+    }
+}
+
+/// A listening socket with TCP_NODELAY set, which Linux copies to every accepted connection
+/// (without it, keep-alive responses over ~1 KB wait ~40 ms for Nagle's algorithm).
+fn listen(addr: SocketAddr) -> io::Result<StdListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_tcp_nodelay(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// The connection limit the process can keep: raises the soft limit on open files towards the
+/// hard one if needed, and lowers the connection limit (with a warning) if even that is short.
+fn affordable_connections(wanted: u32) -> u32 {
+    let needed = u64::from(wanted) + FD_RESERVE;
+    match raise_open_file_limit(needed) {
+        Ok(limit) if limit >= needed => wanted,
+        Ok(limit) => {
+            let affordable =
+                u32::try_from(limit.saturating_sub(FD_RESERVE).max(1)).unwrap_or(wanted);
+            warn!(
+                wanted,
+                affordable,
+                open_file_limit = limit,
+                "the open-file limit is too low for --http-max-connections; using a lower limit"
+            );
+            affordable
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot read the open-file limit; keeping --http-max-connections");
+            wanted
+        }
+    }
+}
+
+/// Raises RLIMIT_NOFILE's soft limit to `needed` (at most the hard limit); returns the new one.
+fn raise_open_file_limit(needed: u64) -> io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own and reads nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if limit.rlim_cur >= needed {
+        return Ok(limit.rlim_cur);
+    }
+    let raised = libc::rlimit {
+        rlim_cur: needed.min(limit.rlim_max),
+        rlim_max: limit.rlim_max,
+    };
+    // SAFETY: setrlimit only reads the struct we pass.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+        return Ok(limit.rlim_cur);
+    }
+    Ok(raised.rlim_cur)
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    slots: Arc<Semaphore>,
+    limits: Limits,
+    mut stopping: watch::Receiver<bool>,
+    state: Arc<AppState>,
+) {
+    let refusing = Arc::new(Semaphore::new(REFUSING_AT_ONCE));
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = stopped(&mut stopping) => return,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors or memory, or a connection reset before it was taken:
+                // never a reason to stop serving.
+                warn!(error = %e, "cannot accept an HTTP connection");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        match slots.clone().try_acquire_owned() {
+            Ok(slot) => {
+                tokio::spawn(serve_connection(
+                    stream,
+                    slot,
+                    limits,
+                    stopping.clone(),
+                    state.clone(),
+                ));
+            }
+            Err(_) => {
+                state.metrics.http_connections_refused.inc();
+                match refusing.clone().try_acquire_owned() {
+                    Ok(slot) => {
+                        tokio::spawn(refuse(stream, slot));
+                    }
+                    // Flooded: close at once, without the courtesy of an answer.
+                    Err(_) => drop(stream),
+                }
+            }
+        }
+    }
+}
+
+/// Answers a connection over the limit with a 503, then closes it gently: a close with the
+/// client's request still unread would reset the connection, and the client could lose the answer.
+async fn refuse(mut stream: TcpStream, _slot: OwnedSemaphorePermit) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tokio::time::timeout(LINGER, async {
+        stream.write_all(REFUSAL).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 1024];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<_, io::Error>(())
+    })
+    .await;
+}
+
+/// Resolves once the server is told to stop (or is gone).
+async fn stopped(stopping: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not Send: drop it here, not across an await.
+    let _ = stopping.wait_for(|stop| *stop).await.map(|_| ());
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    _slot: OwnedSemaphorePermit,
+    limits: Limits,
+    mut stopping: watch::Receiver<bool>,
+    state: Arc<AppState>,
+) {
+    let metrics = state.metrics.clone();
+    metrics.http_connections.inc();
+    let io = TokioIo::new(Watchdog::new(stream, limits.timeout));
+    let service = service_fn(move |request| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(handle(request, &state).await) }
+    });
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.timeout)
+        .max_buf_size(MAX_HEAD_BYTES.max(8192))
+        .max_headers(MAX_HEADERS)
+        .serve_connection(io, service);
+    let mut connection = std::pin::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = stopped(&mut stopping) => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = result {
+        if e.is_timeout() || is_stall(&e) {
+            metrics.http_connections_timed_out.inc();
+        }
+        debug!(error = %e, "HTTP connection ended with an error");
+    }
+    metrics.http_connections.dec();
+}
+
+fn is_stall(e: &hyper::Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<io::Error>())
+        .is_some_and(|e| e.kind() == io::ErrorKind::TimedOut)
+}
+
+/// A connection that fails with `TimedOut` once it has moved no bytes, either way, for `timeout`.
+///
+/// hyper's header timeout covers a slow request head; this covers the rest: a client that stops
+/// reading its response, or sends a body at a trickle. The deadline is pushed back lazily (only
+/// when it fires after some progress), so the hot path never touches the timer: a stalled
+/// connection is closed between one and two `timeout`s after its last byte.
+struct Watchdog {
+    stream: TcpStream,
+    timeout: Duration,
+    deadline: Pin<Box<Sleep>>,
+    moved: bool,
+}
+
+impl Watchdog {
+    fn new(stream: TcpStream, timeout: Duration) -> Watchdog {
+        Watchdog {
+            stream,
+            timeout,
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+            moved: false,
+        }
+    }
+
+    /// Called when the stream is not ready: fails once the deadline passes with nothing moved.
+    fn check(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        loop {
+            ready!(self.deadline.as_mut().poll(cx));
+            if !self.moved {
+                return Poll::Ready(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no bytes moved within the HTTP timeout",
+                ));
+            }
+            self.moved = false;
+            let next = Instant::now() + self.timeout;
+            self.deadline.as_mut().reset(next);
+        }
+    }
+
+    fn track<T>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        match poll {
+            Poll::Ready(result) => {
+                self.moved = true;
+                Poll::Ready(result)
+            }
+            Poll::Pending => match self.check(cx) {
+                Poll::Ready(error) => Poll::Ready(Err(error)),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl AsyncRead for Watchdog {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let poll = Pin::new(&mut this.stream).poll_read(cx, buf);
+        this.track(cx, poll)
+    }
+}
+
+impl AsyncWrite for Watchdog {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let poll = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.track(cx, poll)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let poll = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.track(cx, poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let poll = Pin::new(&mut this.stream).poll_flush(cx);
+        this.track(cx, poll)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_refusal_is_a_complete_response_with_a_json_body() {
+        let text = std::str::from_utf8(REFUSAL).expect("ASCII");
+        let (head, body) = text.split_once("\r\n\r\n").expect("a header block");
+        assert!(head.starts_with("HTTP/1.1 503 "), "{head}");
+        let length = head
+            .lines()
+            .find_map(|line| line.strip_prefix("Content-Length: "))
+            .and_then(|n| n.parse::<usize>().ok());
+        assert_eq!(length, Some(body.len()));
+        let json: serde_json::Value = serde_json::from_str(body).expect("JSON");
+        assert!(json["error"].is_string());
+    }
+}
