@@ -8,6 +8,9 @@
 # files that nginx serves as /order/<order_uid> (the same bytes, the same URLs), then runs
 # `wrk -t1 -c64` with a random-id Lua script against nginx and ordersvc in turn, RUNS times
 # each (default 3) for DURATION (default 10s), and prints every result and the medians.
+# With OPEN_LOOP_RATE=N it then also runs `ordersvc bench http --rate N` (open loop, latency
+# from when each request was due) against both, RUNS times each, with the binary in ORDERSVC
+# (default target/release/ordersvc).
 # It needs nginx-light (or nginx), wrk and psql; nginx listens on 127.0.0.1:18081 only and is
 # stopped at the end.
 set -euo pipefail
@@ -100,3 +103,17 @@ median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print a[i
 n=$(echo "${results[nginx]}" | median)
 o=$(echo "${results[ordersvc]}" | median)
 echo "==> medians: nginx $n req/s, ordersvc $o req/s, ratio $(python3 -c "print(f'{$o/$n:.2f}')")"
+
+if [[ -n "${OPEN_LOOP_RATE:-}" ]]; then
+    ORDERSVC=${ORDERSVC:-target/release/ordersvc}
+    echo "==> $ORDERSVC bench http --rate $OPEN_LOOP_RATE --connections 64 --duration $DURATION, $RUNS runs each (alternating)"
+    for i in $(seq "$RUNS"); do
+        for target in "nginx http://127.0.0.1:$NGINX_PORT" "ordersvc $ORDERSVC_URL"; do
+            set -- $target
+            echo "    $1 run $i:"
+            "$ORDERSVC" bench http --url "$2" --rate "$OPEN_LOOP_RATE" --connections 64 \
+                --duration "$DURATION" --ids "$WORK/ids.txt" --seed "$i" |
+                grep -E 'Latencies|Success' | sed 's/^/      /'
+        done
+    done
+fi
