@@ -36,6 +36,10 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 /// Failed attempts at a batch before its messages are tried one by one, to find one that
 /// PostgreSQL refuses for a reason other than its data (a trigger, a rule).
 const ISOLATE_AFTER: u32 = 5;
+/// Payload bytes one batch holds at most (the rest waits for the next batch), so that a backlog
+/// of messages near the NATS max payload makes batches of megabytes, not of a gigabyte. Raised
+/// to twice the server's max payload if that is larger, so that any message fits in a pull.
+const BATCH_MAX_BYTES: usize = 16 * 1024 * 1024;
 /// Longest a batch waits for more messages before it is written.
 const LINGER: Duration = Duration::from_millis(5);
 /// Longest one batch write may take before it is cut off and retried (below the ack wait).
@@ -110,6 +114,7 @@ impl Ingest {
                     continue;
                 }
             };
+            let max_bytes = self.batch_max_bytes();
             let mut chunks = messages.ready_chunks(self.batch_size);
             // Messages pulled but not yet in a batch (what a full batch left over).
             let mut carry = Vec::new();
@@ -142,14 +147,19 @@ impl Ingest {
                 // arrive in small bursts: under load, wait a moment for a fuller batch. When idle,
                 // a lone message waits at most LINGER.
                 let deadline = tokio::time::Instant::now() + LINGER;
-                while carry.len() < self.batch_size {
+                let mut carried_bytes: usize = carry.iter().map(payload_len).sum();
+                while carry.len() < self.batch_size && carried_bytes < max_bytes {
                     match tokio::time::timeout_at(deadline, chunks.next()).await {
-                        Ok(Some(more)) => carry.extend(more),
+                        Ok(Some(more)) => {
+                            carried_bytes += more.iter().map(payload_len).sum::<usize>();
+                            carry.extend(more);
+                        }
                         // The deadline, or the end of the stream (seen again on the next pull).
                         _ => break,
                     }
                 }
-                let rest = carry.split_off(carry.len().min(self.batch_size));
+                let take = batch_len(&carry, payload_len, self.batch_size, max_bytes);
+                let rest = carry.split_off(take);
                 let chunk = std::mem::replace(&mut carry, rest);
                 let mut batch = Vec::with_capacity(chunk.len());
                 let mut stream_error = None;
@@ -196,6 +206,12 @@ impl Ingest {
         Ok(totals)
     }
 
+    /// The payload bytes of one batch (and of one pull) at most.
+    fn batch_max_bytes(&self) -> usize {
+        let max_payload = self.js.client().server_info().max_payload;
+        BATCH_MAX_BYTES.max(max_payload.saturating_mul(2))
+    }
+
     /// Makes sure the stream and consumer exist (they may have been deleted) and starts pulling.
     async fn subscribe(&self) -> Result<pull::Stream> {
         let stream = bus::ensure_stream(&self.js, &self.nats).await?;
@@ -203,6 +219,7 @@ impl Ingest {
         Ok(consumer
             .stream()
             .max_messages_per_batch(self.batch_size)
+            .max_bytes_per_batch(self.batch_max_bytes())
             .heartbeat(HEARTBEAT)
             .messages()
             .await?)
@@ -456,5 +473,46 @@ async fn sleep_or_shutdown(backoff: &mut Duration, shutdown: &mut watch::Receive
     tokio::select! {
         _ = shutdown.changed() => true,
         _ = tokio::time::sleep(pause) => *shutdown.borrow(),
+    }
+}
+
+/// A pulled item's payload size (an error item takes no room).
+fn payload_len(item: &Result<jetstream::Message, pull::MessagesError>) -> usize {
+    item.as_ref().map_or(0, |message| message.payload.len())
+}
+
+/// How many of the first `items` make one batch: at most `max_messages`, and no more than
+/// `max_bytes` of them by `size`, except that a batch always takes at least one item.
+fn batch_len<T>(
+    items: &[T],
+    size: impl Fn(&T) -> usize,
+    max_messages: usize,
+    max_bytes: usize,
+) -> usize {
+    let mut bytes = 0usize;
+    for (i, item) in items.iter().take(max_messages).enumerate() {
+        bytes = bytes.saturating_add(size(item));
+        if bytes > max_bytes {
+            return i.max(1);
+        }
+    }
+    items.len().min(max_messages)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_stops_at_the_message_count_or_the_byte_bound_but_takes_at_least_one() {
+        let sizes = [10usize, 10, 10, 10];
+        let size = |n: &usize| *n;
+        assert_eq!(batch_len(&sizes, size, 1000, 1000), 4);
+        assert_eq!(batch_len(&sizes, size, 3, 1000), 3);
+        assert_eq!(batch_len(&sizes, size, 1000, 20), 2);
+        assert_eq!(batch_len(&sizes, size, 1000, 25), 2);
+        // One message over the bound still makes a batch of its own.
+        assert_eq!(batch_len(&[50usize, 1], size, 1000, 20), 1);
+        assert_eq!(batch_len(&[] as &[usize], size, 1000, 20), 0);
     }
 }

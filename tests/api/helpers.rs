@@ -443,6 +443,26 @@ impl TestApp {
         (status, headers, body)
     }
 
+    /// The service's peak resident memory so far (VmHWM), in bytes.
+    pub fn peak_rss_bytes(&self) -> u64 {
+        let pid = self.child.as_ref().expect("the service is running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .expect("cannot read the service's /proc status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|value| {
+                value
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .map(|kib| kib * 1024)
+            .expect("no VmHWM in /proc status")
+    }
+
     /// The value of an unlabelled metric in `/metrics`.
     pub fn metric(&self, name: &str) -> f64 {
         let (status, _, body) = self.get("/metrics");
