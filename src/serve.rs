@@ -56,7 +56,8 @@ pub struct ServeArgs {
     /// stalled (moving no bytes) before it is closed.
     #[arg(long, env = "ORDERSVC_HTTP_TIMEOUT", default_value = "10", value_parser = config::parse_seconds)]
     pub http_timeout: Duration,
-    /// Most messages written to PostgreSQL in one transaction.
+    /// Most messages written to PostgreSQL in one transaction (a batch also holds at most 16 MiB
+    /// of payload).
     #[arg(long, env = "ORDERSVC_BATCH_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u16).range(1..=10000))]
     pub batch_size: u16,
     /// Keep at most this many bytes of order documents in memory (e.g. 512MiB); orders beyond it
