@@ -309,15 +309,15 @@ fn is_stall(e: &hyper::Error) -> bool {
 /// reading its response, or sends a body at a trickle. The deadline is pushed back lazily (only
 /// when it fires after some progress), so the hot path never touches the timer: a stalled
 /// connection is closed between one and two `timeout`s after its last byte.
-struct Watchdog {
-    stream: TcpStream,
+struct Watchdog<S> {
+    stream: S,
     timeout: Duration,
     deadline: Pin<Box<Sleep>>,
     moved: bool,
 }
 
-impl Watchdog {
-    fn new(stream: TcpStream, timeout: Duration) -> Watchdog {
+impl<S> Watchdog<S> {
+    fn new(stream: S, timeout: Duration) -> Watchdog<S> {
         Watchdog {
             stream,
             timeout,
@@ -356,7 +356,7 @@ impl Watchdog {
     }
 }
 
-impl AsyncRead for Watchdog {
+impl<S: AsyncRead + Unpin> AsyncRead for Watchdog<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -368,7 +368,7 @@ impl AsyncRead for Watchdog {
     }
 }
 
-impl AsyncWrite for Watchdog {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watchdog<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -407,6 +407,59 @@ impl AsyncWrite for Watchdog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const T: Duration = Duration::from_secs(10);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_moves_nothing_fails_after_the_timeout() {
+        let (ours, _theirs) = tokio::io::duplex(64);
+        let mut guarded = Watchdog::new(ours, T);
+        let started = Instant::now();
+        let error = guarded.read_u8().await.expect_err("nothing ever arrives");
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), T);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_but_steady_peer_is_never_cut_off() {
+        let (ours, mut theirs) = tokio::io::duplex(64);
+        let mut guarded = Watchdog::new(ours, T);
+        let peer = tokio::spawn(async move {
+            for _ in 0..20 {
+                tokio::time::sleep(T / 2).await;
+                theirs.write_all(b"x").await.expect("write");
+            }
+            theirs
+        });
+        for _ in 0..20 {
+            assert_eq!(guarded.read_u8().await.expect("a byte in time"), b'x');
+        }
+        drop(peer.await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_stops_reading_is_cut_off_within_two_timeouts_of_its_last_read() {
+        let (ours, mut theirs) = tokio::io::duplex(16);
+        let mut guarded = Watchdog::new(ours, T);
+        // It reads once, a while after the start, then never again.
+        guarded
+            .write_all(&[0; 16])
+            .await
+            .expect("the buffer takes it");
+        tokio::time::sleep(T * 3 / 4).await;
+        let mut first = [0u8; 16];
+        theirs.read_exact(&mut first).await.expect("read");
+        let last_read = Instant::now();
+        let error = guarded
+            .write_all(&[0; 1024])
+            .await
+            .expect_err("the peer reads no more");
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        let waited = last_read.elapsed();
+        // Cut off at least one timeout after the last byte moved, and at most two.
+        assert!(waited >= T && waited <= T * 2, "{waited:?}");
+    }
 
     #[test]
     fn the_refusal_is_a_complete_response_with_a_json_body() {
