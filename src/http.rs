@@ -201,11 +201,15 @@ async fn answer<B>(route: Route<'_>, request: &Request<B>, state: &Arc<AppState>
         }
         Route::Orders(query) => {
             let query = query.to_owned();
-            blocking(state, move |state| recent_orders(&query, state)).await
+            blocking(state, move |state| recent_orders(&query, state))
+                .await
+                .unwrap_or_else(internal_error)
         }
         Route::Rejected(query) => {
             let query = query.to_owned();
-            blocking(state, move |state| rejected(&query, state)).await
+            blocking(state, move |state| rejected(&query, state))
+                .await
+                .unwrap_or_else(internal_error)
         }
         Route::Order(Ok(uid)) => order(request, uid, state).await,
         Route::Order(Err(bad)) => id_error(400, &bad.reason, &bad.id),
@@ -213,17 +217,19 @@ async fn answer<B>(route: Route<'_>, request: &Request<B>, state: &Arc<AppState>
     }
 }
 
-/// Runs a handler that waits on PostgreSQL on a blocking thread, off the connection tasks.
-async fn blocking(
+/// Runs work that waits on PostgreSQL on a blocking thread, off the connection tasks.
+async fn blocking<T: Send + 'static>(
     state: &Arc<AppState>,
-    handler: impl FnOnce(&AppState) -> Reply + Send + 'static,
-) -> Reply {
+    work: impl FnOnce(&AppState) -> T + Send + 'static,
+) -> Result<T, tokio::task::JoinError> {
     let state = state.clone();
-    match tokio::task::spawn_blocking(move || handler(&state)).await {
-        Ok(response) => response,
-        // Only a panic in the handler (a bug) or a runtime shutting down gets here.
-        Err(e) => json_response(500, &json!({ "error": format!("internal error: {e}") })),
-    }
+    tokio::task::spawn_blocking(move || work(&state)).await
+}
+
+/// The answer when blocking work never finished: only a panic in it (a bug) or a runtime
+/// shutting down gets here.
+fn internal_error(e: tokio::task::JoinError) -> Reply {
+    json_response(500, &json!({ "error": format!("internal error: {e}") }))
 }
 
 /// `GET /order/{order_uid}`.
@@ -246,25 +252,22 @@ async fn order<B>(request: &Request<B>, uid: OrderUid, state: &Arc<AppState>) ->
     }
     // With a byte bound, an order not in memory may still be stored: ask PostgreSQL (once per
     // id, however many requests want it), within a short deadline.
-    let loaded = {
-        let state = state.clone();
-        tokio::task::spawn_blocking(move || {
-            let loaded = state
-                .cache
-                .get_or_load(&uid, || db_call(&state, state.store.document(uid.as_str())));
-            (uid, loaded)
-        })
-        .await
-    };
+    let key = uid.clone();
+    let loaded = blocking(state, move |state| {
+        state
+            .cache
+            .get_or_load(&key, || db_call(state, state.store.document(key.as_str())))
+    })
+    .await;
     match loaded {
-        Ok((_, Ok(Some(entry)))) => order_response(request, &entry),
-        Ok((uid, Ok(None))) => id_error(404, "order not found", uid.as_str()),
-        Ok((uid, Err(e))) => {
+        Ok(Ok(Some(entry))) => order_response(request, &entry),
+        Ok(Ok(None)) => id_error(404, "order not found", uid.as_str()),
+        Ok(Err(e)) => {
             let mut response = id_error(503, &e, uid.as_str());
             set(&mut response, header::RETRY_AFTER, "1");
             response
         }
-        Err(e) => json_response(500, &json!({ "error": format!("internal error: {e}") })),
+        Err(e) => internal_error(e),
     }
 }
 

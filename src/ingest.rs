@@ -99,7 +99,9 @@ impl Ingest {
             if *shutdown.borrow() {
                 break;
             }
-            let messages = match self.subscribe().await {
+            // Per subscription: a reconnection may reach a server with another max payload.
+            let max_bytes = self.batch_max_bytes();
+            let messages = match self.subscribe(max_bytes).await {
                 Ok(messages) => {
                     self.health.set_nats(None);
                     backoff = BACKOFF_MIN;
@@ -114,7 +116,6 @@ impl Ingest {
                     continue;
                 }
             };
-            let max_bytes = self.batch_max_bytes();
             let mut chunks = messages.ready_chunks(self.batch_size);
             // Messages pulled but not yet in a batch (what a full batch left over).
             let mut carry = Vec::new();
@@ -212,14 +213,15 @@ impl Ingest {
         BATCH_MAX_BYTES.max(max_payload.saturating_mul(2))
     }
 
-    /// Makes sure the stream and consumer exist (they may have been deleted) and starts pulling.
-    async fn subscribe(&self) -> Result<pull::Stream> {
+    /// Makes sure the stream and consumer exist (they may have been deleted) and starts pulling,
+    /// at most `max_bytes` of payload per pull.
+    async fn subscribe(&self, max_bytes: usize) -> Result<pull::Stream> {
         let stream = bus::ensure_stream(&self.js, &self.nats).await?;
         let consumer = bus::ensure_consumer(&stream, &self.durable).await?;
         Ok(consumer
             .stream()
             .max_messages_per_batch(self.batch_size)
-            .max_bytes_per_batch(self.batch_max_bytes())
+            .max_bytes_per_batch(max_bytes)
             .heartbeat(HEARTBEAT)
             .messages()
             .await?)

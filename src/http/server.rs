@@ -30,6 +30,8 @@ use super::{handle, AppState};
 /// Largest request head (request line and headers) read; a larger one gets 431 (or 414 for the
 /// request line alone) and the connection is closed. An order id is at most 64 characters.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+// hyper panics on a read buffer smaller than this.
+const _: () = assert!(MAX_HEAD_BYTES >= 8192);
 /// Most header fields in one request.
 const MAX_HEADERS: usize = 64;
 /// How long a failing `accept` (out of file descriptors, say) waits before trying again.
@@ -277,7 +279,7 @@ async fn serve_connection(
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.timeout)
-        .max_buf_size(MAX_HEAD_BYTES.max(8192))
+        .max_buf_size(MAX_HEAD_BYTES)
         .max_headers(MAX_HEADERS)
         .serve_connection(io, service);
     let mut connection = std::pin::pin!(connection);
