@@ -6,10 +6,11 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use crate::helpers::{model_with_uid, order_of_size, spawn_app, spawn_app_with, TestApp};
+use ordersvc::http::MAX_HEAD_BYTES;
 
-/// The service's limit on a request head (src/http/server.rs).
-const MAX_HEAD_BYTES: usize = 16 * 1024;
+use crate::helpers::{
+    model_with_uid, order_of_size, spawn_app, spawn_app_with, status_of, TestApp,
+};
 /// How long a test client waits for the service to act before it gives up: far above the
 /// one-second HTTP timeout the tests set, so that only a service that never acts fails.
 const CLIENT_PATIENCE: Duration = Duration::from_secs(30);
@@ -19,16 +20,6 @@ fn connect(app: &TestApp) -> TcpStream {
     conn.set_read_timeout(Some(CLIENT_PATIENCE))
         .expect("set a read timeout");
     conn
-}
-
-/// The status code of a raw HTTP answer.
-fn status_of(answer: &[u8]) -> u16 {
-    let line = answer.split(|&b| b == b'\r').next().unwrap_or_default();
-    std::str::from_utf8(line)
-        .ok()
-        .and_then(|line| line.split(' ').nth(1))
-        .and_then(|code| code.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP answer: {:?}", String::from_utf8_lossy(answer)))
 }
 
 /// Reads one response (head, then a Content-Length body) from a kept-alive connection.

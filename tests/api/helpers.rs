@@ -289,6 +289,16 @@ pub fn order_of_size(uid: &str, size: usize) -> Vec<u8> {
     order.into_bytes()
 }
 
+/// The status code of a raw HTTP answer.
+pub fn status_of(answer: &[u8]) -> u16 {
+    let line = answer.split(|&b| b == b'\r').next().unwrap_or_default();
+    std::str::from_utf8(line)
+        .ok()
+        .and_then(|line| line.split(' ').nth(1))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {:?}", String::from_utf8_lossy(answer)))
+}
+
 impl TestApp {
     /// Spawns `ordersvc serve` and waits for it: address logged, `/readyz` 200, consumer present.
     fn start(&mut self) {

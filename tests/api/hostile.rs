@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use crate::helpers::{model_with_uid, order_of_size, replace_once, spawn_app, TestApp};
+use crate::helpers::{model_with_uid, order_of_size, replace_once, spawn_app, status_of, TestApp};
 
 /// NATS's default max payload (and the stream's max message size): nothing larger reaches us.
 const MAX_PAYLOAD: usize = 1024 * 1024;
@@ -210,14 +210,10 @@ fn send(app: &TestApp, method: &str, target: &str, body: &[u8]) -> Raw {
         .position(|w| w == b"\r\n\r\n")
         .unwrap_or_else(|| panic!("{what}: no complete header block in {answer:?}"));
     let head = std::str::from_utf8(&answer[..end]).expect("the header block is text");
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("{what}: a bad status line {status_line:?}"));
-    let headers: HashMap<String, String> = lines
+    let status = status_of(&answer);
+    let headers: HashMap<String, String> = head
+        .split("\r\n")
+        .skip(1)
         .filter_map(|line| line.split_once(':'))
         .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
         .collect();
