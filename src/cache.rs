@@ -29,6 +29,10 @@ use prometheus_client::metrics::counter::Counter;
 
 use crate::order::OrderUid;
 
+mod restore;
+
+pub use self::restore::{restore, Restored};
+
 /// Longest a request waits for another request's load of the same order.
 const FLIGHT_WAIT: Duration = Duration::from_secs(5);
 

@@ -13,17 +13,19 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, consumer::pull, AckKind};
 use color_eyre::eyre::{eyre, Result};
 use crossbeam_channel::{Sender, TrySendError};
+use futures::stream::ReadyChunks;
 use futures::StreamExt;
-use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use crate::batch::{Incoming, Outcome, Written};
 use crate::bus;
 use crate::cache;
 use crate::config::NatsArgs;
-use crate::health::Health;
+use crate::health::Reporter;
 use crate::metrics::Metrics;
 use crate::order::Order;
-use crate::store::{Incoming, Outcome, Store, Written};
+use crate::shutdown::Shutdown;
+use crate::store::Store;
 
 /// Backoff between retries while PostgreSQL or NATS is unavailable.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -44,8 +46,6 @@ const BATCH_MAX_BYTES: usize = 16 * 1024 * 1024;
 const LINGER: Duration = Duration::from_millis(5);
 /// Longest one batch write may take before it is cut off and retried (below the ack wait).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a shutdown waits for the batch in flight to commit before handing it back.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// At most this many buffered chunks are handed back at shutdown.
 const RELEASE_CHUNKS_MAX: usize = 64;
 
@@ -63,8 +63,12 @@ pub struct Ingest {
     pub store: Store,
     /// Committed orders go to the cache writer through this channel.
     pub cache_tx: Sender<cache::Batch>,
-    /// Where PostgreSQL and NATS trouble is reported for `/readyz`.
-    pub health: Arc<Health>,
+    /// Ingest's fact for `/readyz`: batches cannot be committed.
+    pub commit: Reporter,
+    /// Ingest's other fact: the stream cannot be subscribed to, or stopped delivering.
+    pub subscription: Reporter,
+    /// How long a stop waits for the batch in flight to commit before handing it back.
+    pub grace: Duration,
     /// Counters and histograms for `/metrics`.
     pub metrics: Arc<Metrics>,
 }
@@ -90,117 +94,165 @@ enum BatchError {
     CacheGone,
 }
 
+/// What the subscription has next.
+enum Next {
+    /// Messages to write, at most a batch's count and bytes.
+    Batch(Vec<jetstream::Message>),
+    /// The pull stream ended: subscribe again.
+    StreamEnded,
+    /// The pull stream reported an error (a missed heartbeat, or worse).
+    StreamFailed(pull::MessagesError),
+    /// A stop was requested.
+    Shutdown,
+}
+
+/// A pulled item: a message, or the pull stream's error.
+type Pulled = Result<jetstream::Message, pull::MessagesError>;
+
+/// One subscription to the durable consumer, cut into batches.
+struct Subscription {
+    chunks: ReadyChunks<pull::Stream>,
+    /// Items pulled but not yet in a batch (what a full batch left over).
+    carry: Vec<Pulled>,
+    /// An error pulled behind the messages of the last batch: reported by the next call.
+    failed: Option<pull::MessagesError>,
+    batch_size: usize,
+    max_bytes: usize,
+}
+
+impl Subscription {
+    /// The next batch, or why there is none. A commit costs about the same for one message as
+    /// for a thousand, and messages arrive in small bursts: under load this waits a moment for a
+    /// fuller batch; when idle, a lone message waits at most `LINGER`.
+    async fn next_batch(&mut self, shutdown: &Shutdown) -> Next {
+        if let Some(e) = self.failed.take() {
+            return Next::StreamFailed(e);
+        }
+        // The flag, not only the future: a stop may have come while a batch was being written.
+        if shutdown.is_requested() {
+            return Next::Shutdown;
+        }
+        if self.carry.is_empty() {
+            let chunk = tokio::select! {
+                biased;
+                _ = shutdown.requested() => return Next::Shutdown,
+                chunk = self.chunks.next() => chunk,
+            };
+            match chunk {
+                Some(chunk) => self.carry = chunk,
+                None => return Next::StreamEnded,
+            }
+        }
+        let deadline = tokio::time::Instant::now() + LINGER;
+        let mut carried_bytes: usize = self.carry.iter().map(payload_len).sum();
+        while self.carry.len() < self.batch_size && carried_bytes < self.max_bytes {
+            match tokio::time::timeout_at(deadline, self.chunks.next()).await {
+                Ok(Some(more)) => {
+                    carried_bytes += more.iter().map(payload_len).sum::<usize>();
+                    self.carry.extend(more);
+                }
+                // The deadline, or the end of the stream (seen again on the next pull).
+                _ => break,
+            }
+        }
+        let take = batch_len(&self.carry, payload_len, self.batch_size, self.max_bytes);
+        let rest = self.carry.split_off(take);
+        let mut batch = Vec::with_capacity(take);
+        for item in std::mem::replace(&mut self.carry, rest) {
+            match item {
+                Ok(message) => batch.push(message),
+                Err(e) => self.failed = Some(e),
+            }
+        }
+        match (batch.is_empty(), self.failed.take()) {
+            (true, Some(e)) => Next::StreamFailed(e),
+            (false, failed) => {
+                self.failed = failed;
+                Next::Batch(batch)
+            }
+            // A chunk is never empty, so a taken one holds a message or an error.
+            (true, None) => Next::StreamEnded,
+        }
+    }
+
+    /// On shutdown, hands back the messages pulled ahead but not handled (those carried over
+    /// from a full batch, and those buffered in the stream), so that the next consumer gets them
+    /// at once instead of after the ack wait.
+    async fn release(mut self) {
+        use futures::FutureExt;
+        let mut released = nak_all(self.carry.iter().flatten()).await;
+        // Only what is already buffered: polling must not wait for (or pull) more.
+        for _ in 0..RELEASE_CHUNKS_MAX {
+            let Some(Some(chunk)) = self.chunks.next().now_or_never() else {
+                break;
+            };
+            released += nak_all(chunk.iter().flatten()).await;
+        }
+        if released > 0 {
+            info!(released, "handed messages pulled ahead back to the stream");
+        }
+    }
+}
+
 impl Ingest {
-    /// Runs until `shutdown` turns true; the batch in flight is finished (committed and acked) first.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<Totals> {
+    /// Runs until a stop is requested; the batch in flight is finished (committed and acked)
+    /// first, or handed back if it cannot be within the grace period.
+    pub async fn run(self, shutdown: Shutdown) -> Result<Totals> {
         let mut totals = Totals::default();
         let mut backoff = BACKOFF_MIN;
-        'subscribe: loop {
-            if *shutdown.borrow() {
-                break;
-            }
-            // Per subscription: a reconnection may reach a server with another max payload.
-            let max_bytes = self.batch_max_bytes();
-            let messages = match self.subscribe(max_bytes).await {
-                Ok(messages) => {
-                    self.health.set_nats(None);
+        while !shutdown.is_requested() {
+            let mut subscription = match self.subscribe().await {
+                Ok(subscription) => {
+                    self.subscription.set(None);
                     backoff = BACKOFF_MIN;
-                    messages
+                    subscription
                 }
                 Err(e) => {
                     warn!(error = %e, "cannot subscribe to the consumer; retrying");
-                    self.health.set_nats(Some(format!("{e:#}")));
-                    if sleep_or_shutdown(&mut backoff, &mut shutdown).await {
-                        break;
-                    }
+                    self.subscription.set(Some(format!("{e:#}")));
+                    sleep_or_shutdown(&mut backoff, &shutdown).await;
                     continue;
                 }
             };
-            let mut chunks = messages.ready_chunks(self.batch_size);
-            // Messages pulled but not yet in a batch (what a full batch left over).
-            let mut carry = Vec::new();
             loop {
-                // The flag, not only the change: a change may have been seen while a batch was
-                // being written.
-                if *shutdown.borrow() {
-                    release_prefetched(&mut chunks, std::mem::take(&mut carry)).await;
-                    break 'subscribe;
-                }
-                if carry.is_empty() {
-                    let chunk = tokio::select! {
-                        biased;
-                        _ = shutdown.changed() => {
-                            release_prefetched(&mut chunks, std::mem::take(&mut carry)).await;
-                            break 'subscribe;
+                match subscription.next_batch(&shutdown).await {
+                    Next::Batch(batch) => {
+                        if self.subscription.problem().is_some() {
+                            self.subscription.set(None);
                         }
-                        chunk = chunks.next() => chunk,
-                    };
-                    let Some(chunk) = chunk else {
-                        warn!("the message stream ended; subscribing again");
-                        if sleep_or_shutdown(&mut backoff, &mut shutdown).await {
-                            break 'subscribe;
-                        }
-                        continue 'subscribe;
-                    };
-                    carry = chunk;
-                }
-                // A commit costs about the same for one message as for a thousand, and messages
-                // arrive in small bursts: under load, wait a moment for a fuller batch. When idle,
-                // a lone message waits at most LINGER.
-                let deadline = tokio::time::Instant::now() + LINGER;
-                let mut carried_bytes: usize = carry.iter().map(payload_len).sum();
-                while carry.len() < self.batch_size && carried_bytes < max_bytes {
-                    match tokio::time::timeout_at(deadline, chunks.next()).await {
-                        Ok(Some(more)) => {
-                            carried_bytes += more.iter().map(payload_len).sum::<usize>();
-                            carry.extend(more);
-                        }
-                        // The deadline, or the end of the stream (seen again on the next pull).
-                        _ => break,
-                    }
-                }
-                let take = batch_len(&carry, payload_len, self.batch_size, max_bytes);
-                let rest = carry.split_off(take);
-                let chunk = std::mem::replace(&mut carry, rest);
-                let mut batch = Vec::with_capacity(chunk.len());
-                let mut stream_error = None;
-                for item in chunk {
-                    match item {
-                        Ok(message) => batch.push(message),
-                        Err(e) => stream_error = Some(e),
-                    }
-                }
-                if !batch.is_empty() {
-                    match self.handle_batch(batch, &mut totals, &mut shutdown).await {
-                        Ok(()) => {}
-                        Err(BatchError::CacheGone) => {
-                            return Err(eyre!("the cache writer stopped"))
-                        }
-                        Err(BatchError::Shutdown) => {
-                            release_prefetched(&mut chunks, std::mem::take(&mut carry)).await;
-                            break 'subscribe;
-                        }
-                    }
-                }
-                if let Some(e) = stream_error {
-                    use pull::MessagesErrorKind as Kind;
-                    match e.kind() {
-                        // The stream itself recovers from a missed heartbeat (e.g. a NATS restart).
-                        Kind::MissingHeartbeat => {
-                            warn!("missed heartbeats from NATS");
-                            self.health.set_nats(Some("missed heartbeats".into()));
-                        }
-                        _ => {
-                            warn!(error = %e, "the message stream failed; subscribing again");
-                            self.health.set_nats(Some(e.to_string()));
-                            if sleep_or_shutdown(&mut backoff, &mut shutdown).await {
-                                break 'subscribe;
+                        match self.handle_batch(batch, &mut totals, &shutdown).await {
+                            Ok(()) => {}
+                            Err(BatchError::CacheGone) => {
+                                return Err(eyre!("the cache writer stopped"))
                             }
-                            continue 'subscribe;
+                            Err(BatchError::Shutdown) => {
+                                subscription.release().await;
+                                return Ok(totals);
+                            }
                         }
                     }
-                } else {
-                    self.health.set_nats(None);
+                    // The stream itself recovers from a missed heartbeat (e.g. a NATS restart).
+                    Next::StreamFailed(e)
+                        if e.kind() == pull::MessagesErrorKind::MissingHeartbeat =>
+                    {
+                        warn!("missed heartbeats from NATS");
+                        self.subscription.set(Some("missed heartbeats".into()));
+                    }
+                    Next::StreamFailed(e) => {
+                        warn!(error = %e, "the message stream failed; subscribing again");
+                        self.subscription.set(Some(e.to_string()));
+                        sleep_or_shutdown(&mut backoff, &shutdown).await;
+                        break;
+                    }
+                    Next::StreamEnded => {
+                        warn!("the message stream ended; subscribing again");
+                        sleep_or_shutdown(&mut backoff, &shutdown).await;
+                        break;
+                    }
+                    Next::Shutdown => {
+                        subscription.release().await;
+                        return Ok(totals);
+                    }
                 }
             }
         }
@@ -213,18 +265,26 @@ impl Ingest {
         BATCH_MAX_BYTES.max(max_payload.saturating_mul(2))
     }
 
-    /// Makes sure the stream and consumer exist (they may have been deleted) and starts pulling,
-    /// at most `max_bytes` of payload per pull.
-    async fn subscribe(&self, max_bytes: usize) -> Result<pull::Stream> {
+    /// Makes sure the stream and consumer exist (they may have been deleted) and starts pulling.
+    async fn subscribe(&self) -> Result<Subscription> {
+        // Per subscription: a reconnection may reach a server with another max payload.
+        let max_bytes = self.batch_max_bytes();
         let stream = bus::ensure_stream(&self.js, &self.nats).await?;
         let consumer = bus::ensure_consumer(&stream, &self.durable).await?;
-        Ok(consumer
+        let messages = consumer
             .stream()
             .max_messages_per_batch(self.batch_size)
             .max_bytes_per_batch(max_bytes)
             .heartbeat(HEARTBEAT)
             .messages()
-            .await?)
+            .await?;
+        Ok(Subscription {
+            chunks: messages.ready_chunks(self.batch_size),
+            carry: Vec::new(),
+            failed: None,
+            batch_size: self.batch_size,
+            max_bytes,
+        })
     }
 
     /// Parses, commits, acks, and feeds the cache with one batch.
@@ -232,7 +292,7 @@ impl Ingest {
         &self,
         messages: Vec<jetstream::Message>,
         totals: &mut Totals,
-        shutdown: &mut watch::Receiver<bool>,
+        shutdown: &Shutdown,
     ) -> Result<(), BatchError> {
         let incoming: Vec<Incoming> = messages
             .iter()
@@ -262,10 +322,9 @@ impl Ingest {
             let result = tokio::select! {
                 biased;
                 result = attempt => result.unwrap_or_else(|_| Err(write_timed_out())),
-                _ = after_shutdown_grace(shutdown) => {
+                _ = self.after_grace(shutdown) => {
                     warn!("the batch in flight was not committed within the shutdown grace period; handing it back");
-                    let naks = messages.iter().map(|m| m.ack_with(AckKind::Nak(None)));
-                    futures::future::join_all(naks).await;
+                    nak_all(&messages).await;
                     return Err(BatchError::Shutdown);
                 }
             };
@@ -278,14 +337,13 @@ impl Ingest {
                 }
                 Err(e) => {
                     self.metrics.commit_failures.inc();
-                    if self.health.commit_problem().is_none() {
+                    if self.commit.problem().is_none() {
                         warn!(error = %e, "cannot commit a batch; retrying until PostgreSQL takes it");
                     }
-                    self.health.set_commit(Some(e.to_string()));
+                    self.commit.set(Some(e.to_string()));
                     if sleep_or_shutdown(&mut backoff, shutdown).await {
                         // Hand the batch back at once: another instance, or the next start, takes it.
-                        let naks = messages.iter().map(|m| m.ack_with(AckKind::Nak(None)));
-                        futures::future::join_all(naks).await;
+                        nak_all(&messages).await;
                         return Err(BatchError::Shutdown);
                     }
                     if last_progress.elapsed() >= PROGRESS_EVERY {
@@ -297,9 +355,9 @@ impl Ingest {
                 }
             }
         };
-        if self.health.commit_problem().is_some() {
+        if self.commit.problem().is_some() {
             info!("PostgreSQL takes batches again");
-            self.health.set_commit(None);
+            self.commit.set(None);
         }
         self.metrics.batch_size.observe(incoming.len() as f64);
 
@@ -393,6 +451,12 @@ impl Ingest {
         Ok(all)
     }
 
+    /// Resolves `grace` after a stop is requested (never, if none is).
+    async fn after_grace(&self, shutdown: &Shutdown) {
+        shutdown.requested().await;
+        tokio::time::sleep(self.grace).await;
+    }
+
     /// Hands stored orders to the cache writer without blocking the runtime's thread.
     async fn send_to_cache(&self, mut batch: cache::Batch) -> Result<(), BatchError> {
         loop {
@@ -414,42 +478,12 @@ fn write_timed_out() -> sqlx::Error {
     sqlx::Error::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, message))
 }
 
-/// Resolves `SHUTDOWN_GRACE` after shutdown is requested (never, if it is not).
-async fn after_shutdown_grace(shutdown: &mut watch::Receiver<bool>) {
-    if !*shutdown.borrow() && shutdown.changed().await.is_err() {
-        // The sender is gone without a request: no shutdown will come this way.
-        std::future::pending::<()>().await;
-    }
-    tokio::time::sleep(SHUTDOWN_GRACE).await;
-}
-
-/// On shutdown, hands back the messages pulled ahead but not handled (those carried over from a
-/// full batch, and those buffered in the stream), so that the next consumer gets them at once
-/// instead of after the ack wait.
-async fn release_prefetched<S, E>(chunks: &mut S, carry: Vec<Result<jetstream::Message, E>>)
-where
-    S: futures::Stream<Item = Vec<Result<jetstream::Message, E>>> + Unpin,
-{
-    use futures::FutureExt;
-    let naks = carry
-        .iter()
-        .flatten()
-        .map(|m| m.ack_with(AckKind::Nak(None)));
-    let mut released = futures::future::join_all(naks).await.len();
-    // Only what is already buffered: polling must not wait for (or pull) more.
-    for _ in 0..RELEASE_CHUNKS_MAX {
-        let Some(Some(chunk)) = chunks.next().now_or_never() else {
-            break;
-        };
-        let naks = chunk
-            .iter()
-            .flatten()
-            .map(|m| m.ack_with(AckKind::Nak(None)));
-        released += futures::future::join_all(naks).await.len();
-    }
-    if released > 0 {
-        info!(released, "handed messages pulled ahead back to the stream");
-    }
+/// Hands messages back for redelivery at once (to another instance, or the next start) and
+/// returns how many. A nak that does not reach the server only means a redelivery after the ack
+/// wait instead.
+async fn nak_all<'a>(messages: impl IntoIterator<Item = &'a jetstream::Message>) -> usize {
+    let naks = messages.into_iter().map(|m| m.ack_with(AckKind::Nak(None)));
+    futures::future::join_all(naks).await.len()
 }
 
 /// Errors that come from the data of a row, not from PostgreSQL being unavailable: retrying the
@@ -465,21 +499,19 @@ fn is_data_error(e: &sqlx::Error) -> bool {
     }
 }
 
-/// Sleeps for `backoff` (then doubles it, up to the maximum) unless shutdown comes first; true on shutdown.
-async fn sleep_or_shutdown(backoff: &mut Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+/// Sleeps for `backoff` (then doubles it, up to the maximum) unless a stop comes first; true on a stop.
+async fn sleep_or_shutdown(backoff: &mut Duration, shutdown: &Shutdown) -> bool {
     let pause = *backoff;
     *backoff = (*backoff * 2).min(BACKOFF_MAX);
-    if *shutdown.borrow() {
-        return true;
-    }
     tokio::select! {
-        _ = shutdown.changed() => true,
-        _ = tokio::time::sleep(pause) => *shutdown.borrow(),
+        _ = shutdown.requested() => {}
+        _ = tokio::time::sleep(pause) => {}
     }
+    shutdown.is_requested()
 }
 
 /// A pulled item's payload size (an error item takes no room).
-fn payload_len(item: &Result<jetstream::Message, pull::MessagesError>) -> usize {
+fn payload_len(item: &Pulled) -> usize {
     item.as_ref().map_or(0, |message| message.payload.len())
 }
 

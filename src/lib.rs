@@ -2,6 +2,7 @@
 //!
 //! Data flows one way: bus → ingest → store → cache → http. Each subcommand has its own module.
 
+pub mod batch;
 pub mod bench;
 pub mod bus;
 pub mod cache;
@@ -19,4 +20,5 @@ pub mod publish;
 pub mod replay;
 pub mod samples;
 pub mod serve;
+pub mod shutdown;
 pub mod store;

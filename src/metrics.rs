@@ -206,7 +206,8 @@ impl Metrics {
             .set(i64::try_from(cache.len()).unwrap_or(i64::MAX));
         self.cache_bytes
             .set(i64::try_from(cache.bytes()).unwrap_or(i64::MAX));
-        self.ready.set(i64::from(health.readiness(cache).is_ok()));
+        self.ready
+            .set(i64::from(health.readiness(cache).is_empty()));
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -225,7 +226,7 @@ mod tests {
         metrics.count_message("rejected", "bad_json");
         metrics.count_message("rejected", "bad_json");
         metrics.count_message("stored", "");
-        let text = metrics.encode(&cache, &Health::new());
+        let text = metrics.encode(&cache, &Health::new().0);
         assert!(
             text.contains(r#"ordersvc_messages_total{outcome="rejected",reason="bad_json"} 2"#),
             "{text}"

@@ -1,33 +1,31 @@
-//! `ordersvc serve`: wires the threads together and runs them until SIGINT or SIGTERM.
+//! `ordersvc serve`: the service as one value, `App`: built from its settings, asked for its
+//! address, and run until a shutdown future resolves; it reads build → restore → run → stop.
 //!
-//! Threads: the tokio runtime's single worker ("ingest": the ingest loop and the health monitor),
-//! the cache writer, and the HTTP workers. Start-up order: migrations, HTTP (answering 503 for
-//! orders until the cache is restored), cache restore, ready, ingest.
+//! Threads: the ingest runtime's single worker ("ingest": the ingest loop and the health
+//! monitor), the cache writer, and the HTTP runtime's workers. HTTP answers from the start
+//! (503 for orders until the cache is restored), so that `/readyz` can say what it waits for.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use clap::Args;
 use color_eyre::eyre::{eyre, Result, WrapErr};
-use futures::StreamExt;
-use tokio::sync::watch;
+use crossbeam_channel::Sender;
 use tracing::{info, warn};
 
 use crate::bus;
-use crate::cache::{self, Cache};
+use crate::cache::{self, Cache, Restored};
 use crate::config::{self, DbArgs, NatsArgs, DEFAULT_DURABLE, DEFAULT_HTTP_ADDR};
-use crate::health::Health;
+use crate::health::{self, Health, Reporter};
 use crate::http::{AppState, HttpServer, Limits};
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
-use crate::order::OrderUid;
+use crate::shutdown::{self, Shutdown, StopBudget, Trigger};
 use crate::store::Store;
 
-/// Restored orders are handed to the cache in chunks of this many.
-const RESTORE_CHUNK: usize = 10_000;
-/// Longest wait for each step of a shutdown that depends on PostgreSQL or NATS.
-const STOP_WAIT: Duration = Duration::from_secs(2);
 /// Batches waiting for the cache writer before ingest waits for it.
 const CACHE_QUEUE: usize = 64;
 
@@ -64,203 +62,229 @@ pub struct ServeArgs {
     /// are read from PostgreSQL on demand. Default: no bound, every order in memory.
     #[arg(long, env = "ORDERSVC_CACHE_MAX_BYTES", value_parser = cache::parse_size)]
     pub cache_max_bytes: Option<u64>,
+    /// The whole stop budget after SIGTERM or SIGINT: finishing the batch in flight, sending
+    /// its acks, answering the HTTP requests in flight and closing connections all fit in it
+    /// (docs/OPERATIONS.md says how it is shared). Set a supervisor's kill timeout above it.
+    #[arg(long, env = "ORDERSVC_SHUTDOWN_TIMEOUT", default_value = "15", value_parser = config::parse_seconds)]
+    pub shutdown_timeout: Duration,
 }
 
-/// Runs the service.
-pub fn run(args: ServeArgs) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("ingest")
-        .enable_all()
-        .build()
-        .wrap_err("cannot start the async runtime")?;
+/// Runs the service until SIGTERM or SIGINT.
+pub fn run(settings: ServeArgs) -> Result<()> {
+    let app = App::build(settings)?;
+    info!(addr = %app.local_addr(), "listening on http://{}", app.local_addr());
+    app.run_until_stopped(signalled())
+}
 
-    let (store, client) = runtime.block_on(async {
-        let store = Store::open(&args.db.database_url).await?;
-        let client = bus::connect(&args.nats.nats_url, "ordersvc serve").await?;
-        Ok::<_, color_eyre::Report>((store, client))
-    })?;
+/// The service, built and serving HTTP, not yet restored or ingesting.
+pub struct App {
+    settings: ServeArgs,
+    /// The ingest runtime: one worker thread for ingest and the monitor; `block_on` runs the
+    /// restore on the calling thread.
+    runtime: tokio::runtime::Runtime,
+    /// Ingest's database (restore and batches); HTTP has a pool of its own.
+    store: Store,
+    /// The NATS connection; its buffered acks are flushed at stop.
+    client: async_nats::Client,
+    cache: Arc<Cache>,
+    metrics: Arc<Metrics>,
+    http: HttpServer,
+    /// The cache writer's input; ingest gets a clone, and the writer ends when both are dropped.
+    cache_tx: Sender<cache::Batch>,
+    writer: JoinHandle<()>,
+    /// Ingest's two health facts (the monitor already has its own).
+    commit: Reporter,
+    subscription: Reporter,
+    trigger: Trigger,
+    shutdown: Shutdown,
+}
 
-    let cache = Arc::new(Cache::new(args.cache_max_bytes));
-    let health = Arc::new(Health::new());
-    let metrics = Arc::new(Metrics::new(&cache));
-    let (cache_tx, cache_rx) = crossbeam_channel::bounded(CACHE_QUEUE);
-    let writer = cache::spawn_writer(cache.clone(), cache_rx)?;
+impl App {
+    /// Connects to PostgreSQL (creating and migrating the database if needed) and NATS, starts
+    /// the cache writer, the health monitor and HTTP.
+    pub fn build(settings: ServeArgs) -> Result<App> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("ingest")
+            .enable_all()
+            .build()
+            .wrap_err("cannot start the async runtime")?;
+        let (store, client) = runtime.block_on(async {
+            let store = Store::open(&settings.db.database_url).await?;
+            let client = bus::connect(&settings.nats.nats_url, "ordersvc serve").await?;
+            Ok::<_, color_eyre::Report>((store, client))
+        })?;
 
-    let state = Arc::new(AppState {
-        cache: cache.clone(),
-        health: health.clone(),
-        store: store.clone(),
-        runtime: runtime.handle().clone(),
-        metrics: metrics.clone(),
-    });
-    let limits = Limits {
-        max_connections: args.http_max_connections,
-        timeout: args.http_timeout,
-    };
-    let http = HttpServer::start(
-        args.http_addr,
-        usize::from(args.http_workers),
-        limits,
-        state,
-    )?;
-    info!(addr = %http.local_addr(), "listening on http://{}", http.local_addr());
+        let cache = Arc::new(Cache::new(settings.cache_max_bytes));
+        let (health, reporters) = Health::new();
+        let metrics = Arc::new(Metrics::new(&cache));
+        let (cache_tx, cache_rx) = crossbeam_channel::bounded(CACHE_QUEUE);
+        let writer = cache::spawn_writer(cache.clone(), cache_rx)?;
+        let state = Arc::new(AppState {
+            cache: cache.clone(),
+            health,
+            store: store.clone(),
+            runtime: runtime.handle().clone(),
+            metrics: metrics.clone(),
+        });
+        let limits = Limits {
+            max_connections: settings.http_max_connections,
+            timeout: settings.http_timeout,
+        };
+        let http = HttpServer::start(
+            settings.http_addr,
+            usize::from(settings.http_workers),
+            limits,
+            state,
+        )?;
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    // The JetStream context spawns a task, so it must be made inside the runtime.
-    let _in_runtime = runtime.enter();
-    let ingest = Ingest {
-        js: async_nats::jetstream::new(client.clone()),
-        nats: args.nats.clone(),
-        durable: args.durable.clone(),
-        batch_size: usize::from(args.batch_size),
-        store: store.clone(),
-        cache_tx: cache_tx.clone(),
-        health: health.clone(),
-        metrics: metrics.clone(),
-    };
-    let result = runtime.block_on(async {
-        let signals = tokio::spawn(wait_for_signal(stop_tx));
-        restore(&store, &cache, &metrics).await?;
-        drop(cache_tx);
-        tokio::spawn(monitor(
-            store.clone(),
-            client.clone(),
-            health.clone(),
-            stop_rx.clone(),
+        let (trigger, shutdown) = shutdown::channel();
+        let nats = client.clone();
+        runtime.spawn(health::monitor(
+            store.probe(),
+            move || match nats.connection_state() {
+                async_nats::connection::State::Connected => None,
+                other => Some(format!("connection {other}")),
+            },
+            reporters.database,
+            reporters.connection,
+            shutdown.clone(),
         ));
-        // On the runtime's worker thread, not on this one: that is the ingest thread.
-        let totals = tokio::spawn(ingest.run(stop_rx))
-            .await
-            .map_err(|e| eyre!("the ingest task failed: {e}"))??;
-        info!(
-            received = totals.received,
-            stored = totals.stored,
-            duplicates = totals.duplicates,
-            rejected = totals.rejected,
-            "ingest stopped"
-        );
+        Ok(App {
+            settings,
+            runtime,
+            store,
+            client,
+            cache,
+            metrics,
+            http,
+            cache_tx,
+            writer,
+            commit: reporters.commit,
+            subscription: reporters.subscription,
+            trigger,
+            shutdown,
+        })
+    }
+
+    /// The HTTP address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.http.local_addr()
+    }
+
+    /// Restores the cache, then ingests until `stop` resolves (or ingest fails), then stops
+    /// within `--shutdown-timeout`.
+    pub fn run_until_stopped(self, stop: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+        let budget = StopBudget::of(self.settings.shutdown_timeout);
+        let shutdown = self.shutdown.clone();
+        let trigger = self.trigger;
+        // The JetStream context spawns a task, so it must be made inside the runtime.
+        let js = {
+            let _in_runtime = self.runtime.enter();
+            async_nats::jetstream::new(self.client.clone())
+        };
+        let ingest = Ingest {
+            js,
+            nats: self.settings.nats.clone(),
+            durable: self.settings.durable.clone(),
+            batch_size: usize::from(self.settings.batch_size),
+            store: self.store.clone(),
+            cache_tx: self.cache_tx.clone(),
+            commit: self.commit,
+            subscription: self.subscription,
+            metrics: self.metrics.clone(),
+            grace: budget.batch,
+        };
+        let (store, cache, metrics) = (&self.store, &self.cache, &self.metrics);
+        let ran = self.runtime.block_on(async {
+            let stopping = tokio::spawn(async move {
+                stop.await;
+                trigger.trigger();
+            });
+            let ran = async {
+                let restored =
+                    cache::restore(store, cache, &metrics.restored_orders, &shutdown).await?;
+                if restored == Restored::Stopped {
+                    info!("stopped while restoring the cache");
+                    return Ok(());
+                }
+                // On the runtime's worker thread, not on this one: that is the ingest thread.
+                let totals = tokio::spawn(ingest.run(shutdown.clone()))
+                    .await
+                    .map_err(|e| eyre!("the ingest task failed: {e}"))??;
+                info!(
+                    received = totals.received,
+                    stored = totals.stored,
+                    duplicates = totals.duplicates,
+                    rejected = totals.rejected,
+                    "ingest stopped"
+                );
+                Ok::<_, color_eyre::Report>(())
+            }
+            .await;
+            // Whatever ended the run, every other task now stops too.
+            stopping.abort();
+            ran
+        });
+        Stopping {
+            runtime: self.runtime,
+            client: self.client,
+            http: self.http,
+            cache_tx: self.cache_tx,
+            writer: self.writer,
+            store: self.store,
+        }
+        .stop(budget);
+        ran
+    }
+}
+
+/// What is left to stop once ingest has ended: each step within its share of the budget.
+struct Stopping {
+    runtime: tokio::runtime::Runtime,
+    client: async_nats::Client,
+    http: HttpServer,
+    cache_tx: Sender<cache::Batch>,
+    writer: JoinHandle<()>,
+    store: Store,
+}
+
+impl Stopping {
+    fn stop(self, budget: StopBudget) {
         // Acks are buffered by the client: send them before the connection goes away (but do
         // not wait on a NATS that is gone: unsent acks only mean redeliveries).
-        match tokio::time::timeout(STOP_WAIT, client.flush()).await {
+        let flushed = self
+            .runtime
+            .block_on(async { tokio::time::timeout(budget.acks, self.client.flush()).await });
+        match flushed {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => warn!(error = %e, "could not flush the last acks; those messages will be redelivered"),
-            Err(_) => warn!("NATS did not take the last acks in time; those messages will be redelivered"),
-        }
-        signals.abort();
-        Ok::<_, color_eyre::Report>(())
-    });
-
-    http.shutdown();
-    let _ = writer.join();
-    // A connection whose statement was abandoned at shutdown (stuck on a lock, say) would keep
-    // close() waiting for PostgreSQL; exiting closes it anyway, and PostgreSQL rolls it back.
-    let closed = runtime.block_on(async { tokio::time::timeout(STOP_WAIT, store.close()).await });
-    if closed.is_err() {
-        warn!("PostgreSQL connections did not close in time; exiting anyway");
-    }
-    runtime.shutdown_timeout(STOP_WAIT);
-    result
-}
-
-/// Loads stored orders into the cache, streamed, then marks the cache restored. With a byte
-/// bound, the newest orders are loaded until the bound is reached; the rest is read on demand.
-async fn restore(store: &Store, cache: &Cache, metrics: &Metrics) -> Result<()> {
-    let started = Instant::now();
-    let total = store
-        .count_orders()
-        .await
-        .wrap_err("cannot count stored orders")?;
-    info!(
-        orders = total,
-        max_bytes = cache.max_bytes(),
-        "restoring the cache from PostgreSQL"
-    );
-    let mut rows = match cache.max_bytes() {
-        None => store.documents(),
-        Some(_) => store.documents_newest_first(),
-    };
-    let mut chunk = Vec::with_capacity(RESTORE_CHUNK);
-    let mut loaded = 0u64;
-    // Counted here, not read from the cache: the cache evicts to stay within its bound, so its
-    // own byte count never says "full".
-    let mut loaded_bytes = 0u64;
-    let mut last_log = Instant::now();
-    let mut stopped_early = false;
-    while let Some(row) = rows.next().await {
-        let (uid, document) = row.wrap_err("cannot read stored orders")?;
-        match OrderUid::parse(&uid) {
-            Ok(uid) => {
-                loaded_bytes += document.len() as u64;
-                chunk.push((uid, document));
+            Ok(Err(e)) => {
+                warn!(error = %e, "could not flush the last acks; those messages will be redelivered")
             }
-            // The table's CHECK constraint makes this impossible; skip rather than refuse to start.
-            Err(e) => warn!(error = %e, "skipping a stored order with an invalid id"),
-        }
-        if chunk.len() == RESTORE_CHUNK {
-            loaded += chunk.len() as u64;
-            let full = std::mem::replace(&mut chunk, Vec::with_capacity(RESTORE_CHUNK));
-            // Nothing else runs on the runtime yet; inserting here keeps at most one chunk in flight.
-            tokio::task::block_in_place(|| cache.insert_batch(full));
-            metrics
-                .restored_orders
-                .set(i64::try_from(loaded).unwrap_or(i64::MAX));
-            if last_log.elapsed() > Duration::from_secs(2) {
-                info!(loaded, total, "restoring the cache");
-                last_log = Instant::now();
-            }
-            if cache.max_bytes().is_some_and(|max| loaded_bytes >= max) {
-                stopped_early = true;
-                break;
+            Err(_) => {
+                warn!("NATS did not take the last acks in time; those messages will be redelivered")
             }
         }
-    }
-    drop(rows);
-    loaded += chunk.len() as u64;
-    tokio::task::block_in_place(|| cache.insert_batch(chunk));
-    metrics
-        .restored_orders
-        .set(i64::try_from(loaded).unwrap_or(i64::MAX));
-    if stopped_early || (cache.len() as u64) < loaded {
-        cache.mark_incomplete();
-    }
-    cache.mark_restored();
-    info!(
-        orders = cache.len(),
-        bytes = cache.bytes(),
-        complete = cache.is_complete(),
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "cache restored; ready"
-    );
-    Ok(())
-}
-
-/// Keeps `/readyz` honest while ingest is idle: checks PostgreSQL and the NATS connection every second.
-async fn monitor(
-    store: Store,
-    client: async_nats::Client,
-    health: Arc<Health>,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        tokio::select! {
-            _ = stop.changed() => return,
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        self.http.shutdown(budget.http);
+        // Ingest's clone went with it: this was the last sender, and the writer ends.
+        drop(self.cache_tx);
+        if self.writer.join().is_err() {
+            warn!("the cache writer panicked");
         }
-        match tokio::time::timeout(Duration::from_secs(2), store.ping()).await {
-            Ok(Ok(())) => health.set_db(None),
-            Ok(Err(e)) => health.set_db(Some(e.to_string())),
-            Err(_) => health.set_db(Some("no answer within 2 s".into())),
+        // A connection whose statement was abandoned (stuck on a lock, say) would keep close()
+        // waiting for PostgreSQL; exiting closes it anyway, and PostgreSQL rolls it back.
+        let closed = self
+            .runtime
+            .block_on(async { tokio::time::timeout(budget.database, self.store.close()).await });
+        if closed.is_err() {
+            warn!("PostgreSQL connections did not close in time; exiting anyway");
         }
-        match client.connection_state() {
-            async_nats::connection::State::Connected => health.set_nats(None),
-            other => health.set_nats(Some(format!("connection {other}"))),
-        }
+        self.runtime.shutdown_timeout(budget.runtime);
     }
 }
 
-/// Turns the first SIGINT or SIGTERM into a stop request.
-async fn wait_for_signal(stop: watch::Sender<bool>) {
+/// Resolves on the first SIGINT or SIGTERM (never, if the handlers cannot be installed).
+async fn signalled() {
     use tokio::signal::unix::{signal, SignalKind};
     let (mut term, mut int) = match (
         signal(SignalKind::terminate()),
@@ -269,12 +293,11 @@ async fn wait_for_signal(stop: watch::Sender<bool>) {
         (Ok(t), Ok(i)) => (t, i),
         _ => {
             warn!("cannot install signal handlers; stop the service with SIGKILL");
-            return;
+            return std::future::pending().await;
         }
     };
     tokio::select! {
         _ = term.recv() => info!("SIGTERM: finishing the batch in flight, then stopping"),
         _ = int.recv() => info!("SIGINT: finishing the batch in flight, then stopping"),
     }
-    let _ = stop.send(true);
 }

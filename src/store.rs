@@ -7,14 +7,14 @@ use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
 
-use bytes::Bytes;
 use color_eyre::eyre::{Result, WrapErr};
 use futures::stream::BoxStream;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 use time::OffsetDateTime;
 
-use crate::order::{Order, OrderUid, Rejection};
+use crate::batch::{self, Incoming, Rejected, Written};
+use crate::order::Order;
 
 /// The migrations under `migrations/`, embedded in the binary.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -24,46 +24,10 @@ const PROBE_UID: &str = "ordersvc-write-probe";
 /// A valid order like the producers' (the model's shape), for `probe_write`.
 const PROBE_DOCUMENT: &str = include_str!("../testdata/model.json");
 
-/// Reason recorded for a message whose order_uid is stored with other content (the design's wording).
-pub const CONFLICTING_DUPLICATE: &str = "conflicting duplicate";
-
 /// A handle on the service's database.
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: PgPool,
-}
-
-/// One message pulled from the stream, parsed or refused, waiting to be written.
-#[derive(Debug)]
-pub struct Incoming {
-    /// Stream sequence number of the message.
-    pub seq: u64,
-    /// Subject it was published on.
-    pub subject: String,
-    /// The payload as received.
-    pub raw: Bytes,
-    /// What `Order::parse` made of it.
-    pub parsed: Result<Order, Rejection>,
-}
-
-/// What happened to one message of a batch.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// A new order, now stored.
-    Stored,
-    /// The same order was already stored (or earlier in the batch): nothing written.
-    Duplicate,
-    /// Recorded in `rejected_messages`; the label says why (a `RejectKind` or `conflicting_duplicate`).
-    Rejected(&'static str),
-}
-
-/// A committed batch: one outcome per message, and the stored documents the cache must hold.
-#[derive(Debug, Default)]
-pub struct Written {
-    /// Outcomes, in the order of the batch.
-    pub outcomes: Vec<Outcome>,
-    /// (order_uid, stored document) for every order of the batch that is in the database.
-    pub to_cache: Vec<(OrderUid, String)>,
 }
 
 /// One row of the recent-orders list.
@@ -120,9 +84,15 @@ impl Store {
         Ok(Store { pool })
     }
 
-    /// Checks that PostgreSQL answers.
-    pub async fn ping(&self) -> Result<(), sqlx::Error> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map(drop)
+    /// A probe for the health monitor, on a connection of its own: never waiting in the pool's
+    /// queue, it tells an outage at once, however busy or stuck the pool is.
+    pub fn probe(&self) -> DbProbe {
+        DbProbe {
+            options: (*self.pool.connect_options())
+                .clone()
+                .application_name("ordersvc-probe"),
+            conn: None,
+        }
     }
 
     /// Writes one batch in one transaction: new orders, and a rejection record for every
@@ -133,14 +103,7 @@ impl Store {
         stream: &str,
         batch: &[Incoming],
     ) -> Result<Written, sqlx::Error> {
-        // The first message of the batch for each order_uid is the candidate for insertion; the
-        // others are compared with whatever ends up stored.
-        let mut first: HashMap<&str, usize> = HashMap::new();
-        for (i, m) in batch.iter().enumerate() {
-            if let Ok(order) = &m.parsed {
-                first.entry(order.uid().as_str()).or_insert(i);
-            }
-        }
+        let first = batch::candidates(batch);
         let mut candidates: Vec<&Order> = first
             .values()
             .filter_map(|&i| batch[i].parsed.as_ref().ok())
@@ -164,51 +127,7 @@ impl Store {
                 .into_iter()
                 .collect()
         };
-
-        let mut written = Written::default();
-        let mut rejected: Vec<(usize, &'static str, String)> = Vec::new();
-        for (i, m) in batch.iter().enumerate() {
-            let order = match &m.parsed {
-                Ok(order) => order,
-                Err(rejection) => {
-                    let kind = rejection.kind().as_str();
-                    rejected.push((i, kind, rejection.to_string()));
-                    written.outcomes.push(Outcome::Rejected(kind));
-                    continue;
-                }
-            };
-            let uid = order.uid().as_str();
-            let is_first = first.get(uid) == Some(&i);
-            if is_first && inserted.contains(uid) {
-                written.outcomes.push(Outcome::Stored);
-                written
-                    .to_cache
-                    .push((order.uid().clone(), order.document().to_owned()));
-                continue;
-            }
-            // The stored document: the earlier one in the database, or the candidate of this batch.
-            let winner = match existing.get(uid) {
-                Some(stored) => stored.as_str(),
-                None => match first.get(uid).map(|&j| &batch[j].parsed) {
-                    Some(Ok(candidate)) => candidate.document(),
-                    _ => order.document(),
-                },
-            };
-            if same_content(winner, order.document()) {
-                written.outcomes.push(Outcome::Duplicate);
-                if is_first {
-                    // Re-feed the cache: harmless if it has the order, a repair if it had not.
-                    written
-                        .to_cache
-                        .push((order.uid().clone(), winner.to_owned()));
-                }
-            } else {
-                rejected.push((i, "conflicting_duplicate", CONFLICTING_DUPLICATE.to_owned()));
-                written
-                    .outcomes
-                    .push(Outcome::Rejected("conflicting_duplicate"));
-            }
-        }
+        let (written, rejected) = batch::decide(batch, &first, &inserted, &existing);
         insert_rejections(&mut tx, stream, batch, &rejected).await?;
         tx.commit().await?;
         Ok(written)
@@ -242,7 +161,11 @@ impl Store {
             &mut tx,
             stream,
             std::slice::from_ref(message),
-            &[(0, "store_error", reason.to_owned())],
+            &[Rejected {
+                index: 0,
+                kind: "store_error",
+                reason: reason.to_owned(),
+            }],
         )
         .await?;
         tx.commit().await
@@ -374,6 +297,32 @@ impl Store {
     }
 }
 
+/// See `Store::probe`.
+pub struct DbProbe {
+    options: PgConnectOptions,
+    /// Kept between probes (a connect per probe would be most of its cost), dropped on any error.
+    conn: Option<PgConnection>,
+}
+
+impl DbProbe {
+    /// `Ok` when PostgreSQL answers a `SELECT 1` now (connecting first if needed). Unbounded
+    /// here: the health monitor bounds it.
+    pub async fn check(&mut self) -> Result<(), String> {
+        // Taken out first: if the caller's timeout drops this future mid-query, the half-used
+        // connection is gone with it and never reused.
+        let mut conn = match self.conn.take() {
+            Some(conn) => conn,
+            None => self.options.connect().await.map_err(|e| e.to_string())?,
+        };
+        sqlx::query("SELECT 1")
+            .execute(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.conn = Some(conn);
+        Ok(())
+    }
+}
+
 /// Inserts the candidate orders with one statement and returns the ids that were new.
 async fn insert_orders(
     tx: &mut PgConnection,
@@ -423,19 +372,25 @@ async fn insert_rejections(
     tx: &mut PgConnection,
     stream: &str,
     batch: &[Incoming],
-    rejected: &[(usize, &'static str, String)],
+    rejected: &[Rejected],
 ) -> Result<(), sqlx::Error> {
     if rejected.is_empty() {
         return Ok(());
     }
-    let seqs: Vec<i64> = rejected.iter().map(|r| seq_i64(batch[r.0].seq)).collect();
+    let seqs: Vec<i64> = rejected
+        .iter()
+        .map(|r| seq_i64(batch[r.index].seq))
+        .collect();
     let subjects: Vec<&str> = rejected
         .iter()
-        .map(|r| batch[r.0].subject.as_str())
+        .map(|r| batch[r.index].subject.as_str())
         .collect();
-    let kinds: Vec<&str> = rejected.iter().map(|r| r.1).collect();
-    let reasons: Vec<String> = rejected.iter().map(|r| column_text(&r.2)).collect();
-    let payloads: Vec<&[u8]> = rejected.iter().map(|r| batch[r.0].raw.as_ref()).collect();
+    let kinds: Vec<&str> = rejected.iter().map(|r| r.kind).collect();
+    let reasons: Vec<String> = rejected.iter().map(|r| column_text(&r.reason)).collect();
+    let payloads: Vec<&[u8]> = rejected
+        .iter()
+        .map(|r| batch[r.index].raw.as_ref())
+        .collect();
     sqlx::query(
         "INSERT INTO rejected_messages (stream, stream_seq, subject, kind, reason, payload) \
          SELECT $1, * FROM UNNEST($2::int8[], $3::text[], $4::text[], $5::text[], $6::bytea[]) \
@@ -450,21 +405,6 @@ async fn insert_rejections(
     .execute(&mut *tx)
     .await?;
     Ok(())
-}
-
-/// Two documents are the same order if they are the same bytes or the same JSON value
-/// (a producer that re-serialises with other spacing or key order is not in conflict).
-fn same_content(a: &str, b: &str) -> bool {
-    if a == b {
-        return true;
-    }
-    match (
-        serde_json::from_str::<serde_json::Value>(a),
-        serde_json::from_str::<serde_json::Value>(b),
-    ) {
-        (Ok(x), Ok(y)) => x == y,
-        _ => false,
-    }
 }
 
 /// PostgreSQL text cannot hold U+0000, which a JSON string may (as `\u0000`). The document keeps it
@@ -513,23 +453,6 @@ async fn create_database_if_missing(options: &PgConnectOptions) -> Result<()> {
     Ok(())
 }
 
-/// Drops a database (tests and tooling); connections to it are terminated first.
-pub async fn drop_database(database_url: &str) -> Result<()> {
-    let options = PgConnectOptions::from_str(database_url).wrap_err("invalid database URL")?;
-    let Some(name) = options.get_database().map(str::to_owned) else {
-        return Ok(());
-    };
-    let mut conn = options.database("postgres").connect().await?;
-    sqlx::query(&format!(
-        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-        quote_ident(&name)
-    ))
-    .execute(&mut conn)
-    .await
-    .wrap_err_with(|| format!("cannot drop database {name}"))?;
-    Ok(())
-}
-
 /// Quotes an SQL identifier.
 fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
@@ -549,15 +472,6 @@ pub fn redact(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn same_content_ignores_spacing_and_key_order_but_not_values() {
-        assert!(same_content(
-            r#"{"a":1,"b":[2]}"#,
-            r#"{ "b": [2], "a": 1 }"#
-        ));
-        assert!(!same_content(r#"{"a":1}"#, r#"{"a":2}"#));
-    }
 
     #[test]
     fn redact_hides_the_password_only() {

@@ -36,8 +36,6 @@ const _: () = assert!(MAX_HEAD_BYTES >= 8192);
 const MAX_HEADERS: usize = 64;
 /// How long a failing `accept` (out of file descriptors, say) waits before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
-/// Longest a shutdown waits for in-flight requests to be answered.
-const DRAIN_WAIT: Duration = Duration::from_secs(5);
 /// File descriptors kept for everything but served HTTP connections (PostgreSQL, NATS, logs, and
 /// connections being refused).
 const FD_RESERVE: u64 = 256 + REFUSING_AT_ONCE as u64;
@@ -120,11 +118,11 @@ impl HttpServer {
     }
 
     /// Stops accepting, lets every request in flight be answered (closing idle connections at
-    /// once), and waits for that at most `DRAIN_WAIT`.
-    pub fn shutdown(self) {
+    /// once), and waits for that at most `wait`.
+    pub fn shutdown(self, wait: Duration) {
         let _ = self.stop.send(true);
         let drained = self.runtime.block_on(async {
-            tokio::time::timeout(DRAIN_WAIT, self.slots.acquire_many(self.max_connections)).await
+            tokio::time::timeout(wait, self.slots.acquire_many(self.max_connections)).await
         });
         if drained.is_err() {
             warn!("some HTTP connections were still busy at shutdown; closing them");

@@ -45,13 +45,10 @@ fn assert_every_order_is_served(app: &TestApp, orders: &[(String, Vec<u8>)]) {
     }
 }
 
-/// `/readyz`'s status and its reason (empty when ready).
+/// `/readyz`'s status and its reasons, joined (empty when ready).
 fn readiness(app: &TestApp) -> (u16, String) {
-    let (status, _, body) = app.get("/readyz");
-    let json: serde_json::Value = serde_json::from_slice(&body)
-        .unwrap_or_else(|e| panic!("/readyz answered {status} without JSON ({e})"));
-    let reason = json["reason"].as_str().unwrap_or_default().to_owned();
-    (status, reason)
+    let (status, reasons) = app.readiness();
+    (status, reasons.join("; "))
 }
 
 /// Waits until `/readyz` answers 503 and returns its reason.

@@ -702,6 +702,55 @@ impl TestApp {
     }
 }
 
+impl TestApp {
+    /// `/readyz`: its status and its reasons (empty when ready), after checking that 200 and 503
+    /// answer the same JSON shape, with this process's cache count.
+    pub fn readiness(&self) -> (u16, Vec<String>) {
+        let (status, _, body) = self.get("/readyz");
+        let json: serde_json::Value = serde_json::from_slice(&body)
+            .unwrap_or_else(|e| panic!("/readyz answered {status} without JSON ({e})"));
+        let word = if status == 200 { "ready" } else { "not ready" };
+        assert_eq!(json["status"], word, "/readyz {status}: {json}");
+        assert!(
+            json["orders"].is_u64(),
+            "/readyz without its cache count: {json}"
+        );
+        let reasons: Vec<String> = json["reasons"]
+            .as_array()
+            .unwrap_or_else(|| panic!("/readyz without a reasons list: {json}"))
+            .iter()
+            .map(|reason| reason.as_str().unwrap_or_default().to_owned())
+            .collect();
+        assert_eq!(
+            reasons.is_empty(),
+            status == 200,
+            "/readyz {status} with the reasons {reasons:?}"
+        );
+        (status, reasons)
+    }
+
+    /// Creates a stream of the test's own (named with its suffix, deleted with the test) that
+    /// captures `subject`, so that the service's stream cannot be made on it.
+    pub fn take_subject_with_another_stream(&self, subject: &str) -> String {
+        let name = format!("BLOCKER_{}", self.suffix);
+        self.rt
+            .block_on(self.js.create_stream(jetstream::stream::Config {
+                name: name.clone(),
+                subjects: vec![subject.to_owned()],
+                ..Default::default()
+            }))
+            .expect("cannot create the blocking stream");
+        name
+    }
+
+    /// Deletes a stream made by `take_subject_with_another_stream`.
+    pub fn delete_other_stream(&self, name: &str) {
+        self.rt
+            .block_on(self.js.delete_stream(name))
+            .expect("cannot delete the blocking stream");
+    }
+}
+
 /// Publishes to a test's subject; made by `TestApp::publisher`.
 #[derive(Clone)]
 pub struct Publisher {
@@ -773,6 +822,9 @@ impl Drop for TestApp {
                 let _ = tokio::time::timeout(bounded, pool.close()).await;
             }
             let stream = tokio::time::timeout(bounded, self.js.delete_stream(&self.stream)).await;
+            // Made only by some tests; usually absent.
+            let blocker = format!("BLOCKER_{}", self.suffix);
+            let _ = tokio::time::timeout(bounded, self.js.delete_stream(&blocker)).await;
             let database = tokio::time::timeout(bounded, async {
                 let mut conn = PgConnection::connect(&maintenance).await?;
                 let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");

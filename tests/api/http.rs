@@ -127,17 +127,3 @@ fn other_methods_get_405_and_unknown_paths_404() {
         assert_eq!(status, 404, "GET {path}");
     }
 }
-
-#[test]
-fn healthz_and_readyz_answer_200_when_ready() {
-    // Arrange
-    let app = spawn_app();
-
-    // Act
-    let (health, _, _) = app.get("/healthz");
-    let (ready, _, body) = app.get("/readyz");
-
-    // Assert
-    assert_eq!(health, 200);
-    assert_eq!(ready, 200, "/readyz: {}", String::from_utf8_lossy(&body));
-}
