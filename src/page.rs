@@ -5,10 +5,12 @@
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header;
+use hyper::header::{self, HeaderValue};
 use hyper::Response;
 
-use crate::http::{set, Reply};
+/// A whole asset response. Built here with hyper alone, so that the page needs nothing of the
+/// `http` module that serves it.
+pub type Asset = Response<Full<Bytes>>;
 
 const INDEX_HTML: &str = include_str!("page/index.html");
 const APP_JS: &str = include_str!("page/app.js");
@@ -17,26 +19,31 @@ const APP_CSS: &str = include_str!("page/app.css");
 const CSP: &str = "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; img-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 /// The page itself.
-pub fn html() -> Reply {
+pub fn html() -> Asset {
     asset(INDEX_HTML, "text/html; charset=utf-8")
 }
 
 /// The page's script.
-pub fn script() -> Reply {
+pub fn script() -> Asset {
     asset(APP_JS, "text/javascript; charset=utf-8")
 }
 
 /// The page's style sheet.
-pub fn style() -> Reply {
+pub fn style() -> Asset {
     asset(APP_CSS, "text/css; charset=utf-8")
 }
 
-fn asset(body: &'static str, content_type: &'static str) -> Reply {
+fn asset(body: &'static str, content_type: &'static str) -> Asset {
     let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-    set(&mut response, header::CONTENT_TYPE, content_type);
-    set(&mut response, header::CONTENT_SECURITY_POLICY, CSP);
-    set(&mut response, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
-    set(&mut response, header::REFERRER_POLICY, "no-referrer");
-    set(&mut response, header::CACHE_CONTROL, "no-cache");
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (header::CONTENT_TYPE, content_type),
+        (header::CONTENT_SECURITY_POLICY, CSP),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::CACHE_CONTROL, "no-cache"),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
     response
 }
