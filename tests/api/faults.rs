@@ -10,11 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use sqlx::{Connection, PgConnection};
 
 use crate::helpers::{
-    model_with_uid, nats_addr, postgres_addr, spawn_app, spawn_app_with_options, with_ids,
-    SpawnOptions, TestApp,
+    generated_orders, model_with_uid, nats_addr, postgres_addr, spawn_app, spawn_app_with_options,
+    with_ids, OrdersLocked, SpawnOptions, TestApp,
 };
 use crate::proxy::Proxy;
 
@@ -25,17 +24,6 @@ const NATS_OUTAGE: Duration = Duration::from_secs(4);
 /// How long anything else here may take before the test gives up.
 const DEADLINE: Duration = Duration::from_secs(60);
 
-/// `n` copies of testdata/model.json, each with its own order_uid `{prefix}-{i}`.
-fn generated_orders(prefix: &str, n: usize) -> Vec<(String, Vec<u8>)> {
-    (0..n)
-        .map(|i| {
-            let uid = format!("{prefix}-{i:05}");
-            let message = model_with_uid(&uid);
-            (uid, message)
-        })
-        .collect()
-}
-
 /// Every order answers 200 with exactly the bytes that were published.
 fn assert_every_order_is_served(app: &TestApp, orders: &[(String, Vec<u8>)]) {
     for (uid, message) in orders {
@@ -43,26 +31,6 @@ fn assert_every_order_is_served(app: &TestApp, orders: &[(String, Vec<u8>)]) {
         assert_eq!(status, 200, "{uid}: {}", String::from_utf8_lossy(&body));
         assert!(&body == message, "{uid}: the body differs from the message");
     }
-}
-
-/// `/readyz`'s status and its reasons, joined (empty when ready).
-fn readiness(app: &TestApp) -> (u16, String) {
-    let (status, reasons) = app.readiness();
-    (status, reasons.join("; "))
-}
-
-/// Waits until `/readyz` answers 503 and returns its reason.
-fn wait_until_unready(app: &TestApp, what: &str) -> String {
-    let mut reason = String::new();
-    app.wait_until(
-        |app| {
-            let (status, why) = readiness(app);
-            reason = why;
-            status == 503
-        },
-        &format!("/readyz to answer 503 while {what}"),
-    );
-    reason
 }
 
 /// Sleeps until `instant` (at once if it has passed).
@@ -94,8 +62,11 @@ fn orders_published_while_postgres_is_unreachable_are_all_stored_once_it_returns
 
         // Assert, during the outage: not ready (with the reason), reads go on from the cache,
         // and nothing is acked.
-        let reason = wait_until_unready(&app, "PostgreSQL is unreachable");
-        assert!(reason.contains("PostgreSQL"), "the reason: {reason:?}");
+        let reasons = app.wait_until_unready("PostgreSQL is unreachable");
+        assert!(
+            reasons.iter().any(|r| r.contains("PostgreSQL")),
+            "the reasons: {reasons:?}"
+        );
         // A batch committed just before the cut may still be acked: let its acks land first.
         std::thread::sleep(Duration::from_secs(1));
         let ack_floor = app.consumer_info().ack_floor.stream_sequence;
@@ -112,7 +83,7 @@ fn orders_published_while_postgres_is_unreachable_are_all_stored_once_it_returns
                 &body == stored_before_body,
                 "{stored_before} during the outage"
             );
-            assert_eq!(readiness(&app).0, 503, "/readyz during the outage");
+            assert_eq!(app.readiness().0, 503, "/readyz during the outage");
             assert_eq!(
                 app.consumer_info().ack_floor.stream_sequence,
                 ack_floor,
@@ -140,7 +111,10 @@ fn assert_recovered_with_every_order_stored_once(app: &TestApp, orders: &[(Strin
     let rejected = app.rejected();
     assert!(rejected.is_empty(), "rejections: {:?}", rejected.first());
     assert_every_order_is_served(app, orders);
-    app.wait_until(|app| readiness(app).0 == 200, "/readyz to answer 200 again");
+    app.wait_until(
+        |app| app.readiness().0 == 200,
+        "/readyz to answer 200 again",
+    );
 }
 
 #[test]
@@ -166,8 +140,11 @@ fn a_cut_nats_connection_mid_ingest_loses_nothing() {
         app.publish_many(with_ids(second_half));
 
         // Assert, during the outage: not ready, naming NATS.
-        let reason = wait_until_unready(&app, "NATS is unreachable");
-        assert!(reason.contains("NATS"), "the reason: {reason:?}");
+        let reasons = app.wait_until_unready("NATS is unreachable");
+        assert!(
+            reasons.iter().any(|r| r.contains("NATS")),
+            "the reasons: {reasons:?}"
+        );
         assert!(
             (app.orders_count() as usize) < orders.len(),
             "everything was stored before the outage: it tested nothing"
@@ -180,54 +157,6 @@ fn a_cut_nats_connection_mid_ingest_loses_nothing() {
 
     // Assert
     assert_recovered_with_every_order_stored_once(&app, &orders);
-}
-
-/// A transaction of the test's own that holds an exclusive lock on `orders`: every write of the
-/// service waits for it, with its query in flight and no answer (while pings still succeed).
-struct OrdersLocked {
-    // Before the runtime: the connection is dropped inside it.
-    conn: Option<PgConnection>,
-    rt: tokio::runtime::Runtime,
-}
-
-impl OrdersLocked {
-    fn take(database_url: &str) -> OrdersLocked {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a runtime for the lock");
-        let conn = rt.block_on(async {
-            let mut conn = PgConnection::connect(database_url).await?;
-            sqlx::query("BEGIN").execute(&mut conn).await?;
-            sqlx::query("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
-                .execute(&mut conn)
-                .await?;
-            Ok::<_, sqlx::Error>(conn)
-        });
-        OrdersLocked {
-            conn: Some(conn.expect("cannot lock the orders table")),
-            rt,
-        }
-    }
-
-    fn release(mut self) {
-        if let Some(mut conn) = self.conn.take() {
-            self.rt
-                .block_on(async {
-                    sqlx::query("ROLLBACK").execute(&mut conn).await?;
-                    conn.close().await
-                })
-                .expect("cannot release the lock");
-        }
-    }
-}
-
-impl Drop for OrdersLocked {
-    fn drop(&mut self) {
-        // Closing the connection ends the transaction, and with it the lock.
-        let _inside = self.rt.enter();
-        drop(self.conn.take());
-    }
 }
 
 #[test]

@@ -729,6 +729,20 @@ impl TestApp {
         (status, reasons)
     }
 
+    /// Waits until `/readyz` answers 503 and returns its reasons.
+    pub fn wait_until_unready(&self, what: &str) -> Vec<String> {
+        let mut reasons = Vec::new();
+        self.wait_until(
+            |app| {
+                let (status, now) = app.readiness();
+                reasons = now;
+                status == 503
+            },
+            &format!("/readyz to answer 503 while {what}"),
+        );
+        reasons
+    }
+
     /// Creates a stream of the test's own (named with its suffix, deleted with the test) that
     /// captures `subject`, so that the service's stream cannot be made on it.
     pub fn take_subject_with_another_stream(&self, subject: &str) -> String {
@@ -748,6 +762,65 @@ impl TestApp {
         self.rt
             .block_on(self.js.delete_stream(name))
             .expect("cannot delete the blocking stream");
+    }
+}
+
+/// `n` copies of testdata/model.json, each with its own order_uid `{prefix}-{i}`.
+pub fn generated_orders(prefix: &str, n: usize) -> Vec<(String, Vec<u8>)> {
+    (0..n)
+        .map(|i| {
+            let uid = format!("{prefix}-{i:05}");
+            let message = model_with_uid(&uid);
+            (uid, message)
+        })
+        .collect()
+}
+
+/// A transaction of the test's own that holds an exclusive lock on `orders`: every write of the
+/// service waits for it, with its query in flight and no answer (while pings still succeed).
+pub struct OrdersLocked {
+    // Before the runtime: the connection is dropped inside it.
+    conn: Option<PgConnection>,
+    rt: tokio::runtime::Runtime,
+}
+
+impl OrdersLocked {
+    pub fn take(database_url: &str) -> OrdersLocked {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for the lock");
+        let conn = rt.block_on(async {
+            let mut conn = PgConnection::connect(database_url).await?;
+            sqlx::query("BEGIN").execute(&mut conn).await?;
+            sqlx::query("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
+                .execute(&mut conn)
+                .await?;
+            Ok::<_, sqlx::Error>(conn)
+        });
+        OrdersLocked {
+            conn: Some(conn.expect("cannot lock the orders table")),
+            rt,
+        }
+    }
+
+    pub fn release(mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            self.rt
+                .block_on(async {
+                    sqlx::query("ROLLBACK").execute(&mut conn).await?;
+                    conn.close().await
+                })
+                .expect("cannot release the lock");
+        }
+    }
+}
+
+impl Drop for OrdersLocked {
+    fn drop(&mut self) {
+        // Closing the connection ends the transaction, and with it the lock.
+        let _inside = self.rt.enter();
+        drop(self.conn.take());
     }
 }
 

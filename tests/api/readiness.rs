@@ -5,11 +5,9 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sqlx::{Connection, PgConnection};
-
 use crate::helpers::{
-    model_with_uid, postgres_addr, spawn_app, spawn_app_with_options, with_ids, SpawnOptions,
-    TestApp,
+    generated_orders, model_with_uid, postgres_addr, spawn_app, spawn_app_with_options, with_ids,
+    OrdersLocked, SpawnOptions, TestApp,
 };
 use crate::proxy::Proxy;
 
@@ -20,13 +18,7 @@ const DEADLINE: Duration = Duration::from_secs(60);
 fn readyz_counts_the_cached_orders_and_healthz_answers_while_alive() {
     // Arrange
     let app = spawn_app();
-    let orders: Vec<(String, Vec<u8>)> = (0..3)
-        .map(|i| {
-            let uid = format!("ready-{i}");
-            let message = model_with_uid(&uid);
-            (uid, message)
-        })
-        .collect();
+    let orders = generated_orders("ready", 3);
     app.publish_many(with_ids(&orders));
     for (uid, _) in &orders {
         app.wait_for_order(uid);
@@ -62,15 +54,7 @@ fn readyz_turns_503_with_the_reason_when_postgres_goes_away_on_an_idle_service_a
     // Act: PostgreSQL goes away, and nothing is being ingested to notice it.
     db.cut();
     let cut = Instant::now();
-    let mut reasons = Vec::new();
-    app.wait_until(
-        |app| {
-            let (status, now) = app.readiness();
-            reasons = now;
-            status == 503
-        },
-        "/readyz to answer 503 after PostgreSQL went away",
-    );
+    let reasons = app.wait_until_unready("PostgreSQL is away");
     // Not asserted (timing on a shared machine is no test), but shown: the monitor's own
     // bounded probe, not the pool's 5 s acquire timeout, is what notices it.
     eprintln!("/readyz answered 503 {:?} after the cut", cut.elapsed());
@@ -105,15 +89,7 @@ fn readyz_stays_503_while_ingest_cannot_subscribe_and_recovers_when_it_can() {
 
     // Act + Assert: not ready, with the reason, on every sample (the monitor that sees the
     // connection up must not overwrite ingest's news).
-    let mut reasons = Vec::new();
-    app.wait_until(
-        |app| {
-            let (status, now) = app.readiness();
-            reasons = now;
-            status == 503
-        },
-        "/readyz to answer 503 while ingest cannot subscribe",
-    );
+    let reasons = app.wait_until_unready("ingest cannot subscribe");
     assert!(
         reasons
             .iter()
@@ -150,50 +126,13 @@ fn readyz_stays_503_while_ingest_cannot_subscribe_and_recovers_when_it_can() {
     app.wait_for_order("after-blocker");
 }
 
-/// Holds an exclusive lock on `orders` in the test database until dropped: the restore's first
-/// query waits on it for as long as the test likes.
-struct TableLock {
-    rt: tokio::runtime::Runtime,
-    conn: Option<PgConnection>,
-}
-
-impl TableLock {
-    fn take(database_url: &str) -> TableLock {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a runtime");
-        let conn = rt.block_on(async {
-            let mut conn = PgConnection::connect(database_url).await?;
-            sqlx::query("BEGIN").execute(&mut conn).await?;
-            sqlx::query("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
-                .execute(&mut conn)
-                .await?;
-            Ok::<_, sqlx::Error>(conn)
-        });
-        TableLock {
-            conn: Some(conn.expect("cannot lock the orders table")),
-            rt,
-        }
-    }
-}
-
-impl Drop for TableLock {
-    fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            // Closing the connection rolls the transaction back and frees the lock.
-            let _ = self.rt.block_on(conn.close());
-        }
-    }
-}
-
 #[test]
 fn sigterm_during_the_cache_restore_stops_the_service_cleanly() {
     // Arrange: a database and stream set up by a first run, then locked so that the next
     // run's restore waits.
     let mut app = spawn_app();
     assert!(app.terminate().success());
-    let lock = TableLock::take(&app.database_url);
+    let lock = OrdersLocked::take(&app.database_url);
 
     let mut child = serve_command(&app)
         .spawn()
