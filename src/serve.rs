@@ -87,13 +87,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let (cache_tx, cache_rx) = crossbeam_channel::bounded(CACHE_QUEUE);
     let writer = cache::spawn_writer(cache.clone(), cache_rx)?;
 
-    let state = Arc::new(AppState {
+    let state = AppState {
         cache: cache.clone(),
         health: health.clone(),
-        store: store.clone(),
-        runtime: runtime.handle().clone(),
         metrics: metrics.clone(),
-    });
+    };
     let limits = Limits {
         max_connections: args.http_max_connections,
         timeout: args.http_timeout,
@@ -102,6 +100,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         args.http_addr,
         usize::from(args.http_workers),
         limits,
+        &args.db.database_url,
         state,
     )?;
     info!(addr = %http.local_addr(), "listening on http://{}", http.local_addr());
