@@ -380,12 +380,16 @@ async fn rejected(query: &str, shared: &Shared) -> Reply {
         Some(Ok(id)) => Some(id),
         Some(Err(_)) => return bad_request("before must be the id of a rejected message"),
     };
+    let limit = paging.limit;
     let (health, store) = (&shared.state.health, &shared.store);
-    let rows = match db_call(health, store.rejected(paging.limit, before)).await {
+    // One row more than the page: it tells whether an older page exists.
+    let mut rows = match db_call(health, store.rejected(limit + 1, before)).await {
         Ok(rows) => rows,
         Err(e) => return json_response(503, &json!({ "error": e })),
     };
-    let next = if rows.len() as i64 == paging.limit {
+    let more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    let next = if more {
         rows.last().map(|r| r.id)
     } else {
         None
