@@ -13,5 +13,6 @@ mod orders_list;
 mod page;
 mod proxy;
 mod publish_command;
+mod readers;
 mod replay;
 mod restart;
