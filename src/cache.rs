@@ -2,8 +2,9 @@
 //!
 //! One cache-writer thread fills it (from the restore at start, then from committed ingest
 //! batches); the HTTP worker threads read it, and with a byte bound they also fill it on a miss
-//! from PostgreSQL. Bodies are shared (`Arc`), so a response is written straight from the cache
-//! without copying or re-serialising.
+//! from PostgreSQL (one load per missing order: `flight`). Everything here is synchronous but
+//! that miss path, which awaits PostgreSQL on the HTTP runtime. Bodies are shared (`Arc`), so a
+//! response is written straight from the cache without copying or re-serialising.
 //!
 //! Memory: an entry is one `Arc` holding the order_uid and the body in one buffer, and its
 //! entity tag as a number; the table holds only pointers. That keeps the cost per order near
@@ -15,12 +16,12 @@
 //! entries once. Orders that are read again stay; one-off reads pass through.
 
 use std::collections::hash_map::RandomState;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use color_eyre::eyre::{Result, WrapErr};
 use crossbeam_channel::Receiver;
@@ -29,12 +30,10 @@ use prometheus_client::metrics::counter::Counter;
 
 use crate::order::OrderUid;
 
+mod flight;
 mod restore;
 
 pub use self::restore::{restore, Restored};
-
-/// Longest a request waits for another request's load of the same order.
-const FLIGHT_WAIT: Duration = Duration::from_secs(5);
 
 /// One cached order: its id and body in one buffer, and its entity tag.
 #[derive(Debug)]
@@ -128,20 +127,14 @@ pub struct Cache {
     restored: AtomicBool,
     /// True while every stored order is in memory: a miss is then a real 404.
     complete: AtomicBool,
-    flights: Mutex<HashMap<OrderUid, Arc<Flight>>>,
+    /// Loads of missing orders from PostgreSQL, one per order.
+    flights: flight::Flights,
     /// Hit, miss and eviction counts.
     pub stats: Stats,
 }
 
 /// What a load from the database gave: the order, none, or why it failed.
 pub type Loaded = Result<Option<Arc<Entry>>, String>;
-
-/// One load of one order from the database, which other requests for it wait for.
-#[derive(Debug, Default)]
-struct Flight {
-    result: Mutex<Option<Loaded>>,
-    done: Condvar,
-}
 
 impl Default for Cache {
     fn default() -> Cache {
@@ -158,7 +151,7 @@ impl Cache {
             max_bytes,
             restored: AtomicBool::new(false),
             complete: AtomicBool::new(true),
-            flights: Mutex::default(),
+            flights: flight::Flights::default(),
             stats: Stats::default(),
         }
     }
@@ -186,12 +179,17 @@ impl Cache {
     }
 
     /// Looks an order up, and on a miss, if memory may not hold every order, loads it with
-    /// `load` (once, however many requests ask for it at the same time) and keeps it.
-    pub fn get_or_load(
-        &self,
+    /// `load` (once, however many requests ask for it at the same time, in a task of its own) and
+    /// keeps it. A load that fails, panics or never finishes is an error for every request that
+    /// waits for it, and the next request loads again.
+    pub async fn get_or_load<F>(
+        self: &Arc<Self>,
         uid: &OrderUid,
-        load: impl FnOnce() -> Result<Option<String>, String>,
-    ) -> Loaded {
+        load: impl FnOnce() -> F,
+    ) -> Loaded
+    where
+        F: Future<Output = Result<Option<String>, String>> + Send + 'static,
+    {
         if let Some(entry) = self.get(uid.as_str()) {
             return Ok(Some(entry));
         }
@@ -199,39 +197,20 @@ impl Cache {
             return Ok(None);
         }
         self.stats.misses.inc();
-        let (flight, leader) = {
-            let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
-            match flights.get(uid) {
-                Some(flight) => (flight.clone(), false),
-                None => {
-                    let flight = Arc::new(Flight::default());
-                    flights.insert(uid.clone(), flight.clone());
-                    (flight, true)
+        let cache = self.clone();
+        let key = uid.clone();
+        self.flights
+            .join(uid, move || {
+                let document = load();
+                async move {
+                    // Kept by the load's task itself, so that the order is cached even if every
+                    // request that wanted it is gone by then.
+                    Ok(document
+                        .await?
+                        .map(|document| cache.insert(&key, &document)))
                 }
-            }
-        };
-        if leader {
-            let result = match load() {
-                Ok(Some(document)) => Ok(Some(self.insert(uid, &document))),
-                Ok(None) => Ok(None),
-                Err(e) => Err(e),
-            };
-            *flight.result.lock().unwrap_or_else(|e| e.into_inner()) = Some(result.clone());
-            flight.done.notify_all();
-            self.flights
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(uid);
-            return result;
-        }
-        let guard = flight.result.lock().unwrap_or_else(|e| e.into_inner());
-        let (guard, _) = flight
-            .done
-            .wait_timeout_while(guard, FLIGHT_WAIT, |result| result.is_none())
-            .unwrap_or_else(|e| e.into_inner());
-        guard
-            .clone()
-            .unwrap_or_else(|| Err("timed out waiting for PostgreSQL".into()))
+            })
+            .await
     }
 
     /// Inserts one order (or returns the one already there: orders are immutable).
@@ -386,6 +365,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::AtomicU64;
+    use std::time::Duration;
+
+    use futures::future::{BoxFuture, FutureExt};
 
     use super::*;
 
@@ -469,68 +451,190 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_miss_on_an_incomplete_cache_loads_once_and_keeps_the_order() {
-        let cache = Cache::new(Some(1_000));
+    /// A bounded cache that does not hold every order: a miss asks the loader.
+    fn incomplete() -> Arc<Cache> {
+        let cache = Arc::new(Cache::new(Some(1_000)));
         cache.mark_incomplete();
-        let loads = AtomicU64::new(0);
-        let load = || {
-            loads.fetch_add(1, Ordering::Relaxed);
-            Ok(Some("{\"doc\":1}".to_owned()))
-        };
+        cache
+    }
+
+    /// The loader a request would pass: a document, after `delay`.
+    fn loader(
+        loads: &Arc<AtomicU64>,
+        delay: Duration,
+        document: &str,
+    ) -> impl FnOnce() -> BoxFuture<'static, Result<Option<String>, String>> {
+        let (loads, document) = (loads.clone(), document.to_owned());
+        move || {
+            async move {
+                loads.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(delay).await;
+                Ok(Some(document))
+            }
+            .boxed()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_miss_on_an_incomplete_cache_loads_once_and_keeps_the_order() {
+        let cache = incomplete();
+        let loads = Arc::new(AtomicU64::new(0));
         let first = cache
-            .get_or_load(&uid("far"), load)
+            .get_or_load(&uid("far"), loader(&loads, Duration::ZERO, "{\"doc\":1}"))
+            .await
             .expect("loaded")
             .expect("found");
         assert_eq!(first.body(), b"{\"doc\":1}");
         let again = cache
-            .get_or_load(&uid("far"), || {
+            .get_or_load(&uid("far"), || async {
                 panic!("a cached order must not be loaded again")
             })
+            .await
             .expect("cached")
             .expect("found");
         assert!(Arc::ptr_eq(&first, &again));
         assert_eq!(loads.load(Ordering::Relaxed), 1);
     }
 
-    #[test]
-    fn concurrent_misses_for_one_order_make_one_load() {
-        let cache = Arc::new(Cache::new(Some(1_000)));
-        cache.mark_incomplete();
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_misses_for_one_order_make_one_load() {
+        let cache = incomplete();
         let loads = Arc::new(AtomicU64::new(0));
-        let barrier = Arc::new(std::sync::Barrier::new(8));
-        let threads: Vec<_> = (0..8)
+        let barrier = Arc::new(tokio::sync::Barrier::new(8));
+        let requests: Vec<_> = (0..8)
             .map(|_| {
-                let (cache, loads, barrier) = (cache.clone(), loads.clone(), barrier.clone());
-                std::thread::spawn(move || {
-                    barrier.wait();
-                    cache.get_or_load(&uid("same"), || {
-                        loads.fetch_add(1, Ordering::Relaxed);
-                        // Long enough for the others to find this load in flight.
-                        std::thread::sleep(Duration::from_millis(200));
-                        Ok(Some("doc".to_owned()))
-                    })
+                let (cache, barrier) = (cache.clone(), barrier.clone());
+                // Long enough for the others to find this load in flight.
+                let load = loader(&loads, Duration::from_millis(200), "doc");
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    cache.get_or_load(&uid("same"), load).await
                 })
             })
             .collect();
-        for thread in threads {
-            let entry = thread
-                .join()
+        for request in requests {
+            let entry = request
+                .await
                 .expect("no panic")
                 .expect("loaded")
                 .expect("found");
             assert_eq!(entry.body(), b"doc");
         }
         assert_eq!(loads.load(Ordering::Relaxed), 1);
+        assert_eq!(cache.flights.len(), 0);
     }
 
-    #[test]
-    fn a_complete_cache_answers_a_miss_without_loading() {
-        let cache = Cache::new(None);
+    #[tokio::test]
+    async fn a_complete_cache_answers_a_miss_without_loading() {
+        let cache = Arc::new(Cache::new(None));
         let got = cache
-            .get_or_load(&uid("none"), || panic!("must not load"))
+            .get_or_load(&uid("none"), || async { panic!("must not load") })
+            .await
             .expect("no error");
         assert!(got.is_none());
+    }
+
+    /// Stands for a bug anywhere in a load (in sqlx, in the cache's insert).
+    async fn panicking_load() -> Result<Option<String>, String> {
+        panic!("injected: the load panics")
+    }
+
+    // Paused time: a waiter stranded on a dead load would sit out FLIGHT_WAIT, which shows as
+    // virtual time having passed; a waiter told of the failure at once sees none pass.
+    #[tokio::test(start_paused = true)]
+    async fn a_load_that_panics_is_an_error_for_its_waiters_and_the_next_request_loads_again() {
+        // Arrange: a load that panics once a second request waits for it too.
+        let cache = incomplete();
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let first = tokio::spawn({
+            let cache = cache.clone();
+            async move {
+                cache
+                    .get_or_load(&uid("boom"), || async move {
+                        let _ = released.await;
+                        panicking_load().await
+                    })
+                    .await
+            }
+        });
+        tokio::task::yield_now().await;
+        let started = tokio::time::Instant::now();
+        let second = tokio::spawn({
+            let cache = cache.clone();
+            async move {
+                cache
+                    .get_or_load(&uid("boom"), || async {
+                        panic!("joins the load in flight")
+                    })
+                    .await
+            }
+        });
+        tokio::task::yield_now().await;
+
+        // Act
+        let _ = release.send(());
+        let first = first.await.expect("the request itself does not panic");
+        let second = second.await.expect("the request itself does not panic");
+
+        // Assert: both told at once, nothing left in flight, and the next request loads again.
+        assert!(first.is_err() && second.is_err(), "{first:?} {second:?}");
+        assert!(started.elapsed() < flight::FLIGHT_WAIT);
+        assert_eq!(cache.flights.len(), 0);
+        let loads = Arc::new(AtomicU64::new(0));
+        let again = cache
+            .get_or_load(&uid("boom"), loader(&loads, Duration::ZERO, "doc"))
+            .await
+            .expect("loaded")
+            .expect("found");
+        assert_eq!(again.body(), b"doc");
+        assert_eq!(loads.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_dropped_mid_load_strands_no_waiter_and_leaves_no_load_behind() {
+        // Arrange: a first request whose load is under way, and a second that waits for it.
+        let cache = incomplete();
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let first = tokio::spawn({
+            let cache = cache.clone();
+            async move {
+                cache
+                    .get_or_load(&uid("gone"), || async move {
+                        let _ = released.await;
+                        Ok(Some("doc".to_owned()))
+                    })
+                    .await
+            }
+        });
+        tokio::task::yield_now().await;
+        let started = tokio::time::Instant::now();
+        let second = tokio::spawn({
+            let cache = cache.clone();
+            async move {
+                cache
+                    .get_or_load(&uid("gone"), || async {
+                        panic!("joins the load in flight")
+                    })
+                    .await
+            }
+        });
+        tokio::task::yield_now().await;
+
+        // Act: the first client goes away (hyper drops its request's future), then the load ends.
+        first.abort();
+        assert!(first.await.is_err_and(|e| e.is_cancelled()));
+        let _ = release.send(());
+
+        // Assert: the waiter gets the order, at once, and nothing is left in flight.
+        let second = second
+            .await
+            .expect("the request itself does not panic")
+            .expect("loaded")
+            .expect("found");
+        assert_eq!(second.body(), b"doc");
+        assert!(started.elapsed() < flight::FLIGHT_WAIT);
+        assert_eq!(cache.flights.len(), 0);
+        assert!(cache.get("gone").is_some(), "the order loaded is kept");
     }
 
     #[test]

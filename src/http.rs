@@ -1,6 +1,7 @@
-//! The HTTP front: routes and handlers. Orders are answered from the cache on the connection's
-//! own task; only what needs PostgreSQL (a listing, an order missing from a bounded cache) moves
-//! to a blocking thread. The connection layer and its limits are in `server`.
+//! The HTTP front: routes and handlers, all async on the HTTP runtime. Orders are answered from
+//! the cache; what needs PostgreSQL (a listing, an order missing from a bounded cache) goes
+//! through the HTTP side's own small pool, never through ingest's, so readers cannot make a commit
+//! wait for a connection. The connection layer and its limits are in `server`.
 //!
 //! Routes (the design's contract): `GET /order/{order_uid}`, `GET /orders`, `GET /`, `GET /healthz`,
 //! `GET /readyz`, `GET /metrics`, `GET /rejected`. HEAD works wherever GET does; other methods
@@ -45,22 +46,25 @@ const ECHO_MAX: usize = 128;
 /// A response, whole in memory (orders are shared with the cache, not copied).
 pub type Reply = Response<Full<Bytes>>;
 
-/// What the request handlers read.
+/// What serve shares with the request handlers.
 pub struct AppState {
     /// The read model.
     pub cache: Arc<Cache>,
     /// Dependency health for `/readyz`.
     pub health: Arc<Health>,
-    /// For the recent-orders list, which is read from PostgreSQL's index.
-    pub store: Store,
-    /// The async runtime that owns the database pool.
-    pub runtime: tokio::runtime::Handle,
     /// Where requests are counted and timed.
     pub metrics: Arc<Metrics>,
 }
 
+/// What every connection task reads: serve's state, and the HTTP side's own pool.
+struct Shared {
+    state: AppState,
+    /// Made on the HTTP runtime, which owns its connections (see `Store::open_pool`).
+    store: Store,
+}
+
 /// Answers one request, and counts and times it.
-async fn handle<B>(request: Request<B>, state: &Arc<AppState>) -> Reply {
+async fn handle<B>(request: Request<B>, shared: &Shared) -> Reply {
     let started = Instant::now();
     let target = request
         .uri()
@@ -68,8 +72,8 @@ async fn handle<B>(request: Request<B>, state: &Arc<AppState>) -> Reply {
         .map_or("/", |target| target.as_str());
     let route = resolve(target);
     let name = route.name();
-    let response = answer(route, &request, state).await;
-    let metrics = &state.metrics;
+    let response = answer(route, &request, shared).await;
+    let metrics = &shared.state.metrics;
     metrics
         .http_requests
         .get_or_create(&HttpLabels {
@@ -168,16 +172,18 @@ fn decode_id(raw_id: &str) -> Result<OrderUid, BadId> {
 }
 
 /// The response for a resolved route.
-async fn answer<B>(route: Route<'_>, request: &Request<B>, state: &Arc<AppState>) -> Reply {
-    if route == Route::NotFound {
-        return json_response(404, &json!({ "error": "no such path" }));
-    }
-    if !matches!(*request.method(), Method::GET | Method::HEAD) {
-        let mut response = json_response(405, &json!({ "error": "method not allowed" }));
-        set(&mut response, header::ALLOW, "GET, HEAD");
-        return response;
-    }
+async fn answer<B>(route: Route<'_>, request: &Request<B>, shared: &Shared) -> Reply {
+    let state = &shared.state;
+    let allowed = matches!(*request.method(), Method::GET | Method::HEAD);
+    // One arm per route, in one match, so that the compiler checks that none is answered twice:
+    // an unknown path is a 404 whatever the method, a known one takes only GET and HEAD.
     match route {
+        Route::NotFound => json_response(404, &json!({ "error": "no such path" })),
+        _ if !allowed => {
+            let mut response = json_response(405, &json!({ "error": "method not allowed" }));
+            set(&mut response, header::ALLOW, "GET, HEAD");
+            response
+        }
         Route::Page => page::html(),
         Route::Script => page::script(),
         Route::Style => page::style(),
@@ -203,45 +209,20 @@ async fn answer<B>(route: Route<'_>, request: &Request<B>, state: &Arc<AppState>
             );
             response
         }
-        Route::Orders(query) => {
-            let query = query.to_owned();
-            blocking(state, move |state| recent_orders(&query, state))
-                .await
-                .unwrap_or_else(internal_error)
-        }
-        Route::Rejected(query) => {
-            let query = query.to_owned();
-            blocking(state, move |state| rejected(&query, state))
-                .await
-                .unwrap_or_else(internal_error)
-        }
-        Route::Order(Ok(uid)) => order(request, uid, state).await,
+        Route::Orders(query) => recent_orders(query, shared).await,
+        Route::Rejected(query) => rejected(query, shared).await,
+        Route::Order(Ok(uid)) => order(request, uid, shared).await,
         Route::Order(Err(bad)) => id_error(400, &bad.reason, &bad.id),
-        Route::NotFound => json_response(404, &json!({ "error": "no such path" })),
     }
-}
-
-/// Runs work that waits on PostgreSQL on a blocking thread, off the connection tasks.
-async fn blocking<T: Send + 'static>(
-    state: &Arc<AppState>,
-    work: impl FnOnce(&AppState) -> T + Send + 'static,
-) -> Result<T, tokio::task::JoinError> {
-    let state = state.clone();
-    tokio::task::spawn_blocking(move || work(&state)).await
-}
-
-/// The answer when blocking work never finished: only a panic in it (a bug) or a runtime
-/// shutting down gets here.
-fn internal_error(e: tokio::task::JoinError) -> Reply {
-    json_response(500, &json!({ "error": format!("internal error: {e}") }))
 }
 
 /// `GET /order/{order_uid}`.
-async fn order<B>(request: &Request<B>, uid: OrderUid, state: &Arc<AppState>) -> Reply {
-    if let Some(entry) = state.cache.get(uid.as_str()) {
+async fn order<B>(request: &Request<B>, uid: OrderUid, shared: &Shared) -> Reply {
+    let cache = &shared.state.cache;
+    if let Some(entry) = cache.get(uid.as_str()) {
         return order_response(request, &entry);
     }
-    if !state.cache.is_restored() {
+    if !cache.is_restored() {
         // Serve what is already loaded, but never a false 404 while the rest is on its way.
         let mut response = id_error(
             503,
@@ -251,27 +232,29 @@ async fn order<B>(request: &Request<B>, uid: OrderUid, state: &Arc<AppState>) ->
         set(&mut response, header::RETRY_AFTER, "1");
         return response;
     }
-    if state.cache.is_complete() {
+    if cache.is_complete() {
         return id_error(404, "order not found", uid.as_str());
     }
     // With a byte bound, an order not in memory may still be stored: ask PostgreSQL (once per
     // id, however many requests want it), within a short deadline.
-    let key = uid.clone();
-    let loaded = blocking(state, move |state| {
-        state
-            .cache
-            .get_or_load(&key, || db_call(state, state.store.document(key.as_str())))
-    })
-    .await;
+    let (health, store, key) = (
+        shared.state.health.clone(),
+        shared.store.clone(),
+        uid.clone(),
+    );
+    let loaded = cache
+        .get_or_load(&uid, move || async move {
+            db_call(&health, store.document(key.as_str())).await
+        })
+        .await;
     match loaded {
-        Ok(Ok(Some(entry))) => order_response(request, &entry),
-        Ok(Ok(None)) => id_error(404, "order not found", uid.as_str()),
-        Ok(Err(e)) => {
+        Ok(Some(entry)) => order_response(request, &entry),
+        Ok(None) => id_error(404, "order not found", uid.as_str()),
+        Err(e) => {
             let mut response = id_error(503, &e, uid.as_str());
             set(&mut response, header::RETRY_AFTER, "1");
             response
         }
-        Err(e) => internal_error(e),
     }
 }
 
@@ -330,19 +313,16 @@ fn bad_request(message: &str) -> Reply {
     json_response(400, &json!({ "error": message }))
 }
 
-/// Runs a PostgreSQL query from a blocking HTTP thread: refused at once while PostgreSQL is known
-/// to be down, and bounded in time, so that a slow database cannot hold the threads.
-fn db_call<T>(
-    state: &AppState,
+/// Runs a PostgreSQL query for a request: refused at once while PostgreSQL is known to be down,
+/// and bounded in time, so that a slow database cannot pile requests up.
+async fn db_call<T>(
+    health: &Health,
     query: impl Future<Output = Result<T, sqlx::Error>>,
 ) -> Result<T, String> {
-    if let Some(problem) = state.health.db_problem() {
+    if let Some(problem) = health.db_problem() {
         return Err(format!("PostgreSQL unavailable: {problem}"));
     }
-    match state
-        .runtime
-        .block_on(async { tokio::time::timeout(DB_TIMEOUT, query).await })
-    {
+    match tokio::time::timeout(DB_TIMEOUT, query).await {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) => Err(format!("PostgreSQL unavailable: {e}")),
         Err(_) => Err("PostgreSQL did not answer in time".to_owned()),
@@ -350,7 +330,7 @@ fn db_call<T>(
 }
 
 /// `GET /orders?limit=N&before=CURSOR`: newest first, read from PostgreSQL's index.
-fn recent_orders(query: &str, state: &AppState) -> Reply {
+async fn recent_orders(query: &str, shared: &Shared) -> Reply {
     let paging = match paging(query, ORDERS_MAX_LIMIT) {
         Ok(paging) => paging,
         Err(message) => return bad_request(&message),
@@ -361,7 +341,8 @@ fn recent_orders(query: &str, state: &AppState) -> Reply {
         Some(None) => return bad_request("before is not a cursor returned by /orders"),
     };
     let limit = paging.limit;
-    let mut rows = match db_call(state, state.store.recent(limit + 1, before)) {
+    let (health, store) = (&shared.state.health, &shared.store);
+    let mut rows = match db_call(health, store.recent(limit + 1, before)).await {
         Ok(rows) => rows,
         Err(e) => return json_response(503, &json!({ "error": e })),
     };
@@ -393,7 +374,7 @@ fn recent_orders(query: &str, state: &AppState) -> Reply {
 }
 
 /// `GET /rejected?limit=N&before=ID`: the latest rejected messages, newest first, for operators.
-fn rejected(query: &str, state: &AppState) -> Reply {
+async fn rejected(query: &str, shared: &Shared) -> Reply {
     let paging = match paging(query, REJECTED_MAX_LIMIT) {
         Ok(paging) => paging,
         Err(message) => return bad_request(&message),
@@ -403,11 +384,16 @@ fn rejected(query: &str, state: &AppState) -> Reply {
         Some(Ok(id)) => Some(id),
         Some(Err(_)) => return bad_request("before must be the id of a rejected message"),
     };
-    let rows = match db_call(state, state.store.rejected(paging.limit, before)) {
+    let limit = paging.limit;
+    let (health, store) = (&shared.state.health, &shared.store);
+    // One row more than the page: it tells whether an older page exists.
+    let mut rows = match db_call(health, store.rejected(limit + 1, before)).await {
         Ok(rows) => rows,
         Err(e) => return json_response(503, &json!({ "error": e })),
     };
-    let next = if rows.len() as i64 == paging.limit {
+    let more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    let next = if more {
         rows.last().map(|r| r.id)
     } else {
         None

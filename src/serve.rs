@@ -82,7 +82,7 @@ pub struct App {
     /// The ingest runtime: one worker thread for ingest and the monitor; `block_on` runs the
     /// restore on the calling thread.
     runtime: tokio::runtime::Runtime,
-    /// Ingest's database (restore and batches); HTTP has a pool of its own.
+    /// Ingest's pool (restore and batches); HTTP has a pool of its own.
     store: Store,
     /// The NATS connection; its buffered acks are flushed at stop.
     client: async_nats::Client,
@@ -120,13 +120,11 @@ impl App {
         let metrics = Arc::new(Metrics::new(&cache));
         let (cache_tx, cache_rx) = crossbeam_channel::bounded(CACHE_QUEUE);
         let writer = cache::spawn_writer(cache.clone(), cache_rx)?;
-        let state = Arc::new(AppState {
+        let state = AppState {
             cache: cache.clone(),
             health,
-            store: store.clone(),
-            runtime: runtime.handle().clone(),
             metrics: metrics.clone(),
-        });
+        };
         let limits = Limits {
             max_connections: settings.http_max_connections,
             timeout: settings.http_timeout,
@@ -135,6 +133,8 @@ impl App {
             settings.http_addr,
             usize::from(settings.http_workers),
             limits,
+            // After `Store::open`: the HTTP side's own pool expects a migrated database.
+            &settings.db.database_url,
             state,
         )?;
 

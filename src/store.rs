@@ -1,7 +1,8 @@
 //! PostgreSQL: the durable copy of every order and of every rejected message.
 //!
 //! Used by the ingest thread (batched writes), by start-up (streamed cache restore) and by the
-//! HTTP workers (the recent-orders list). Nothing here knows about NATS or HTTP.
+//! HTTP side (listings, orders missing from a bounded cache), each through a pool of its own (see
+//! `Role`). Nothing here knows about NATS or HTTP.
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
@@ -28,6 +29,27 @@ const PROBE_DOCUMENT: &str = include_str!("../testdata/model.json");
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: PgPool,
+}
+
+/// Which part of the service a pool serves. Each part has connections of its own, so that a storm
+/// of readers cannot make ingest's commits wait for a connection, and its own `application_name`,
+/// so that `pg_stat_activity` tells them apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Ingest's commits, the restore at start and the health probe.
+    Ingest,
+    /// The HTTP handlers' reads.
+    Http,
+}
+
+impl Role {
+    /// The pool's `application_name` in PostgreSQL.
+    pub fn application_name(self) -> &'static str {
+        match self {
+            Role::Ingest => "ordersvc-ingest",
+            Role::Http => "ordersvc-http",
+        }
+    }
 }
 
 /// One row of the recent-orders list.
@@ -68,15 +90,10 @@ impl Store {
         let options = PgConnectOptions::from_str(database_url)
             .wrap_err("DATABASE_URL is not a valid PostgreSQL URL")?;
         create_database_if_missing(&options).await?;
-        let pool = PgPoolOptions::new()
-            .max_connections(8)
-            // When PostgreSQL is down, callers must learn it quickly (and back off), not hang.
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options.clone())
-            .await
-            .wrap_err_with(|| {
-                format!("cannot connect to PostgreSQL at {}", redact(database_url))
-            })?;
+        let (pool_options, options) = pool_for(Role::Ingest, &options);
+        let pool = pool_options.connect_with(options).await.wrap_err_with(|| {
+            format!("cannot connect to PostgreSQL at {}", redact(database_url))
+        })?;
         MIGRATOR
             .run(&pool)
             .await
@@ -93,6 +110,22 @@ impl Store {
                 .application_name("ordersvc-probe"),
             conn: None,
         }
+    }
+
+    /// A pool of `role`'s own on a database that `open` has already created and migrated. It
+    /// connects on first use, so call it, and use the store, only on the runtime that is to own
+    /// its connections: sqlx registers each connection's socket, and the pool's reaper task, with
+    /// the current tokio runtime, and they stop working once that runtime is gone.
+    pub fn open_pool(database_url: &str, role: Role) -> Result<Store> {
+        // sqlx would panic without one (it spawns the reaper at once): say so instead.
+        tokio::runtime::Handle::try_current()
+            .wrap_err("a PostgreSQL pool must be opened on the tokio runtime that will use it")?;
+        let options = PgConnectOptions::from_str(database_url)
+            .wrap_err("DATABASE_URL is not a valid PostgreSQL URL")?;
+        let (pool_options, options) = pool_for(role, &options);
+        Ok(Store {
+            pool: pool_options.connect_lazy_with(options),
+        })
     }
 
     /// Writes one batch in one transaction: new orders, and a rejection record for every
@@ -321,6 +354,26 @@ impl DbProbe {
         self.conn = Some(conn);
         Ok(())
     }
+}
+
+/// The pool settings of `role`, and `options` with the role's `application_name`.
+fn pool_for(role: Role, options: &PgConnectOptions) -> (PgPoolOptions, PgConnectOptions) {
+    let pool = match role {
+        Role::Ingest => PgPoolOptions::new()
+            .max_connections(8)
+            // When PostgreSQL is down, callers must learn it quickly (and back off), not hang.
+            .acquire_timeout(Duration::from_secs(5)),
+        // Few: a reader's query is short, and a storm of them had better queue here than on
+        // PostgreSQL's cores. A request gives up on PostgreSQL within about a second anyway, so
+        // waiting longer for a connection would only keep it waiting for nothing.
+        Role::Http => PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(1)),
+    };
+    (
+        pool,
+        options.clone().application_name(role.application_name()),
+    )
 }
 
 /// Inserts the candidate orders with one statement and returns the ids that were new.

@@ -4,7 +4,8 @@
 //! (`--http-max-connections`; the next one gets a 503 and is closed), the size of a request head
 //! (`MAX_HEAD_BYTES`, else 431 or 414), the time to send a head, and the time a connection may
 //! move no bytes either way (`--http-timeout`). Handlers run on their own small runtime, apart
-//! from ingest, so reads never wait behind a batch.
+//! from ingest, with their own PostgreSQL pool made on it, so reads never wait behind a batch and
+//! batches never wait behind reads.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -25,7 +26,8 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tracing::{debug, warn};
 
-use super::{handle, AppState};
+use super::{handle, AppState, Shared};
+use crate::store::{Role, Store};
 
 /// Largest request head (request line and headers) read; a larger one gets 431 (or 414 for the
 /// request line alone) and the connection is closed. An order id is at most 64 characters.
@@ -39,8 +41,6 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// File descriptors kept for everything but served HTTP connections (PostgreSQL, NATS, logs, and
 /// connections being refused).
 const FD_RESERVE: u64 = 256 + REFUSING_AT_ONCE as u64;
-/// Threads for the handlers that wait on PostgreSQL (a listing, an order missing from memory).
-const BLOCKING_THREADS: usize = 32;
 /// Connections over the limit being answered at once; beyond that they are closed unanswered.
 const REFUSING_AT_ONCE: usize = 64;
 /// Longest a refused connection is kept to answer it.
@@ -66,28 +66,33 @@ pub struct HttpServer {
     stop: watch::Sender<bool>,
     slots: Arc<Semaphore>,
     max_connections: u32,
+    /// The handlers' pool, closed at shutdown while its runtime still runs.
+    store: Store,
 }
 
 impl HttpServer {
-    /// Binds `addr` and serves it on `workers` threads.
+    /// Binds `addr` and serves it on `workers` threads, reading PostgreSQL at `database_url`
+    /// (already created and migrated) through a pool of the HTTP side's own.
     pub fn start(
         addr: SocketAddr,
         workers: usize,
         limits: Limits,
-        state: Arc<AppState>,
+        database_url: &str,
+        state: AppState,
     ) -> Result<HttpServer> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(workers)
-            .max_blocking_threads(BLOCKING_THREADS)
             .thread_name("http")
             .enable_all()
             .build()
             .wrap_err("cannot start the HTTP runtime")?;
         let listener = listen(addr).wrap_err_with(|| format!("cannot listen on {addr}"))?;
         let addr = listener.local_addr()?;
-        let listener = {
+        let (listener, store) = {
             let _in_runtime = runtime.enter();
-            TcpListener::from_std(listener).wrap_err("cannot register the HTTP listener")?
+            let listener =
+                TcpListener::from_std(listener).wrap_err("cannot register the HTTP listener")?;
+            (listener, Store::open_pool(database_url, Role::Http)?)
         };
         let max_connections = affordable_connections(limits.max_connections);
         let limits = Limits {
@@ -96,12 +101,16 @@ impl HttpServer {
         };
         let slots = Arc::new(Semaphore::new(max_connections as usize));
         let (stop, stopping) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            state,
+            store: store.clone(),
+        });
         runtime.spawn(accept_loop(
             listener,
             slots.clone(),
             limits,
             stopping,
-            state,
+            shared,
         ));
         Ok(HttpServer {
             runtime,
@@ -109,6 +118,7 @@ impl HttpServer {
             stop,
             slots,
             max_connections,
+            store,
         })
     }
 
@@ -117,17 +127,24 @@ impl HttpServer {
         self.addr
     }
 
-    /// Stops accepting, lets every request in flight be answered (closing idle connections at
-    /// once), and waits for that at most `wait`.
     pub fn shutdown(self, wait: Duration) {
+        // One deadline for every step, so that the whole stop stays within its share.
+        let deadline = std::time::Instant::now() + wait;
+        let left = || deadline.saturating_duration_since(std::time::Instant::now());
         let _ = self.stop.send(true);
         let drained = self.runtime.block_on(async {
-            tokio::time::timeout(wait, self.slots.acquire_many(self.max_connections)).await
+            tokio::time::timeout(left(), self.slots.acquire_many(self.max_connections)).await
         });
         if drained.is_err() {
             warn!("some HTTP connections were still busy at shutdown; closing them");
         }
-        self.runtime.shutdown_timeout(Duration::from_millis(100));
+        let closed = self
+            .runtime
+            .block_on(async { tokio::time::timeout(left(), self.store.close()).await });
+        if closed.is_err() {
+            warn!("the HTTP side's PostgreSQL connections did not close in time; dropping them");
+        }
+        self.runtime.shutdown_timeout(left());
     }
 }
 
@@ -197,7 +214,7 @@ async fn accept_loop(
     slots: Arc<Semaphore>,
     limits: Limits,
     mut stopping: watch::Receiver<bool>,
-    state: Arc<AppState>,
+    shared: Arc<Shared>,
 ) {
     let refusing = Arc::new(Semaphore::new(REFUSING_AT_ONCE));
     loop {
@@ -223,11 +240,11 @@ async fn accept_loop(
                     slot,
                     limits,
                     stopping.clone(),
-                    state.clone(),
+                    shared.clone(),
                 ));
             }
             Err(_) => {
-                state.metrics.http_connections_refused.inc();
+                shared.state.metrics.http_connections_refused.inc();
                 match refusing.clone().try_acquire_owned() {
                     Ok(slot) => {
                         tokio::spawn(refuse(stream, slot));
@@ -265,14 +282,14 @@ async fn serve_connection(
     _slot: OwnedSemaphorePermit,
     limits: Limits,
     mut stopping: watch::Receiver<bool>,
-    state: Arc<AppState>,
+    shared: Arc<Shared>,
 ) {
-    let metrics = state.metrics.clone();
+    let metrics = shared.state.metrics.clone();
     metrics.http_connections.inc();
     let io = TokioIo::new(Watchdog::new(stream, limits.timeout));
     let service = service_fn(move |request| {
-        let state = state.clone();
-        async move { Ok::<_, Infallible>(handle(request, &state).await) }
+        let shared = shared.clone();
+        async move { Ok::<_, Infallible>(handle(request, &shared).await) }
     });
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())

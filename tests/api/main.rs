@@ -13,6 +13,7 @@ mod orders_list;
 mod page;
 mod proxy;
 mod publish_command;
+mod readers;
 mod readiness;
 mod replay;
 mod restart;

@@ -46,6 +46,35 @@ fn rejected_messages_are_listed_newest_first_with_their_reason_and_payload() {
     }
 }
 
+#[test]
+fn the_last_page_of_rejected_messages_has_no_next_cursor() {
+    // Arrange: exactly two rejected messages (the order behind them shows both are recorded).
+    let app = spawn_app();
+    app.publish(b"garbage one");
+    app.publish(b"garbage two");
+    app.publish(&model_with_uid("after-two-rejections"));
+    app.wait_for_order("after-two-rejections");
+    let page = |query: &str| {
+        let (status, _, body) = app.get(&format!("/rejected?{query}"));
+        assert_eq!(status, 200, "{query}: {}", String::from_utf8_lossy(&body));
+        serde_json::from_slice::<serde_json::Value>(&body).expect("JSON")
+    };
+
+    // Act: a page exactly as long as what is left, and the last of two one-row pages.
+    let whole = page("limit=2");
+    let first = page("limit=1");
+    let next = first["next"]
+        .as_i64()
+        .expect("a cursor after the first of two");
+    let last = page(&format!("limit=1&before={next}"));
+
+    // Assert: a page that reaches the end says so, however many rows it holds.
+    assert_eq!(whole["rejected"].as_array().map(Vec::len), Some(2));
+    assert!(whole["next"].is_null(), "{whole}");
+    assert_eq!(last["rejected"][0]["payload"], "garbage one");
+    assert!(last["next"].is_null(), "{last}");
+}
+
 /// Idle keep-alive connections, and clients that send a request a byte at a time.
 const IDLE: usize = 2000;
 const SLOW: usize = 20;
