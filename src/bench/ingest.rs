@@ -33,9 +33,9 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::client::{Client, ClientError, Target};
 use super::report::{self, IngestSummary};
-use super::{parse_duration, parse_ratio, DEFAULT_URL};
+use super::{parse_ratio, DEFAULT_URL};
 use crate::bus;
-use crate::config::{DbArgs, NatsArgs, DEFAULT_DURABLE};
+use crate::config::{self, DbArgs, NatsArgs, DEFAULT_DURABLE};
 use crate::generate::{self, Rng};
 
 /// Random stream of the kind of each message.
@@ -95,8 +95,8 @@ pub struct IngestArgs {
     #[arg(long, env = "ORDERSVC_BENCH_IN_FLIGHT", default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub in_flight: u32,
     /// Give up when no watched order has become visible for this long (and, in backlog mode,
-    /// when the service is not ready within it).
-    #[arg(long, env = "ORDERSVC_BENCH_STALL_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    /// when the service is not ready within it). E.g. 60s, 2m (a bare number is seconds).
+    #[arg(long, env = "ORDERSVC_BENCH_STALL_TIMEOUT", default_value = "60s", value_parser = config::parse_duration)]
     pub stall_timeout: Duration,
     /// Backlog mode: one more flag for the service this command starts (repeatable), e.g.
     /// `--serve-arg=--batch-size=2000`.
