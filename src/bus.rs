@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, stream};
 use color_eyre::eyre::{Result, WrapErr};
 
-use crate::config::NatsArgs;
+use crate::config::{redact_url, NatsArgs};
 
 /// How long JetStream remembers a `Nats-Msg-Id` to drop a repeated publish.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
@@ -25,7 +25,7 @@ pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client> {
         .connection_timeout(Duration::from_secs(5))
         .connect(url)
         .await
-        .wrap_err_with(|| format!("cannot connect to NATS at {url}"))
+        .wrap_err_with(|| format!("cannot connect to NATS at {}", redact_url(url)))
 }
 
 /// The stream's configuration: file storage, so that messages survive a NATS restart.

@@ -117,9 +117,103 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     ))
 }
 
+/// `url` without its secrets, for error messages and logs: the password of `user:password@`,
+/// a NATS token (`nats://token@host`: a user name alone is a secret there, unlike in a PostgreSQL
+/// URL) and `password=`/`sslpassword=` parameters become `***`. A NATS list (`nats://a,nats://b`)
+/// is redacted address by address.
+pub fn redact_url(url: &str) -> String {
+    let postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
+    if postgres {
+        // A PostgreSQL URL's commas separate hosts inside one authority: redact it whole.
+        redact_one(url, true)
+    } else {
+        url.split(',')
+            .map(|address| redact_one(address, false))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// One URL: the user info up to the last `@` (a password may contain `@` or `/`, so a stray `@`
+/// later on hides too much rather than too little), then the query parameters.
+fn redact_one(url: &str, user_is_public: bool) -> String {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let (scheme, rest) = url.split_at(start);
+    let (userinfo, after) = match rest.rfind('@') {
+        Some(at) => {
+            let (userinfo, after) = rest.split_at(at);
+            let userinfo = match userinfo.split_once(':') {
+                Some((user, _password)) => format!("{user}:***"),
+                None if user_is_public || userinfo.is_empty() => userinfo.to_owned(),
+                None => "***".to_owned(),
+            };
+            (userinfo, after)
+        }
+        None => (String::new(), rest),
+    };
+    let after = match after.split_once('?') {
+        Some((path, query)) => {
+            let parameters: Vec<String> = query
+                .split('&')
+                .map(|parameter| match parameter.split_once('=') {
+                    Some((key, _))
+                        if key.eq_ignore_ascii_case("password")
+                            || key.eq_ignore_ascii_case("sslpassword") =>
+                    {
+                        format!("{key}=***")
+                    }
+                    _ => parameter.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", parameters.join("&"))
+        }
+        None => after.to_owned(),
+    };
+    format!("{scheme}{userinfo}{after}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redact_url_hides_passwords_and_tokens_but_not_where_the_server_is() {
+        for (url, redacted) in [
+            (
+                "postgres://u:secret@h:5432/db",
+                "postgres://u:***@h:5432/db",
+            ),
+            ("postgresql://u:secret@h/db", "postgresql://u:***@h/db"),
+            ("postgres://h/db", "postgres://h/db"),
+            ("postgres://u@h/db", "postgres://u@h/db"),
+            ("postgres://u:p@ss/w@h/db", "postgres://u:***@h/db"),
+            (
+                "postgres://u:pw@h1:5432,h2:5433/db",
+                "postgres://u:***@h1:5432,h2:5433/db",
+            ),
+            (
+                "postgres://u@h/db?sslmode=require&password=secret",
+                "postgres://u@h/db?sslmode=require&password=***",
+            ),
+            (
+                "postgres://h/db?SSLPASSWORD=secret",
+                "postgres://h/db?SSLPASSWORD=***",
+            ),
+            ("nats://127.0.0.1:4222", "nats://127.0.0.1:4222"),
+            ("nats://user:secret@h:4222", "nats://user:***@h:4222"),
+            ("nats://secret@h:4222", "nats://***@h:4222"),
+            ("tls://secret@h", "tls://***@h"),
+            ("user:secret@h:4222", "user:***@h:4222"),
+            ("h:4222", "h:4222"),
+            (
+                "nats://a:secret@h1:4222,nats://secret@h2:4222,nats://h3",
+                "nats://a:***@h1:4222,nats://***@h2:4222,nats://h3",
+            ),
+        ] {
+            assert_eq!(redact_url(url), redacted, "{url}");
+            assert!(!redact_url(url).contains("secret"), "{url}");
+        }
+    }
 
     #[test]
     fn durations_take_a_unit_or_a_bare_number_of_seconds() {

@@ -490,7 +490,13 @@ async fn create_database_if_missing(options: &PgConnectOptions) -> Result<()> {
         .database("postgres")
         .connect()
         .await
-        .wrap_err("cannot connect to PostgreSQL's maintenance database `postgres`")?;
+        .wrap_err_with(|| {
+            format!(
+                "cannot connect to PostgreSQL at {}:{} (its maintenance database `postgres`)",
+                options.get_host(),
+                options.get_port()
+            )
+        })?;
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
             .bind(&name)
@@ -535,16 +541,8 @@ fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// The URL without its password, for messages.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => match url[scheme + 3..at].split_once(':') {
-            Some((user, _password)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-            None => url.to_owned(),
-        },
-        _ => url.to_owned(),
-    }
-}
+// The one redaction of database and NATS URLs, under the name `open` uses.
+use crate::config::redact_url as redact;
 
 #[cfg(test)]
 mod tests {
@@ -557,20 +555,6 @@ mod tests {
             r#"{ "b": [2], "a": 1 }"#
         ));
         assert!(!same_content(r#"{"a":1}"#, r#"{"a":2}"#));
-    }
-
-    #[test]
-    fn redact_hides_the_password_only() {
-        assert_eq!(
-            redact("postgres://u:secret@h:5432/db"),
-            "postgres://u:***@h:5432/db"
-        );
-        assert_eq!(redact("postgres://h/db"), "postgres://h/db");
-        assert_eq!(
-            redact("postgres://u@h/db"),
-            "postgres://u@h/db",
-            "no password, nothing to hide"
-        );
     }
 
     #[test]

@@ -215,6 +215,72 @@ fn server_addr(url: &str, default_port: u16) -> SocketAddr {
         .unwrap_or_else(|| panic!("cannot resolve {with_port} (from {url})"))
 }
 
+/// Runs a command to its end, feeding it `stdin`, and returns what it printed; kills it and
+/// panics if it has not finished within `EVENTUALLY`.
+pub fn run_to_end(mut command: Command, stdin: &[u8]) -> Output {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start the command");
+    // Each pipe has its own thread, so that a command that writes much before it reads its
+    // input (or the other way round) cannot deadlock with this one.
+    let mut input = child.stdin.take().expect("stdin is piped");
+    let stdin = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        // A command that exits without reading its input is not an error here.
+        let _ = input.write_all(&stdin);
+    });
+    let reader = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = reader(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = reader(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let deadline = Instant::now() + EVENTUALLY;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("cannot wait for the command") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{command:?} did not finish within {EVENTUALLY:?}");
+        }
+        std::thread::sleep(POLL);
+    };
+    let _ = writer.join();
+    Output {
+        status,
+        stdout: stdout.join().expect("the stdout reader panicked"),
+        stderr: stderr.join().expect("the stderr reader panicked"),
+    }
+}
+
+/// A TCP port on 127.0.0.1 that nothing listens on (it was free a moment ago): connecting to it
+/// is refused at once.
+pub fn closed_port() -> u16 {
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").expect("cannot bind a port on 127.0.0.1");
+    listener.local_addr().expect("a bound address").port()
+}
+
 /// A file under testdata/, byte for byte.
 pub fn testdata(path: &str) -> Vec<u8> {
     let full = format!(concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/{}"), path);
@@ -540,30 +606,8 @@ impl TestApp {
     }
 
     /// Runs a command to its end (bounded), feeding it `stdin`, and returns what it printed.
-    pub fn run(&self, mut command: Command, stdin: &[u8]) -> Output {
-        let mut child = command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot start the command");
-        let pid = child.id();
-        let mut input = child.stdin.take().expect("stdin is piped");
-        input.write_all(stdin).expect("cannot write to its stdin");
-        drop(input);
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(child.wait_with_output());
-        });
-        match rx.recv_timeout(EVENTUALLY) {
-            Ok(output) => output.expect("cannot collect the command's output"),
-            Err(_) => {
-                let _ = Command::new("kill")
-                    .args(["-KILL", &pid.to_string()])
-                    .status();
-                panic!("{command:?} did not finish within {EVENTUALLY:?}");
-            }
-        }
+    pub fn run(&self, command: Command, stdin: &[u8]) -> Output {
+        run_to_end(command, stdin)
     }
 
     /// Polls `GET /order/{uid}` until it is 200 and returns the body.

@@ -15,3 +15,4 @@ mod proxy;
 mod publish_command;
 mod replay;
 mod restart;
+mod secrets;
