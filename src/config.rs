@@ -21,7 +21,8 @@ pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
 /// Where PostgreSQL is.
 #[derive(Args, Clone, Debug)]
 pub struct DbArgs {
-    /// PostgreSQL URL; the database is created if it does not exist.
+    /// PostgreSQL URL. `serve` and `migrate` create the database if it does not exist;
+    /// `replay-from-db`, which only reads, refuses a missing one.
     #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
     pub database_url: String,
 }

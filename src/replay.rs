@@ -79,7 +79,8 @@ pub fn run(args: ReplayArgs) -> Result<()> {
 }
 
 async fn replay(args: ReplayArgs) -> Result<()> {
-    let store = Store::open(&args.db.database_url).await?;
+    // Only reading: a database that does not exist is an error, never created (nor migrated).
+    let store = Store::connect(&args.db.database_url).await?;
     let after = args.after.as_deref();
     if let Some(uid) = after {
         if !store

@@ -372,7 +372,45 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+
+    /// Connects to a database that must already exist, for commands that only read (unlike
+    /// `open`, nothing is created or migrated): a mistyped name is an error naming it, not a
+    /// new empty database that a replay would "successfully" read nothing from.
+    pub async fn connect(database_url: &str) -> Result<Store> {
+        let options = PgConnectOptions::from_str(database_url)
+            .wrap_err("DATABASE_URL is not a valid PostgreSQL URL")?;
+        // Without a name in the URL, PostgreSQL takes the user's.
+        let name = options
+            .get_database()
+            .unwrap_or(options.get_username())
+            .to_owned();
+        let server = format!("{}:{}", options.get_host(), options.get_port());
+        let connected = PgPoolOptions::new()
+            // A reader runs one query at a time; a second connection covers a query while a
+            // stream of rows is still open.
+            .max_connections(2)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await;
+        match connected {
+            Ok(pool) => Ok(Store { pool }),
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(UNDEFINED_DATABASE) => {
+                Err(sqlx::Error::Database(e)).wrap_err_with(|| {
+                    format!(
+                        "database {name} does not exist on PostgreSQL at {server} (this command \
+                         only reads and creates nothing: check the name in DATABASE_URL)"
+                    )
+                })
+            }
+            Err(e) => Err(e).wrap_err_with(|| {
+                format!("cannot connect to PostgreSQL at {}", redact(database_url))
+            }),
+        }
+    }
 }
+
+/// PostgreSQL's SQLSTATE for a connection to a database that does not exist.
+const UNDEFINED_DATABASE: &str = "3D000";
 
 /// Inserts the candidate orders with one statement and returns the ids that were new.
 async fn insert_orders(

@@ -305,7 +305,7 @@ pub fn model_with_uid(uid: &str) -> Vec<u8> {
 }
 
 /// `url` with its database name replaced by `name` (user, host, port and parameters kept).
-fn with_database(url: &str, name: &str) -> String {
+pub fn with_database(url: &str, name: &str) -> String {
     let (main, query) = match url.split_once('?') {
         Some((main, query)) => (main, format!("?{query}")),
         None => (url, String::new()),
