@@ -16,6 +16,7 @@ pub mod migrate;
 pub mod order;
 pub mod page;
 pub mod publish;
+pub mod publisher;
 pub mod replay;
 pub mod samples;
 pub mod serve;

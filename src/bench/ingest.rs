@@ -15,7 +15,6 @@
 //! visible out of order is noticed when those ahead of it are, so latencies can only be overstated.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::future::IntoFuture;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -26,8 +25,6 @@ use async_nats::jetstream;
 use clap::{Args, ValueEnum};
 use color_eyre::eyre::{bail, eyre, Result, WrapErr};
 use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
-use futures::stream::FuturesUnordered;
-use futures::{FutureExt, StreamExt};
 use hdrhistogram::Histogram;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -37,6 +34,7 @@ use super::{parse_ratio, DEFAULT_URL};
 use crate::bus;
 use crate::config::{self, DbArgs, NatsArgs, DEFAULT_DURABLE};
 use crate::generate::{self, Rng};
+use crate::publisher::{Outcome, Pipeline};
 
 /// Random stream of the kind of each message.
 const STREAM_KIND: u64 = 20;
@@ -477,39 +475,24 @@ async fn publish(
     let js = jetstream::new(client.clone());
     bus::ensure_stream(&js, &args.nats).await?;
 
-    let subject = async_nats::Subject::from(args.nats.subject.as_str());
-    let window = args.in_flight as usize;
-
-    let mut out = Published {
-        first_at: Instant::now(),
-        last_ack_at: Instant::now(),
-        acked: 0,
-        failed: 0,
-        server_duplicates: 0,
-        errors: BTreeMap::new(),
-    };
-    let mut on_ack = |out: &mut Published, (sample, result): AckOutcome| {
-        bar.inc(1);
-        match result {
-            Ok(ack) => {
-                out.acked += 1;
-                out.server_duplicates += u64::from(ack.duplicate);
-                if let Some(mut sample) = sample {
-                    sample.since = Instant::now();
-                    on_sample(sample);
-                }
-            }
-            Err(e) => {
-                out.failed += 1;
-                *out.errors.entry(format!("publish ack: {e}")).or_default() += 1;
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    let on_outcome = |outcome: Outcome<Option<Sample>>| match outcome.result {
+        Ok(_) => {
+            if let Some(mut sample) = outcome.tag {
+                // Latency counts from the ack: the order cannot be visible before it is stored.
+                sample.since = outcome.at;
+                on_sample(sample);
             }
         }
+        Err(failure) => *errors.entry(failure.to_string()).or_default() += 1,
     };
-    let mut acks = FuturesUnordered::new();
+    let first_at = Instant::now();
+    let mut pipeline = Pipeline::new(js, &args.nats.subject, args.in_flight as usize, on_outcome)
+        .with_progress(bar.clone());
     let mut valid_so_far: Vec<u64> = Vec::new();
     for (n, &kind) in (0u64..).zip(&plan.kinds) {
         let mut payload = Vec::with_capacity(4096);
-        let mut headers = async_nats::HeaderMap::new();
+        let mut msg_id = None;
         let mut sample = None;
         match kind {
             Kind::Valid => {
@@ -527,7 +510,7 @@ async fn publish(
                         last: n == plan.last_valid,
                     });
                 }
-                headers.insert("Nats-Msg-Id", uid.as_str());
+                msg_id = Some(uid);
                 valid_so_far.push(n);
             }
             Kind::Invalid => {
@@ -539,41 +522,24 @@ async fn publish(
                 generate::order(plan.seed, valid_so_far[at], &mut payload);
             }
         }
-        match js
-            .publish_with_headers(subject.clone(), headers, payload.into())
-            .await
-        {
-            Ok(ack) => acks.push(ack.into_future().map(move |r| (sample, r))),
-            Err(e) => {
-                bar.inc(1);
-                out.failed += 1;
-                *out.errors.entry(format!("publish: {e}")).or_default() += 1;
-            }
-        }
-        // Take every ack that has arrived, so that a sample's instant is when its ack came.
-        while let Some(Some(outcome)) = acks.next().now_or_never() {
-            on_ack(&mut out, outcome);
-        }
-        while acks.len() >= window {
-            if let Some(outcome) = acks.next().await {
-                on_ack(&mut out, outcome);
-            }
-        }
+        pipeline
+            .send(sample, payload.into(), msg_id.as_deref())
+            .await;
     }
-    while let Some(outcome) = acks.next().await {
-        on_ack(&mut out, outcome);
-    }
-    out.last_ack_at = Instant::now();
+    let counts = pipeline.finish().await;
+    let last_ack_at = Instant::now();
     // Nothing is buffered after the last ack, but be explicit before the connection goes away.
     client.flush().await.ok();
     bar.finish();
-    Ok(out)
+    Ok(Published {
+        first_at,
+        last_ack_at,
+        acked: counts.acked(),
+        failed: counts.failed,
+        server_duplicates: counts.duplicates,
+        errors,
+    })
 }
-
-type AckOutcome = (
-    Option<Sample>,
-    Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
-);
 
 /// Messages the service will have to process when it starts: those pending for the durable
 /// consumer, or (for a durable that does not exist yet, which starts at the stream's beginning)

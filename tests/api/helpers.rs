@@ -13,9 +13,10 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, publish::PublishAck};
-use futures::stream::{FuturesOrdered, StreamExt};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Connection, PgConnection};
+
+use ordersvc::publisher::{Outcome, Pipeline};
 
 /// Where the service's database lives unless `ORDERSVC_TEST_DATABASE_URL` says otherwise; only
 /// the database name of either is replaced.
@@ -756,48 +757,33 @@ pub struct Publisher {
 
 impl Publisher {
     /// Publishes every message in order, each with `Nats-Msg-Id` when it has an id, with up to
-    /// `PUBLISH_WINDOW` acks awaited at once; returns the stream sequences in the same order (a
-    /// repeat the server dropped within its duplicate window gets the original's sequence).
+    /// `PUBLISH_WINDOW` acks awaited at once (the service's own pipeline, as `ordersvc publish`
+    /// uses); returns the stream sequences in the same order (a repeat the server dropped within
+    /// its duplicate window gets the original's sequence).
     pub fn publish_many<'m>(
         &self,
         messages: impl IntoIterator<Item = (Option<&'m str>, &'m [u8])>,
     ) -> Vec<u64> {
-        use std::future::IntoFuture;
         self.rt.block_on(async {
-            let mut acks = FuturesOrdered::new();
             let mut sequences = Vec::new();
+            let on_outcome = |outcome: Outcome<()>| {
+                let ack = outcome.result.unwrap_or_else(|failure| {
+                    panic!("message {} was not published: {failure}", outcome.index)
+                });
+                let at = usize::try_from(outcome.index).expect("an index fits in usize");
+                if sequences.len() <= at {
+                    sequences.resize(at + 1, 0);
+                }
+                sequences[at] = ack.sequence;
+            };
+            let mut pipeline =
+                Pipeline::new(self.js.clone(), &self.subject, PUBLISH_WINDOW, on_outcome);
             for (msg_id, payload) in messages {
-                if acks.len() >= PUBLISH_WINDOW {
-                    sequences.push(next_sequence(&mut acks).await);
-                }
-                let mut headers = async_nats::HeaderMap::new();
-                if let Some(id) = msg_id {
-                    headers.insert("Nats-Msg-Id", id);
-                }
-                let ack = self
-                    .js
-                    .publish_with_headers(self.subject.clone(), headers, payload.to_vec().into())
-                    .await
-                    .expect("cannot publish");
-                acks.push_back(ack.into_future());
+                pipeline.send((), payload.to_vec().into(), msg_id).await;
             }
-            while !acks.is_empty() {
-                sequences.push(next_sequence(&mut acks).await);
-            }
+            pipeline.finish().await;
             sequences
         })
-    }
-}
-
-async fn next_sequence<F, E>(acks: &mut FuturesOrdered<F>) -> u64
-where
-    F: std::future::Future<Output = Result<PublishAck, E>>,
-    E: std::fmt::Display,
-{
-    match acks.next().await {
-        Some(Ok(ack)) => ack.sequence,
-        Some(Err(e)) => panic!("a publish was not acknowledged: {e}"),
-        None => unreachable!("called with no ack pending"),
     }
 }
 
