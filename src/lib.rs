@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod bus;
 pub mod cache;
+pub mod child;
 pub mod config;
 pub mod generate;
 pub mod health;

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
@@ -32,6 +32,7 @@ use super::client::{Client, ClientError, Target};
 use super::report::{self, IngestSummary};
 use super::{parse_ratio, DEFAULT_URL};
 use crate::bus;
+use crate::child::{self, OnDrop, ServeProcess, ServeSettings, Stopped};
 use crate::config::{self, DbArgs, NatsArgs, DEFAULT_DURABLE};
 use crate::generate::{self, Rng};
 use crate::publisher::{Outcome, Pipeline};
@@ -340,9 +341,12 @@ fn backlog(
 
     let log = std::env::temp_dir().join(format!("ordersvc-bench-serve-{}.log", std::process::id()));
     let spawned_at = Instant::now();
-    let mut service = Service::spawn(args, target.addr(), &log)?;
+    let mut service = spawn_service(args, target.addr(), &log)?;
     let ready_at = loop {
-        if let Some(status) = service.exited()? {
+        if let Some(status) = service
+            .exited()
+            .wrap_err("cannot check on the service process")?
+        {
             bail!(
                 "the service exited ({status}) before it was ready; its log ({}):\n{}",
                 log.display(),
@@ -370,7 +374,7 @@ fn backlog(
     let visible_bar = bars.add(bar(plan.samples, "watched orders visible"));
     let visibility = watch(target.addr(), &rx, args.stall_timeout, &visible_bar);
     bars.clear().ok();
-    let stopped = service.stop();
+    let stopped = stop_service(&mut service);
 
     let drain = visibility
         .last_seen_at
@@ -658,81 +662,48 @@ fn watch(
     out
 }
 
-/// The `ordersvc serve` that backlog mode starts, stopped with SIGTERM when dropped.
-struct Service {
-    child: Child,
-    status: Option<ExitStatus>,
+/// Starts the `ordersvc serve` of backlog mode, logging to `log`; dropped, it gets SIGTERM.
+fn spawn_service(args: &IngestArgs, http_addr: SocketAddr, log: &Path) -> Result<ServeProcess> {
+    let exe = std::env::current_exe().wrap_err("cannot find this program's own path")?;
+    let log_file = std::fs::File::create(log)
+        .wrap_err_with(|| format!("cannot create the service log {}", log.display()))?;
+    let log_err = log_file
+        .try_clone()
+        .wrap_err("cannot share the service log file")?;
+    let mut command = service_command(args, &exe, http_addr);
+    command
+        .stdin(Stdio::null())
+        .stdout(log_file)
+        .stderr(log_err);
+    ServeProcess::spawn(&mut command, OnDrop::Terminate(STOP_WAIT))
+        .wrap_err_with(|| format!("cannot start {} serve", exe.display()))
 }
 
-impl Service {
-    fn spawn(args: &IngestArgs, http_addr: SocketAddr, log: &Path) -> Result<Service> {
-        let exe = std::env::current_exe().wrap_err("cannot find this program's own path")?;
-        let log_file = std::fs::File::create(log)
-            .wrap_err_with(|| format!("cannot create the service log {}", log.display()))?;
-        let log_err = log_file
-            .try_clone()
-            .wrap_err("cannot share the service log file")?;
-        let child = Command::new(&exe)
-            .arg("serve")
-            .args(["--database-url", &args.db.database_url])
-            .args(["--nats-url", &args.nats.nats_url])
-            .args(["--stream", &args.nats.stream])
-            .args(["--subject", &args.nats.subject])
-            .args(["--durable", &args.durable])
-            .args(["--http-addr", &http_addr.to_string()])
-            .args(&args.serve_args)
-            .stdin(Stdio::null())
-            .stdout(log_file)
-            .stderr(log_err)
-            .spawn()
-            .wrap_err_with(|| format!("cannot start {} serve", exe.display()))?;
-        Ok(Service {
-            child,
-            status: None,
-        })
-    }
-
-    /// The exit status, if the service has exited.
-    fn exited(&mut self) -> Result<Option<ExitStatus>> {
-        if self.status.is_none() {
-            self.status = self
-                .child
-                .try_wait()
-                .wrap_err("cannot check on the service process")?;
+/// Stops the service with SIGTERM, killing it if it has not stopped within `STOP_WAIT`.
+fn stop_service(service: &mut ServeProcess) -> Result<ExitStatus> {
+    match service
+        .terminate(STOP_WAIT)
+        .wrap_err("cannot stop the service")?
+    {
+        Stopped::Exited(status) => Ok(status),
+        Stopped::Killed(_) => {
+            bail!("the service did not stop within {STOP_WAIT:?} of SIGTERM and was killed")
         }
-        Ok(self.status)
-    }
-
-    /// Sends SIGTERM (through `kill`, which needs no unsafe code here), waits for a clean stop,
-    /// and kills the process if it does not stop in time.
-    fn stop(&mut self) -> Result<ExitStatus> {
-        if let Some(status) = self.exited()? {
-            return Ok(status);
-        }
-        let pid = self.child.id().to_string();
-        let sent = Command::new("kill").args(["-TERM", &pid]).status();
-        if sent.is_ok_and(|s| s.success()) {
-            let deadline = Instant::now() + STOP_WAIT;
-            while Instant::now() < deadline {
-                if let Some(status) = self.exited()? {
-                    return Ok(status);
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        // SIGTERM could not be sent, or did not work in time: SIGKILL.
-        self.child.kill().wrap_err("cannot kill the service")?;
-        let status = self.child.wait().wrap_err("cannot wait for the service")?;
-        self.status = Some(status);
-        bail!("the service did not stop within {STOP_WAIT:?} of SIGTERM and was killed")
     }
 }
 
-impl Drop for Service {
-    fn drop(&mut self) {
-        // On an early return: never leave a service behind holding the port and the consumer.
-        let _ = self.stop();
-    }
+/// The command line of the service that backlog mode starts (the URLs in its environment).
+fn service_command(args: &IngestArgs, exe: &Path, http_addr: SocketAddr) -> Command {
+    let http_addr = http_addr.to_string();
+    let settings = ServeSettings {
+        database_url: &args.db.database_url,
+        nats_url: &args.nats.nats_url,
+        stream: &args.nats.stream,
+        subject: &args.nats.subject,
+        durable: &args.durable,
+        http_addr: &http_addr,
+    };
+    child::serve_command(exe, &settings, &args.serve_args)
 }
 
 /// The last lines of a log file.
@@ -833,6 +804,48 @@ mod tests {
             assert_eq!(plan.samples, counted, "{orders} orders, every {every}");
             assert_eq!(plan.samples, samples, "{orders} orders, every {every}");
         }
+    }
+
+    #[test]
+    fn the_started_service_gets_its_urls_through_the_environment_not_its_command_line() {
+        // Arrange
+        let mut a = args(10, 1);
+        a.db.database_url = "postgres://ordersvc:dbs3cret@127.0.0.1:5432/orders".into();
+        a.nats.nats_url = "nats://user:nats3cret@127.0.0.1:4222".into();
+        a.nats.stream = "S".into();
+        a.serve_args = vec!["--batch-size=10".into()];
+
+        // Act
+        let command = service_command(
+            &a,
+            Path::new("/bin/ordersvc"),
+            SocketAddr::from(([127, 0, 0, 1], 8080)),
+        );
+
+        // Assert: `ps` shows no URL; the environment carries both.
+        let args: Vec<String> = command
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        for arg in &args {
+            assert!(
+                !arg.contains("3cret") && !arg.contains("://"),
+                "a URL on the command line: {args:?}"
+            );
+        }
+        assert!(args.contains(&"--batch-size=10".to_owned()), "{args:?}");
+        let env = |name: &str| {
+            command
+                .get_envs()
+                .find(|(key, _)| *key == name)
+                .and_then(|(_, value)| value)
+                .map(|value| value.to_string_lossy().into_owned())
+        };
+        assert_eq!(
+            env("DATABASE_URL").as_deref(),
+            Some(a.db.database_url.as_str())
+        );
+        assert_eq!(env("NATS_URL").as_deref(), Some(a.nats.nats_url.as_str()));
     }
 
     #[test]

@@ -8,7 +8,8 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,7 @@ use async_nats::jetstream::{self, consumer, publish::PublishAck};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Connection, PgConnection};
 
+use ordersvc::child::{serve_command, OnDrop, ServeProcess, ServeSettings, Stopped};
 use ordersvc::publisher::{Outcome, Pipeline};
 
 /// Where the service's database lives unless `ORDERSVC_TEST_DATABASE_URL` says otherwise; only
@@ -51,7 +53,8 @@ pub struct TestApp {
     /// The URLs the service is given: the ones above, or a proxy's address in their place.
     service_database_url: String,
     service_nats_url: String,
-    child: Option<Child>,
+    /// The running service; dropping it kills it.
+    child: Option<ServeProcess>,
     /// Every line the service has logged so far (all runs).
     logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     log_filter: Option<String>,
@@ -370,25 +373,32 @@ impl TestApp {
     /// Spawns `ordersvc serve` and waits for it: address logged, `/readyz` 200, consumer present.
     fn start(&mut self) {
         assert!(self.child.is_none(), "the service is already running");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ordersvc"))
-            .args(["--log-format", "text", "serve"])
-            .args(["--database-url", &self.service_database_url])
-            .args(["--nats-url", &self.service_nats_url])
-            .args(["--stream", &self.stream])
-            .args(["--subject", &self.subject])
-            .args(["--durable", &self.durable])
-            .args(["--http-addr", "127.0.0.1:0"])
-            .args(&self.serve_args)
+        // The same command line as `bench ingest` starts: URLs in the environment.
+        let settings = ServeSettings {
+            database_url: &self.service_database_url,
+            nats_url: &self.service_nats_url,
+            stream: &self.stream,
+            subject: &self.subject,
+            durable: &self.durable,
+            http_addr: "127.0.0.1:0",
+        };
+        let mut command = serve_command(
+            Path::new(env!("CARGO_BIN_EXE_ordersvc")),
+            &settings,
+            &self.serve_args,
+        );
+        command
+            .env("ORDERSVC_LOG_FORMAT", "text")
             .env(
                 "RUST_LOG",
                 self.log_filter.clone().unwrap_or_else(service_log_filter),
             )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
+            .stderr(Stdio::piped());
+        let mut child = ServeProcess::spawn(&mut command, OnDrop::Kill)
             .expect("cannot start the ordersvc binary");
-        let stderr = child.stderr.take().expect("stderr is piped");
+        let stderr = child.take_stderr().expect("stderr is piped");
         self.child = Some(child);
 
         // The reader keeps forwarding every line (cargo shows them when a test fails) and hands
@@ -429,7 +439,7 @@ impl TestApp {
             if status == 200 {
                 break;
             }
-            if let Some(Ok(Some(exit))) = self.child.as_mut().map(Child::try_wait) {
+            if let Some(Ok(Some(exit))) = self.child.as_mut().map(ServeProcess::exited) {
                 panic!("the service exited ({exit}) before it was ready");
             }
             assert!(
@@ -456,28 +466,19 @@ impl TestApp {
     pub fn kill(&mut self) {
         let mut child = self.child.take().expect("the service is not running");
         child.kill().expect("cannot SIGKILL the service");
-        child.wait().expect("cannot wait for the killed service");
     }
 
     /// SIGTERM, and wait (bounded) for the process to exit; returns its exit status.
     pub fn terminate(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("the service is not running");
-        let sent = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("cannot run kill");
-        assert!(sent.success(), "kill -TERM failed: {sent}");
-        let deadline = Instant::now() + STOP_DEADLINE;
-        loop {
-            if let Some(status) = child.try_wait().expect("cannot wait for the service") {
-                return status;
+        match child
+            .terminate(STOP_DEADLINE)
+            .expect("cannot stop the service")
+        {
+            Stopped::Exited(status) => status,
+            Stopped::Killed(_) => {
+                panic!("the service did not stop within {STOP_DEADLINE:?} of SIGTERM")
             }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("the service did not stop within {STOP_DEADLINE:?} of SIGTERM");
-            }
-            std::thread::sleep(POLL);
         }
     }
 
@@ -789,10 +790,8 @@ impl Publisher {
 
 impl Drop for TestApp {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        // The service first (dropping it kills it), so that it lets go of the database.
+        drop(self.child.take());
         let db = self.db.take();
         let maintenance = with_database(&self.database_url, "postgres");
         let name = format!("ordersvc_test_{}", self.suffix);
