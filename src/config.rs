@@ -23,7 +23,8 @@ pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
 pub struct DbArgs {
     /// PostgreSQL URL. `serve` and `migrate` create the database if it does not exist;
     /// `replay-from-db`, which only reads, refuses a missing one.
-    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    // `--help` would print the environment's value, password and all.
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
     pub database_url: String,
 }
 
@@ -31,7 +32,8 @@ pub struct DbArgs {
 #[derive(Args, Clone, Debug)]
 pub struct NatsArgs {
     /// NATS server URL.
-    #[arg(long, env = "NATS_URL", default_value = DEFAULT_NATS_URL)]
+    // `--help` would print the environment's value, password or token and all.
+    #[arg(long, env = "NATS_URL", default_value = DEFAULT_NATS_URL, hide_env_values = true)]
     pub nats_url: String,
     /// JetStream stream name (created if missing).
     #[arg(long, env = "ORDERSVC_STREAM", default_value = DEFAULT_STREAM)]

@@ -105,3 +105,27 @@ fn serve_with_a_database_or_nats_url_it_cannot_use_does_not_show_the_password() 
     );
     assert_failed_without_the_secret(&output, &format!("127.0.0.1:{port}"));
 }
+
+#[test]
+fn help_does_not_show_the_urls_given_in_the_environment() {
+    for command in ["serve", "migrate", "publish", "replay-from-db"] {
+        let mut help = ordersvc(&[command, "--help"]);
+        help.env(
+            "DATABASE_URL",
+            format!("postgres://ordersvc:{SECRET}@127.0.0.1/orders"),
+        )
+        .env("NATS_URL", format!("nats://{SECRET}@127.0.0.1:4222"));
+        let output = run_to_end(help, b"");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{command} --help: {output:?}");
+        assert!(stdout.contains("--"), "{command} --help printed no help");
+        assert!(!stdout.contains(SECRET), "{command} --help: {stdout}");
+    }
+    let mut help = ordersvc(&["bench", "ingest", "--help"]);
+    help.env(
+        "DATABASE_URL",
+        format!("postgres://ordersvc:{SECRET}@127.0.0.1/orders"),
+    );
+    let output = run_to_end(help, b"");
+    assert!(!String::from_utf8_lossy(&output.stdout).contains(SECRET));
+}
