@@ -14,8 +14,6 @@ mod http;
 mod ingest;
 mod report;
 
-use std::time::Duration;
-
 use clap::{Args, Subcommand};
 use color_eyre::eyre::Result;
 
@@ -50,31 +48,6 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
 }
 
-/// Parses `500ms`, `10s`, `1.5s`, `2m` or `1h` (a number and a unit, no spaces).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| format!("{text:?} has no unit: write e.g. 500ms, 10s, 2m or 1h"))?;
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} does not start with a number"))?;
-    let seconds_per_unit = match unit {
-        "ms" => 0.001,
-        "s" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
-        _ => {
-            return Err(format!(
-                "unknown unit {unit:?} in {text:?}: use ms, s, m or h"
-            ))
-        }
-    };
-    Duration::try_from_secs_f64(value * seconds_per_unit)
-        .map_err(|_| format!("{text:?} is out of range"))
-}
-
 /// Parses a ratio in `0.0..=1.0`.
 pub fn parse_ratio(text: &str) -> Result<f64, String> {
     let value: f64 = text
@@ -91,23 +64,6 @@ pub fn parse_ratio(text: &str) -> Result<f64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_take_the_units_people_write() {
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
-    }
-
-    #[test]
-    fn durations_without_a_known_unit_or_number_are_refused() {
-        for bad in ["10", "", "s", "10 s", "10sec", "-1s", "1e3s", "ms10"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?}");
-        }
-    }
 
     #[test]
     fn ratios_are_between_zero_and_one() {

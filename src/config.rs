@@ -1,6 +1,8 @@
 //! Settings shared by the subcommands: every one is a flag with an environment variable and a
 //! default (the design's contract table), parsed once in `main` and passed down.
 
+use std::time::Duration;
+
 use clap::{Args, ValueEnum};
 
 /// Default PostgreSQL URL: the service's own role, never the superuser.
@@ -19,8 +21,10 @@ pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
 /// Where PostgreSQL is.
 #[derive(Args, Clone, Debug)]
 pub struct DbArgs {
-    /// PostgreSQL URL; the database is created if it does not exist.
-    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    /// PostgreSQL URL. `serve` and `migrate` create the database if it does not exist;
+    /// `replay-from-db`, which only reads, refuses a missing one.
+    // `--help` would print the environment's value, password and all.
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
     pub database_url: String,
 }
 
@@ -28,7 +32,8 @@ pub struct DbArgs {
 #[derive(Args, Clone, Debug)]
 pub struct NatsArgs {
     /// NATS server URL.
-    #[arg(long, env = "NATS_URL", default_value = DEFAULT_NATS_URL)]
+    // `--help` would print the environment's value, password or token and all.
+    #[arg(long, env = "NATS_URL", default_value = DEFAULT_NATS_URL, hide_env_values = true)]
     pub nats_url: String,
     /// JetStream stream name (created if missing).
     #[arg(long, env = "ORDERSVC_STREAM", default_value = DEFAULT_STREAM)]
@@ -48,18 +53,126 @@ pub enum LogFormat {
     Json,
 }
 
-/// Parses a positive number of seconds, such as `10` or `0.5`.
-pub fn parse_seconds(s: &str) -> Result<std::time::Duration, String> {
-    let seconds: f64 = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
-    if !(seconds > 0.0 && seconds <= 86_400.0) {
-        return Err(format!(
-            "{s:?} must be more than 0 and at most 86400 seconds"
-        ));
+/// The longest duration any flag takes: a day. Longer is a typo, and bounding it keeps every
+/// `Instant + duration` far from overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+/// How a duration flag is written, for help texts and error messages.
+const DURATION_SYNTAX: &str = "a number with a unit: 250ms, 10s, 2m, 1h (a bare number is seconds)";
+
+/// Parses a duration flag: a number and a unit, `250ms`, `10s`, `1.5s`, `2m` or `1h`, or a bare
+/// number of seconds (`10`, `0.5`), which is what the older flags took. No spaces, no exponents;
+/// more than zero and at most [`MAX_DURATION`].
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let text = s.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let nanos_per_unit: u128 = match unit {
+        "ms" => 1_000_000,
+        "" | "s" => 1_000_000_000,
+        "m" => 60 * 1_000_000_000,
+        "h" => 3600 * 1_000_000_000,
+        _ => return Err(format!("{s:?} is not a duration: write {DURATION_SYNTAX}")),
+    };
+    // Decimal arithmetic on the digits, not f64: `0.1s` is exactly 100ms, and NaN, infinities
+    // and exponents never get in.
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    let all_digits = |part: &str| part.bytes().all(|b| b.is_ascii_digit());
+    if whole.is_empty() && fraction.is_empty()
+        || !all_digits(whole)
+        || !all_digits(fraction)
+        || fraction.len() > 9
+    {
+        return Err(format!("{s:?} is not a duration: write {DURATION_SYNTAX}"));
     }
-    Ok(std::time::Duration::from_secs_f64(seconds))
+    let too_large = || {
+        format!(
+            "{s:?} is too long: at most {}h",
+            MAX_DURATION.as_secs() / 3600
+        )
+    };
+    let whole: u128 = match whole {
+        "" => 0,
+        digits => digits.parse().map_err(|_| too_large())?,
+    };
+    let fraction_nanos = match fraction {
+        "" => 0,
+        digits => {
+            let value: u128 = digits.parse().map_err(|_| too_large())?;
+            value * nanos_per_unit / 10u128.pow(digits.len() as u32)
+        }
+    };
+    let nanos = whole
+        .checked_mul(nanos_per_unit)
+        .and_then(|n| n.checked_add(fraction_nanos))
+        .ok_or_else(too_large)?;
+    if nanos == 0 {
+        return Err(format!("{s:?} must be more than zero"));
+    }
+    if nanos > MAX_DURATION.as_nanos() {
+        return Err(too_large());
+    }
+    // At most a day in nanoseconds: far below u64::MAX.
+    Ok(Duration::from_nanos(
+        u64::try_from(nanos).map_err(|_| too_large())?,
+    ))
+}
+
+/// `url` without its secrets, for error messages and logs: the password of `user:password@`,
+/// a NATS token (`nats://token@host`: a user name alone is a secret there, unlike in a PostgreSQL
+/// URL) and `password=`/`sslpassword=` parameters become `***`. A NATS list (`nats://a,nats://b`)
+/// is redacted address by address.
+pub fn redact_url(url: &str) -> String {
+    let postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
+    if postgres {
+        // A PostgreSQL URL's commas separate hosts inside one authority: redact it whole.
+        redact_one(url, true)
+    } else {
+        url.split(',')
+            .map(|address| redact_one(address, false))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// One URL: the user info up to the last `@` (a password may contain `@` or `/`, so a stray `@`
+/// later on hides too much rather than too little), then the query parameters.
+fn redact_one(url: &str, user_is_public: bool) -> String {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let (scheme, rest) = url.split_at(start);
+    let (userinfo, after) = match rest.rfind('@') {
+        Some(at) => {
+            let (userinfo, after) = rest.split_at(at);
+            let userinfo = match userinfo.split_once(':') {
+                Some((user, _password)) => format!("{user}:***"),
+                None if user_is_public || userinfo.is_empty() => userinfo.to_owned(),
+                None => "***".to_owned(),
+            };
+            (userinfo, after)
+        }
+        None => (String::new(), rest),
+    };
+    let after = match after.split_once('?') {
+        Some((path, query)) => {
+            let parameters: Vec<String> = query
+                .split('&')
+                .map(|parameter| match parameter.split_once('=') {
+                    Some((key, _))
+                        if key.eq_ignore_ascii_case("password")
+                            || key.eq_ignore_ascii_case("sslpassword") =>
+                    {
+                        format!("{key}=***")
+                    }
+                    _ => parameter.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", parameters.join("&"))
+        }
+        None => after.to_owned(),
+    };
+    format!("{scheme}{userinfo}{after}")
 }
 
 #[cfg(test)]
@@ -67,14 +180,97 @@ mod tests {
     use super::*;
 
     #[test]
-    fn seconds_parse_as_positive_durations_only() {
-        assert_eq!(parse_seconds("10"), Ok(std::time::Duration::from_secs(10)));
-        assert_eq!(
-            parse_seconds("0.5"),
-            Ok(std::time::Duration::from_millis(500))
-        );
-        for bad in ["", "0", "-1", "abc", "NaN", "inf", "1e9"] {
-            assert!(parse_seconds(bad).is_err(), "{bad:?}");
+    fn redact_url_hides_passwords_and_tokens_but_not_where_the_server_is() {
+        for (url, redacted) in [
+            (
+                "postgres://u:secret@h:5432/db",
+                "postgres://u:***@h:5432/db",
+            ),
+            ("postgresql://u:secret@h/db", "postgresql://u:***@h/db"),
+            ("postgres://h/db", "postgres://h/db"),
+            ("postgres://u@h/db", "postgres://u@h/db"),
+            ("postgres://u:p@ss/w@h/db", "postgres://u:***@h/db"),
+            (
+                "postgres://u:pw@h1:5432,h2:5433/db",
+                "postgres://u:***@h1:5432,h2:5433/db",
+            ),
+            (
+                "postgres://u@h/db?sslmode=require&password=secret",
+                "postgres://u@h/db?sslmode=require&password=***",
+            ),
+            (
+                "postgres://h/db?SSLPASSWORD=secret",
+                "postgres://h/db?SSLPASSWORD=***",
+            ),
+            ("nats://127.0.0.1:4222", "nats://127.0.0.1:4222"),
+            ("nats://user:secret@h:4222", "nats://user:***@h:4222"),
+            ("nats://secret@h:4222", "nats://***@h:4222"),
+            ("tls://secret@h", "tls://***@h"),
+            ("user:secret@h:4222", "user:***@h:4222"),
+            ("h:4222", "h:4222"),
+            (
+                "nats://a:secret@h1:4222,nats://secret@h2:4222,nats://h3",
+                "nats://a:***@h1:4222,nats://***@h2:4222,nats://h3",
+            ),
+        ] {
+            assert_eq!(redact_url(url), redacted, "{url}");
+            assert!(!redact_url(url).contains("secret"), "{url}");
         }
+    }
+
+    #[test]
+    fn durations_take_a_unit_or_a_bare_number_of_seconds() {
+        for (text, expected) in [
+            ("10", Duration::from_secs(10)),
+            ("0.5", Duration::from_millis(500)),
+            ("10s", Duration::from_secs(10)),
+            ("1.5s", Duration::from_millis(1500)),
+            ("250ms", Duration::from_millis(250)),
+            ("0.1s", Duration::from_millis(100)),
+            ("2m", Duration::from_secs(120)),
+            ("1h", Duration::from_secs(3600)),
+            ("24h", MAX_DURATION),
+            (" 10s ", Duration::from_secs(10)),
+        ] {
+            assert_eq!(parse_duration(text), Ok(expected), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn durations_that_are_empty_zero_negative_odd_or_too_long_are_refused() {
+        for bad in [
+            "",
+            " ",
+            "0",
+            "0s",
+            "0.0ms",
+            "-1",
+            "-1s",
+            "abc",
+            "NaN",
+            "inf",
+            "infs",
+            "10x",
+            "10 s",
+            "10sec",
+            "1e3",
+            "1e3s",
+            "s",
+            ".",
+            "1.2.3",
+            "ms10",
+            "25h",
+            "86401",
+            "1.0000000001s",
+            "99999999999999999999999999999999999999999h",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_refused_duration_says_how_to_write_one() {
+        let error = parse_duration("10x").expect_err("refused");
+        assert!(error.contains("250ms, 10s, 2m, 1h"), "{error}");
     }
 }

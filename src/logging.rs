@@ -1,16 +1,17 @@
-//! Log output: text or JSON lines on stderr, filtered by `RUST_LOG` (default `info`).
+//! Log output: text or JSON lines on stderr, filtered by `RUST_LOG`, else by the command's
+//! default level (`info` for the service, `warn` for the client commands).
 
 use std::io::IsTerminal;
 
+use tracing::Level;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber; call once, first thing.
-pub fn init(format: LogFormat) {
-    // sqlx logs every slow statement at info; that is noise for an ingest that batches on purpose.
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+/// Installs the global subscriber; call once, first thing. `default` is the level when
+/// `RUST_LOG` is not set.
+pub fn init(format: LogFormat, default: Level) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -20,4 +21,12 @@ pub fn init(format: LogFormat) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+/// The filter without `RUST_LOG`. sqlx logs every slow statement at info; that is noise for an
+/// ingest that batches on purpose, so sqlx says at most warnings.
+fn default_filter(level: Level) -> EnvFilter {
+    // In tracing, the more verbose level is the greater one.
+    let sqlx = level.min(Level::WARN);
+    EnvFilter::new(format!("{level},sqlx={sqlx}"))
 }

@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 
 use clap::{Parser, Subcommand};
 use color_eyre::eyre::Result;
+use tracing::Level;
 
 use ordersvc::config::LogFormat;
 use ordersvc::{bench, logging, migrate, publish, replay, serve};
@@ -12,7 +13,8 @@ use ordersvc::{bench, logging, migrate, publish, replay, serve};
 #[derive(Parser, Debug)]
 #[command(name = "ordersvc", version, about, propagate_version = true)]
 struct Cli {
-    /// Log line format.
+    /// Log line format. The level comes from RUST_LOG (default: info for serve and migrate,
+    /// warn for the client commands).
     #[arg(
         long,
         global = true,
@@ -39,6 +41,17 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
+impl Command {
+    /// The log level without `RUST_LOG`: the service says what it does; a client command run by
+    /// hand prints its own results, and the NATS client's connection chatter would bury them.
+    fn default_log_level(&self) -> Level {
+        match self {
+            Command::Serve(_) | Command::Migrate(_) => Level::INFO,
+            Command::Publish(_) | Command::ReplayFromDb(_) | Command::Bench(_) => Level::WARN,
+        }
+    }
+}
+
 fn main() -> Result<()> {
     // Colours only for a person at a terminal, as for the logs.
     // An error report is for the operator: the chain of contexts, without advice on backtraces
@@ -49,7 +62,7 @@ fn main() -> Result<()> {
     }
     hook.install()?;
     let cli = Cli::parse();
-    logging::init(cli.log_format);
+    logging::init(cli.log_format, cli.command.default_log_level());
     match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Publish(args) => publish::run(args),

@@ -118,7 +118,7 @@ impl Metrics {
         let commit_failures = Counter::default();
         registry.register(
             "commit_failures",
-            "Batches that could not be committed and were nak'd for redelivery",
+            "Failed attempts to commit a batch; the batch stays unacked and is retried in place, with backoff, until PostgreSQL takes it",
             commit_failures.clone(),
         );
         let consumer_pending = Gauge::default();

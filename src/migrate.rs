@@ -3,8 +3,8 @@
 use clap::Args;
 use color_eyre::eyre::{Result, WrapErr};
 
-use crate::config::DbArgs;
-use crate::store::{redact, Store};
+use crate::config::{redact_url, DbArgs};
+use crate::store::Store;
 
 /// Settings of `ordersvc migrate`.
 #[derive(Args, Clone, Debug)]
@@ -27,7 +27,7 @@ pub fn run(args: MigrateArgs) -> Result<()> {
     })?;
     println!(
         "database {} is migrated and ready",
-        redact(&args.db.database_url)
+        redact_url(&args.db.database_url)
     );
     Ok(())
 }

@@ -10,10 +10,11 @@ use clap::Args;
 use color_eyre::eyre::{bail, Result, WrapErr};
 use serde::Deserialize;
 
-use crate::bus::{self, Pipeline, PublishSummary};
+use crate::bus;
 use crate::config::NatsArgs;
 use crate::generate;
 use crate::order::OrderUid;
+use crate::publisher::{self, Outcome, Pipeline, PublishSummary};
 use crate::samples::SAMPLES;
 
 /// A progress bar is shown from this many messages on.
@@ -122,15 +123,23 @@ async fn publish(
     let client = bus::connect(&args.nats.nats_url, "ordersvc publish").await?;
     let js = jetstream::new(client);
     bus::ensure_stream(&js, &args.nats).await?;
-    let progress = bus::progress_bar(count, PROGRESS_FROM);
-    let mut pipeline = Pipeline::new(js, &args.nats.subject, args.in_flight as usize, progress);
+    let progress = publisher::progress_bar(count, PROGRESS_FROM);
+    let report = |outcome: Outcome<String>| {
+        if let Err(failure) = &outcome.result {
+            progress.suspend(|| eprintln!("{}: {failure}", outcome.tag));
+        }
+    };
+    let mut pipeline = Pipeline::new(js, &args.nats.subject, args.in_flight as usize, report)
+        .with_progress(progress.clone());
     for (label, payload) in messages {
         let id = message_id(&payload);
         pipeline
             .send(label, payload, id.as_ref().map(OrderUid::as_str))
             .await;
     }
-    Ok(pipeline.finish().await)
+    let summary = pipeline.finish().await;
+    progress.finish_and_clear();
+    Ok(summary)
 }
 
 /// The message's order_uid, if it has a valid one: JetStream then drops repeats of it.

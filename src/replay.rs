@@ -12,9 +12,10 @@ use futures::StreamExt;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::bus::{self, Pipeline};
+use crate::bus;
 use crate::config::{DbArgs, NatsArgs};
 use crate::order::Order;
+use crate::publisher::{self, Outcome, Pipeline, Watermark};
 use crate::store::Store;
 
 /// A progress bar is shown from this many orders on.
@@ -79,7 +80,8 @@ pub fn run(args: ReplayArgs) -> Result<()> {
 }
 
 async fn replay(args: ReplayArgs) -> Result<()> {
-    let store = Store::open(&args.db.database_url).await?;
+    // Only reading: a database that does not exist is an error, never created (nor migrated).
+    let store = Store::connect(&args.db.database_url).await?;
     let after = args.after.as_deref();
     if let Some(uid) = after {
         if !store
@@ -94,28 +96,31 @@ async fn replay(args: ReplayArgs) -> Result<()> {
         .count_in_order(args.since, after)
         .await
         .wrap_err("cannot count the orders to replay")?;
-    let progress = bus::progress_bar(u64::try_from(total).unwrap_or(0), PROGRESS_FROM);
+    let progress = publisher::progress_bar(u64::try_from(total).unwrap_or(0), PROGRESS_FROM);
+    // The last order of the longest acknowledged run from the start: where to resume.
+    let mut resume: Watermark<String> = Watermark::default();
+    let on_outcome = |outcome: Outcome<String>| match &outcome.result {
+        Ok(_) => resume.acknowledged(outcome.index, outcome.tag),
+        Err(failure) => {
+            progress.suspend(|| eprintln!("{}: {failure}", outcome.tag));
+            resume.failed(outcome.index);
+        }
+    };
     let mut pipeline = if args.dry_run {
         None
     } else {
         let client = bus::connect(&args.nats.nats_url, "ordersvc replay-from-db").await?;
         let js = jetstream::new(client);
         bus::ensure_stream(&js, &args.nats).await?;
-        Some(Pipeline::new(
-            js,
-            &args.nats.subject,
-            args.in_flight as usize,
-            progress.clone(),
-        ))
+        Some(
+            Pipeline::new(js, &args.nats.subject, args.in_flight as usize, on_outcome)
+                .with_progress(progress.clone()),
+        )
     };
 
     let started = Instant::now();
     let mut timing = Timing::default();
     let (mut orders, mut bytes, mut invalid) = (0u64, 0u64, 0u64);
-    // The ids sent but not yet known to be acknowledged, in send order: the first of them is
-    // where an interrupted run must resume.
-    let mut unacked: std::collections::VecDeque<(u64, String)> = std::collections::VecDeque::new();
-    let mut last_acked: Option<String> = None;
     let mut rows = store.documents_in_order(args.since, after);
     let interrupted = tokio::signal::ctrl_c();
     tokio::pin!(interrupted);
@@ -147,41 +152,24 @@ async fn replay(args: ReplayArgs) -> Result<()> {
             None => progress.inc(1),
             Some(pipeline) => {
                 let t = Instant::now();
-                let index = orders - 1;
-                pipeline
-                    .send(uid.clone(), Bytes::from(document), Some(&uid))
-                    .await;
-                unacked.push_back((index, uid));
-                while unacked
-                    .front()
-                    .is_some_and(|(i, _)| *i < pipeline.acknowledged_through())
-                {
-                    last_acked = unacked.pop_front().map(|(_, uid)| uid);
-                }
+                let payload = Bytes::from(document);
+                pipeline.send(uid.clone(), payload, Some(&uid)).await;
                 timing.publishing += t.elapsed();
             }
         }
     }
     drop(rows);
 
-    let summary = match pipeline.as_mut() {
+    let summary = match pipeline {
         Some(pipeline) => {
             let t = Instant::now();
             let summary = pipeline.finish().await;
             timing.publishing += t.elapsed();
-            while unacked
-                .front()
-                .is_some_and(|(i, _)| *i < pipeline.acknowledged_through())
-            {
-                last_acked = unacked.pop_front().map(|(_, uid)| uid);
-            }
             Some(summary)
         }
-        None => {
-            progress.finish_and_clear();
-            None
-        }
+        None => None,
     };
+    progress.finish_and_clear();
     store.close().await;
     let elapsed = started.elapsed();
     let rate = orders as f64 / elapsed.as_secs_f64().max(f64::EPSILON);
@@ -203,7 +191,7 @@ async fn replay(args: ReplayArgs) -> Result<()> {
             summary.published, summary.duplicates, summary.failed
         );
         if summary.failed > 0 || was_interrupted {
-            match &last_acked {
+            match resume.last() {
                 Some(uid) => {
                     eprintln!("every order up to {uid} was acknowledged: resume with --after {uid}")
                 }

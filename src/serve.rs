@@ -50,9 +50,9 @@ pub struct ServeArgs {
     /// Most HTTP connections open at once; one more is answered 503 and closed.
     #[arg(long, env = "ORDERSVC_HTTP_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub http_max_connections: u32,
-    /// Seconds a client has to send a request head, and that a connection may stay idle or
-    /// stalled (moving no bytes) before it is closed.
-    #[arg(long, env = "ORDERSVC_HTTP_TIMEOUT", default_value = "10", value_parser = config::parse_seconds)]
+    /// How long a client has to send a request head, and that a connection may stay idle or
+    /// stalled (moving no bytes) before it is closed: e.g. 10s, 500ms, 2m (a bare number is seconds).
+    #[arg(long, env = "ORDERSVC_HTTP_TIMEOUT", default_value = "10s", value_parser = config::parse_duration)]
     pub http_timeout: Duration,
     /// Most messages written to PostgreSQL in one transaction (a batch also holds at most 16 MiB
     /// of payload).
@@ -65,7 +65,7 @@ pub struct ServeArgs {
     /// The whole stop budget after SIGTERM or SIGINT: finishing the batch in flight, sending
     /// its acks, answering the HTTP requests in flight and closing connections all fit in it
     /// (docs/OPERATIONS.md says how it is shared). Set a supervisor's kill timeout above it.
-    #[arg(long, env = "ORDERSVC_SHUTDOWN_TIMEOUT", default_value = "15", value_parser = config::parse_seconds)]
+    #[arg(long, env = "ORDERSVC_SHUTDOWN_TIMEOUT", default_value = "15s", value_parser = config::parse_duration)]
     pub shutdown_timeout: Duration,
 }
 

@@ -15,6 +15,7 @@ use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 use time::OffsetDateTime;
 
 use crate::batch::{self, Incoming, Rejected, Written};
+use crate::config::redact_url as redact;
 use crate::order::Order;
 
 /// The migrations under `migrations/`, embedded in the binary.
@@ -328,6 +329,41 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+
+    /// Connects to a database that must already exist, for commands that only read (unlike
+    /// `open`, nothing is created or migrated): a mistyped name is an error naming it, not a
+    /// new empty database that a replay would "successfully" read nothing from.
+    pub async fn connect(database_url: &str) -> Result<Store> {
+        let options = PgConnectOptions::from_str(database_url)
+            .wrap_err("DATABASE_URL is not a valid PostgreSQL URL")?;
+        // Without a name in the URL, PostgreSQL takes the user's.
+        let name = options
+            .get_database()
+            .unwrap_or(options.get_username())
+            .to_owned();
+        let server = format!("{}:{}", options.get_host(), options.get_port());
+        let connected = PgPoolOptions::new()
+            // A reader runs one query at a time; a second connection covers a query while a
+            // stream of rows is still open.
+            .max_connections(2)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await;
+        match connected {
+            Ok(pool) => Ok(Store { pool }),
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(UNDEFINED_DATABASE) => {
+                Err(sqlx::Error::Database(e)).wrap_err_with(|| {
+                    format!(
+                        "database {name} does not exist on PostgreSQL at {server} (this command \
+                         only reads and creates nothing: check the name in DATABASE_URL)"
+                    )
+                })
+            }
+            Err(e) => Err(e).wrap_err_with(|| {
+                format!("cannot connect to PostgreSQL at {}", redact(database_url))
+            }),
+        }
+    }
 }
 
 /// See `Store::probe`.
@@ -375,6 +411,9 @@ fn pool_for(role: Role, options: &PgConnectOptions) -> (PgPoolOptions, PgConnect
         options.clone().application_name(role.application_name()),
     )
 }
+
+/// PostgreSQL's SQLSTATE for a connection to a database that does not exist.
+const UNDEFINED_DATABASE: &str = "3D000";
 
 /// Inserts the candidate orders with one statement and returns the ids that were new.
 async fn insert_orders(
@@ -483,7 +522,13 @@ async fn create_database_if_missing(options: &PgConnectOptions) -> Result<()> {
         .database("postgres")
         .connect()
         .await
-        .wrap_err("cannot connect to PostgreSQL's maintenance database `postgres`")?;
+        .wrap_err_with(|| {
+            format!(
+                "cannot connect to PostgreSQL at {}:{} (its maintenance database `postgres`)",
+                options.get_host(),
+                options.get_port()
+            )
+        })?;
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
             .bind(&name)
@@ -511,34 +556,9 @@ fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// The URL without its password, for messages.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => match url[scheme + 3..at].split_once(':') {
-            Some((user, _password)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-            None => url.to_owned(),
-        },
-        _ => url.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redact_hides_the_password_only() {
-        assert_eq!(
-            redact("postgres://u:secret@h:5432/db"),
-            "postgres://u:***@h:5432/db"
-        );
-        assert_eq!(redact("postgres://h/db"), "postgres://h/db");
-        assert_eq!(
-            redact("postgres://u@h/db"),
-            "postgres://u@h/db",
-            "no password, nothing to hide"
-        );
-    }
 
     #[test]
     fn nul_characters_are_replaced_in_listing_columns() {

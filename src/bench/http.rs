@@ -27,7 +27,8 @@ use serde_json::json;
 
 use super::client::{Client, Target};
 use super::report::{self, HttpSummary};
-use super::{parse_duration, parse_ratio, DEFAULT_URL};
+use super::{parse_ratio, DEFAULT_URL};
+use crate::config;
 use crate::generate::Rng;
 use crate::order::OrderUid;
 
@@ -54,8 +55,8 @@ pub struct HttpArgs {
     /// it), or `max` (closed loop: every connection sends back to back).
     #[arg(long, env = "ORDERSVC_BENCH_RATE", default_value = "max")]
     pub rate: Rate,
-    /// How long to send requests: e.g. 500ms, 10s, 2m.
-    #[arg(long, env = "ORDERSVC_BENCH_DURATION", default_value = "30s", value_parser = parse_duration)]
+    /// How long to send requests: e.g. 500ms, 10s, 2m (a bare number is seconds).
+    #[arg(long, env = "ORDERSVC_BENCH_DURATION", default_value = "30s", value_parser = config::parse_duration)]
     pub duration: Duration,
     /// Keep-alive connections, each driven by its own thread.
     #[arg(long, env = "ORDERSVC_BENCH_CONNECTIONS", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=4096))]
@@ -77,7 +78,8 @@ pub struct HttpArgs {
     #[arg(long, env = "ORDERSVC_BENCH_SEED")]
     pub seed: Option<u64>,
     /// Longest wait for one response (and for connecting); a slower one counts as an error.
-    #[arg(long, env = "ORDERSVC_BENCH_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    /// E.g. 5s, 500ms (a bare number is seconds).
+    #[arg(long, env = "ORDERSVC_BENCH_TIMEOUT", default_value = "5s", value_parser = config::parse_duration)]
     pub timeout: Duration,
 }
 

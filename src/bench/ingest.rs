@@ -15,28 +15,27 @@
 //! visible out of order is noticed when those ahead of it are, so latencies can only be overstated.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::future::IntoFuture;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use clap::{Args, ValueEnum};
 use color_eyre::eyre::{bail, eyre, Result, WrapErr};
 use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
-use futures::stream::FuturesUnordered;
-use futures::{FutureExt, StreamExt};
 use hdrhistogram::Histogram;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::client::{Client, ClientError, Target};
 use super::report::{self, IngestSummary};
-use super::{parse_duration, parse_ratio, DEFAULT_URL};
+use super::{parse_ratio, DEFAULT_URL};
 use crate::bus;
-use crate::config::{DbArgs, NatsArgs, DEFAULT_DURABLE};
+use crate::child::{self, OnDrop, ServeProcess, ServeSettings, Stopped};
+use crate::config::{self, DbArgs, NatsArgs, DEFAULT_DURABLE};
 use crate::generate::{self, Rng};
+use crate::publisher::{Outcome, Pipeline};
 
 /// Random stream of the kind of each message.
 const STREAM_KIND: u64 = 20;
@@ -95,8 +94,8 @@ pub struct IngestArgs {
     #[arg(long, env = "ORDERSVC_BENCH_IN_FLIGHT", default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub in_flight: u32,
     /// Give up when no watched order has become visible for this long (and, in backlog mode,
-    /// when the service is not ready within it).
-    #[arg(long, env = "ORDERSVC_BENCH_STALL_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    /// when the service is not ready within it). E.g. 60s, 2m (a bare number is seconds).
+    #[arg(long, env = "ORDERSVC_BENCH_STALL_TIMEOUT", default_value = "60s", value_parser = config::parse_duration)]
     pub stall_timeout: Duration,
     /// Backlog mode: one more flag for the service this command starts (repeatable), e.g.
     /// `--serve-arg=--batch-size=2000`.
@@ -342,9 +341,12 @@ fn backlog(
 
     let log = std::env::temp_dir().join(format!("ordersvc-bench-serve-{}.log", std::process::id()));
     let spawned_at = Instant::now();
-    let mut service = Service::spawn(args, target.addr(), &log)?;
+    let mut service = spawn_service(args, target.addr(), &log)?;
     let ready_at = loop {
-        if let Some(status) = service.exited()? {
+        if let Some(status) = service
+            .exited()
+            .wrap_err("cannot check on the service process")?
+        {
             bail!(
                 "the service exited ({status}) before it was ready; its log ({}):\n{}",
                 log.display(),
@@ -372,7 +374,7 @@ fn backlog(
     let visible_bar = bars.add(bar(plan.samples, "watched orders visible"));
     let visibility = watch(target.addr(), &rx, args.stall_timeout, &visible_bar);
     bars.clear().ok();
-    let stopped = service.stop();
+    let stopped = stop_service(&mut service);
 
     let drain = visibility
         .last_seen_at
@@ -477,39 +479,24 @@ async fn publish(
     let js = jetstream::new(client.clone());
     bus::ensure_stream(&js, &args.nats).await?;
 
-    let subject = async_nats::Subject::from(args.nats.subject.as_str());
-    let window = args.in_flight as usize;
-
-    let mut out = Published {
-        first_at: Instant::now(),
-        last_ack_at: Instant::now(),
-        acked: 0,
-        failed: 0,
-        server_duplicates: 0,
-        errors: BTreeMap::new(),
-    };
-    let mut on_ack = |out: &mut Published, (sample, result): AckOutcome| {
-        bar.inc(1);
-        match result {
-            Ok(ack) => {
-                out.acked += 1;
-                out.server_duplicates += u64::from(ack.duplicate);
-                if let Some(mut sample) = sample {
-                    sample.since = Instant::now();
-                    on_sample(sample);
-                }
-            }
-            Err(e) => {
-                out.failed += 1;
-                *out.errors.entry(format!("publish ack: {e}")).or_default() += 1;
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    let on_outcome = |outcome: Outcome<Option<Sample>>| match outcome.result {
+        Ok(_) => {
+            if let Some(mut sample) = outcome.tag {
+                // Latency counts from the ack: the order cannot be visible before it is stored.
+                sample.since = outcome.at;
+                on_sample(sample);
             }
         }
+        Err(failure) => *errors.entry(failure.to_string()).or_default() += 1,
     };
-    let mut acks = FuturesUnordered::new();
+    let first_at = Instant::now();
+    let mut pipeline = Pipeline::new(js, &args.nats.subject, args.in_flight as usize, on_outcome)
+        .with_progress(bar.clone());
     let mut valid_so_far: Vec<u64> = Vec::new();
     for (n, &kind) in (0u64..).zip(&plan.kinds) {
         let mut payload = Vec::with_capacity(4096);
-        let mut headers = async_nats::HeaderMap::new();
+        let mut msg_id = None;
         let mut sample = None;
         match kind {
             Kind::Valid => {
@@ -527,7 +514,7 @@ async fn publish(
                         last: n == plan.last_valid,
                     });
                 }
-                headers.insert("Nats-Msg-Id", uid.as_str());
+                msg_id = Some(uid);
                 valid_so_far.push(n);
             }
             Kind::Invalid => {
@@ -539,41 +526,24 @@ async fn publish(
                 generate::order(plan.seed, valid_so_far[at], &mut payload);
             }
         }
-        match js
-            .publish_with_headers(subject.clone(), headers, payload.into())
-            .await
-        {
-            Ok(ack) => acks.push(ack.into_future().map(move |r| (sample, r))),
-            Err(e) => {
-                bar.inc(1);
-                out.failed += 1;
-                *out.errors.entry(format!("publish: {e}")).or_default() += 1;
-            }
-        }
-        // Take every ack that has arrived, so that a sample's instant is when its ack came.
-        while let Some(Some(outcome)) = acks.next().now_or_never() {
-            on_ack(&mut out, outcome);
-        }
-        while acks.len() >= window {
-            if let Some(outcome) = acks.next().await {
-                on_ack(&mut out, outcome);
-            }
-        }
+        pipeline
+            .send(sample, payload.into(), msg_id.as_deref())
+            .await;
     }
-    while let Some(outcome) = acks.next().await {
-        on_ack(&mut out, outcome);
-    }
-    out.last_ack_at = Instant::now();
+    let counts = pipeline.finish().await;
+    let last_ack_at = Instant::now();
     // Nothing is buffered after the last ack, but be explicit before the connection goes away.
     client.flush().await.ok();
     bar.finish();
-    Ok(out)
+    Ok(Published {
+        first_at,
+        last_ack_at,
+        acked: counts.acked(),
+        failed: counts.failed,
+        server_duplicates: counts.duplicates,
+        errors,
+    })
 }
-
-type AckOutcome = (
-    Option<Sample>,
-    Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
-);
 
 /// Messages the service will have to process when it starts: those pending for the durable
 /// consumer, or (for a durable that does not exist yet, which starts at the stream's beginning)
@@ -692,81 +662,48 @@ fn watch(
     out
 }
 
-/// The `ordersvc serve` that backlog mode starts, stopped with SIGTERM when dropped.
-struct Service {
-    child: Child,
-    status: Option<ExitStatus>,
+/// Starts the `ordersvc serve` of backlog mode, logging to `log`; dropped, it gets SIGTERM.
+fn spawn_service(args: &IngestArgs, http_addr: SocketAddr, log: &Path) -> Result<ServeProcess> {
+    let exe = std::env::current_exe().wrap_err("cannot find this program's own path")?;
+    let log_file = std::fs::File::create(log)
+        .wrap_err_with(|| format!("cannot create the service log {}", log.display()))?;
+    let log_err = log_file
+        .try_clone()
+        .wrap_err("cannot share the service log file")?;
+    let mut command = service_command(args, &exe, http_addr);
+    command
+        .stdin(Stdio::null())
+        .stdout(log_file)
+        .stderr(log_err);
+    ServeProcess::spawn(&mut command, OnDrop::Terminate(STOP_WAIT))
+        .wrap_err_with(|| format!("cannot start {} serve", exe.display()))
 }
 
-impl Service {
-    fn spawn(args: &IngestArgs, http_addr: SocketAddr, log: &Path) -> Result<Service> {
-        let exe = std::env::current_exe().wrap_err("cannot find this program's own path")?;
-        let log_file = std::fs::File::create(log)
-            .wrap_err_with(|| format!("cannot create the service log {}", log.display()))?;
-        let log_err = log_file
-            .try_clone()
-            .wrap_err("cannot share the service log file")?;
-        let child = Command::new(&exe)
-            .arg("serve")
-            .args(["--database-url", &args.db.database_url])
-            .args(["--nats-url", &args.nats.nats_url])
-            .args(["--stream", &args.nats.stream])
-            .args(["--subject", &args.nats.subject])
-            .args(["--durable", &args.durable])
-            .args(["--http-addr", &http_addr.to_string()])
-            .args(&args.serve_args)
-            .stdin(Stdio::null())
-            .stdout(log_file)
-            .stderr(log_err)
-            .spawn()
-            .wrap_err_with(|| format!("cannot start {} serve", exe.display()))?;
-        Ok(Service {
-            child,
-            status: None,
-        })
-    }
-
-    /// The exit status, if the service has exited.
-    fn exited(&mut self) -> Result<Option<ExitStatus>> {
-        if self.status.is_none() {
-            self.status = self
-                .child
-                .try_wait()
-                .wrap_err("cannot check on the service process")?;
+/// Stops the service with SIGTERM, killing it if it has not stopped within `STOP_WAIT`.
+fn stop_service(service: &mut ServeProcess) -> Result<ExitStatus> {
+    match service
+        .terminate(STOP_WAIT)
+        .wrap_err("cannot stop the service")?
+    {
+        Stopped::Exited(status) => Ok(status),
+        Stopped::Killed(_) => {
+            bail!("the service did not stop within {STOP_WAIT:?} of SIGTERM and was killed")
         }
-        Ok(self.status)
-    }
-
-    /// Sends SIGTERM (through `kill`, which needs no unsafe code here), waits for a clean stop,
-    /// and kills the process if it does not stop in time.
-    fn stop(&mut self) -> Result<ExitStatus> {
-        if let Some(status) = self.exited()? {
-            return Ok(status);
-        }
-        let pid = self.child.id().to_string();
-        let sent = Command::new("kill").args(["-TERM", &pid]).status();
-        if sent.is_ok_and(|s| s.success()) {
-            let deadline = Instant::now() + STOP_WAIT;
-            while Instant::now() < deadline {
-                if let Some(status) = self.exited()? {
-                    return Ok(status);
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        // SIGTERM could not be sent, or did not work in time: SIGKILL.
-        self.child.kill().wrap_err("cannot kill the service")?;
-        let status = self.child.wait().wrap_err("cannot wait for the service")?;
-        self.status = Some(status);
-        bail!("the service did not stop within {STOP_WAIT:?} of SIGTERM and was killed")
     }
 }
 
-impl Drop for Service {
-    fn drop(&mut self) {
-        // On an early return: never leave a service behind holding the port and the consumer.
-        let _ = self.stop();
-    }
+/// The command line of the service that backlog mode starts (the URLs in its environment).
+fn service_command(args: &IngestArgs, exe: &Path, http_addr: SocketAddr) -> Command {
+    let http_addr = http_addr.to_string();
+    let settings = ServeSettings {
+        database_url: &args.db.database_url,
+        nats_url: &args.nats.nats_url,
+        stream: &args.nats.stream,
+        subject: &args.nats.subject,
+        durable: &args.durable,
+        http_addr: &http_addr,
+    };
+    child::serve_command(exe, &settings, &args.serve_args)
 }
 
 /// The last lines of a log file.
@@ -867,6 +804,48 @@ mod tests {
             assert_eq!(plan.samples, counted, "{orders} orders, every {every}");
             assert_eq!(plan.samples, samples, "{orders} orders, every {every}");
         }
+    }
+
+    #[test]
+    fn the_started_service_gets_its_urls_through_the_environment_not_its_command_line() {
+        // Arrange
+        let mut a = args(10, 1);
+        a.db.database_url = "postgres://ordersvc:dbs3cret@127.0.0.1:5432/orders".into();
+        a.nats.nats_url = "nats://user:nats3cret@127.0.0.1:4222".into();
+        a.nats.stream = "S".into();
+        a.serve_args = vec!["--batch-size=10".into()];
+
+        // Act
+        let command = service_command(
+            &a,
+            Path::new("/bin/ordersvc"),
+            SocketAddr::from(([127, 0, 0, 1], 8080)),
+        );
+
+        // Assert: `ps` shows no URL; the environment carries both.
+        let args: Vec<String> = command
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        for arg in &args {
+            assert!(
+                !arg.contains("3cret") && !arg.contains("://"),
+                "a URL on the command line: {args:?}"
+            );
+        }
+        assert!(args.contains(&"--batch-size=10".to_owned()), "{args:?}");
+        let env = |name: &str| {
+            command
+                .get_envs()
+                .find(|(key, _)| *key == name)
+                .and_then(|(_, value)| value)
+                .map(|value| value.to_string_lossy().into_owned())
+        };
+        assert_eq!(
+            env("DATABASE_URL").as_deref(),
+            Some(a.db.database_url.as_str())
+        );
+        assert_eq!(env("NATS_URL").as_deref(), Some(a.nats.nats_url.as_str()));
     }
 
     #[test]

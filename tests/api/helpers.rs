@@ -8,14 +8,17 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, publish::PublishAck};
-use futures::stream::{FuturesOrdered, StreamExt};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Connection, PgConnection};
+
+use ordersvc::child::{serve_command, OnDrop, ServeProcess, ServeSettings, Stopped};
+use ordersvc::publisher::{Outcome, Pipeline};
 
 /// Where the service's database lives unless `ORDERSVC_TEST_DATABASE_URL` says otherwise; only
 /// the database name of either is replaced.
@@ -50,7 +53,8 @@ pub struct TestApp {
     /// The URLs the service is given: the ones above, or a proxy's address in their place.
     service_database_url: String,
     service_nats_url: String,
-    child: Option<Child>,
+    /// The running service; dropping it kills it.
+    child: Option<ServeProcess>,
     /// Every line the service has logged so far (all runs).
     logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     log_filter: Option<String>,
@@ -215,6 +219,72 @@ fn server_addr(url: &str, default_port: u16) -> SocketAddr {
         .unwrap_or_else(|| panic!("cannot resolve {with_port} (from {url})"))
 }
 
+/// Runs a command to its end, feeding it `stdin`, and returns what it printed; kills it and
+/// panics if it has not finished within `EVENTUALLY`.
+pub fn run_to_end(mut command: Command, stdin: &[u8]) -> Output {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start the command");
+    // Each pipe has its own thread, so that a command that writes much before it reads its
+    // input (or the other way round) cannot deadlock with this one.
+    let mut input = child.stdin.take().expect("stdin is piped");
+    let stdin = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        // A command that exits without reading its input is not an error here.
+        let _ = input.write_all(&stdin);
+    });
+    let reader = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = reader(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = reader(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let deadline = Instant::now() + EVENTUALLY;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("cannot wait for the command") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{command:?} did not finish within {EVENTUALLY:?}");
+        }
+        std::thread::sleep(POLL);
+    };
+    let _ = writer.join();
+    Output {
+        status,
+        stdout: stdout.join().expect("the stdout reader panicked"),
+        stderr: stderr.join().expect("the stderr reader panicked"),
+    }
+}
+
+/// A TCP port on 127.0.0.1 that nothing listens on (it was free a moment ago): connecting to it
+/// is refused at once.
+pub fn closed_port() -> u16 {
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").expect("cannot bind a port on 127.0.0.1");
+    listener.local_addr().expect("a bound address").port()
+}
+
 /// A file under testdata/, byte for byte.
 pub fn testdata(path: &str) -> Vec<u8> {
     let full = format!(concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/{}"), path);
@@ -239,7 +309,7 @@ pub fn model_with_uid(uid: &str) -> Vec<u8> {
 }
 
 /// `url` with its database name replaced by `name` (user, host, port and parameters kept).
-fn with_database(url: &str, name: &str) -> String {
+pub fn with_database(url: &str, name: &str) -> String {
     let (main, query) = match url.split_once('?') {
         Some((main, query)) => (main, format!("?{query}")),
         None => (url, String::new()),
@@ -303,25 +373,19 @@ impl TestApp {
     /// Spawns `ordersvc serve` and waits for it: address logged, `/readyz` 200, consumer present.
     fn start(&mut self) {
         assert!(self.child.is_none(), "the service is already running");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ordersvc"))
-            .args(["--log-format", "text", "serve"])
-            .args(["--database-url", &self.service_database_url])
-            .args(["--nats-url", &self.service_nats_url])
-            .args(["--stream", &self.stream])
-            .args(["--subject", &self.subject])
-            .args(["--durable", &self.durable])
-            .args(["--http-addr", "127.0.0.1:0"])
-            .args(&self.serve_args)
+        let mut command = self.serve_command(&self.serve_args);
+        command
+            .env("ORDERSVC_LOG_FORMAT", "text")
             .env(
                 "RUST_LOG",
                 self.log_filter.clone().unwrap_or_else(service_log_filter),
             )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
+            .stderr(Stdio::piped());
+        let mut child = ServeProcess::spawn(&mut command, OnDrop::Kill)
             .expect("cannot start the ordersvc binary");
-        let stderr = child.stderr.take().expect("stderr is piped");
+        let stderr = child.take_stderr().expect("stderr is piped");
         self.child = Some(child);
 
         // The reader keeps forwarding every line (cargo shows them when a test fails) and hands
@@ -362,7 +426,7 @@ impl TestApp {
             if status == 200 {
                 break;
             }
-            if let Some(Ok(Some(exit))) = self.child.as_mut().map(Child::try_wait) {
+            if let Some(Ok(Some(exit))) = self.child.as_mut().map(ServeProcess::exited) {
                 panic!("the service exited ({exit}) before it was ready");
             }
             assert!(
@@ -389,28 +453,19 @@ impl TestApp {
     pub fn kill(&mut self) {
         let mut child = self.child.take().expect("the service is not running");
         child.kill().expect("cannot SIGKILL the service");
-        child.wait().expect("cannot wait for the killed service");
     }
 
     /// SIGTERM, and wait (bounded) for the process to exit; returns its exit status.
     pub fn terminate(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("the service is not running");
-        let sent = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("cannot run kill");
-        assert!(sent.success(), "kill -TERM failed: {sent}");
-        let deadline = Instant::now() + STOP_DEADLINE;
-        loop {
-            if let Some(status) = child.try_wait().expect("cannot wait for the service") {
-                return status;
+        match child
+            .terminate(STOP_DEADLINE)
+            .expect("cannot stop the service")
+        {
+            Stopped::Exited(status) => status,
+            Stopped::Killed(_) => {
+                panic!("the service did not stop within {STOP_DEADLINE:?} of SIGTERM")
             }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("the service did not stop within {STOP_DEADLINE:?} of SIGTERM");
-            }
-            std::thread::sleep(POLL);
         }
     }
 
@@ -540,30 +595,8 @@ impl TestApp {
     }
 
     /// Runs a command to its end (bounded), feeding it `stdin`, and returns what it printed.
-    pub fn run(&self, mut command: Command, stdin: &[u8]) -> Output {
-        let mut child = command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot start the command");
-        let pid = child.id();
-        let mut input = child.stdin.take().expect("stdin is piped");
-        input.write_all(stdin).expect("cannot write to its stdin");
-        drop(input);
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(child.wait_with_output());
-        });
-        match rx.recv_timeout(EVENTUALLY) {
-            Ok(output) => output.expect("cannot collect the command's output"),
-            Err(_) => {
-                let _ = Command::new("kill")
-                    .args(["-KILL", &pid.to_string()])
-                    .status();
-                panic!("{command:?} did not finish within {EVENTUALLY:?}");
-            }
-        }
+    pub fn run(&self, command: Command, stdin: &[u8]) -> Output {
+        run_to_end(command, stdin)
     }
 
     /// Polls `GET /order/{uid}` until it is 200 and returns the body.
@@ -703,6 +736,21 @@ impl TestApp {
 }
 
 impl TestApp {
+    /// `ordersvc serve` on this test's names and a free port, then `extra` flags: the same
+    /// command line as `bench ingest` starts (URLs in the environment). Standard I/O is the
+    /// caller's to set.
+    pub fn serve_command<S: AsRef<std::ffi::OsStr>>(&self, extra: &[S]) -> Command {
+        let settings = ServeSettings {
+            database_url: &self.service_database_url,
+            nats_url: &self.service_nats_url,
+            stream: &self.stream,
+            subject: &self.subject,
+            durable: &self.durable,
+            http_addr: "127.0.0.1:0",
+        };
+        serve_command(Path::new(env!("CARGO_BIN_EXE_ordersvc")), &settings, extra)
+    }
+
     /// `/readyz`: its status and its reasons (empty when ready), after checking that 200 and 503
     /// answer the same JSON shape, with this process's cache count.
     pub fn readiness(&self) -> (u16, Vec<String>) {
@@ -834,57 +882,40 @@ pub struct Publisher {
 
 impl Publisher {
     /// Publishes every message in order, each with `Nats-Msg-Id` when it has an id, with up to
-    /// `PUBLISH_WINDOW` acks awaited at once; returns the stream sequences in the same order (a
-    /// repeat the server dropped within its duplicate window gets the original's sequence).
+    /// `PUBLISH_WINDOW` acks awaited at once (the service's own pipeline, as `ordersvc publish`
+    /// uses); returns the stream sequences in the same order (a repeat the server dropped within
+    /// its duplicate window gets the original's sequence).
     pub fn publish_many<'m>(
         &self,
         messages: impl IntoIterator<Item = (Option<&'m str>, &'m [u8])>,
     ) -> Vec<u64> {
-        use std::future::IntoFuture;
         self.rt.block_on(async {
-            let mut acks = FuturesOrdered::new();
             let mut sequences = Vec::new();
+            let on_outcome = |outcome: Outcome<()>| {
+                let ack = outcome.result.unwrap_or_else(|failure| {
+                    panic!("message {} was not published: {failure}", outcome.index)
+                });
+                let at = usize::try_from(outcome.index).expect("an index fits in usize");
+                if sequences.len() <= at {
+                    sequences.resize(at + 1, 0);
+                }
+                sequences[at] = ack.sequence;
+            };
+            let mut pipeline =
+                Pipeline::new(self.js.clone(), &self.subject, PUBLISH_WINDOW, on_outcome);
             for (msg_id, payload) in messages {
-                if acks.len() >= PUBLISH_WINDOW {
-                    sequences.push(next_sequence(&mut acks).await);
-                }
-                let mut headers = async_nats::HeaderMap::new();
-                if let Some(id) = msg_id {
-                    headers.insert("Nats-Msg-Id", id);
-                }
-                let ack = self
-                    .js
-                    .publish_with_headers(self.subject.clone(), headers, payload.to_vec().into())
-                    .await
-                    .expect("cannot publish");
-                acks.push_back(ack.into_future());
+                pipeline.send((), payload.to_vec().into(), msg_id).await;
             }
-            while !acks.is_empty() {
-                sequences.push(next_sequence(&mut acks).await);
-            }
+            pipeline.finish().await;
             sequences
         })
     }
 }
 
-async fn next_sequence<F, E>(acks: &mut FuturesOrdered<F>) -> u64
-where
-    F: std::future::Future<Output = Result<PublishAck, E>>,
-    E: std::fmt::Display,
-{
-    match acks.next().await {
-        Some(Ok(ack)) => ack.sequence,
-        Some(Err(e)) => panic!("a publish was not acknowledged: {e}"),
-        None => unreachable!("called with no ack pending"),
-    }
-}
-
 impl Drop for TestApp {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        // The service first (dropping it kills it), so that it lets go of the database.
+        drop(self.child.take());
         let db = self.db.take();
         let maintenance = with_database(&self.database_url, "postgres");
         let name = format!("ordersvc_test_{}", self.suffix);

@@ -17,3 +17,4 @@ mod readers;
 mod readiness;
 mod replay;
 mod restart;
+mod secrets;

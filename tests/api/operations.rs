@@ -167,3 +167,18 @@ fn no_log_line_carries_the_personal_data_of_an_order() {
         }
     }
 }
+
+#[test]
+fn the_commit_failures_help_text_says_that_a_failed_batch_is_retried_in_place() {
+    // The operator reads it in Prometheus: it must tell what happens, not an old design.
+    let app = spawn_app();
+    let (status, _, body) = app.get("/metrics");
+    assert_eq!(status, 200);
+    let text = String::from_utf8(body).expect("the metrics are UTF-8");
+    let help = text
+        .lines()
+        .find(|line| line.starts_with("# HELP ordersvc_commit_failures"))
+        .unwrap_or_else(|| panic!("no help for commit_failures in\n{text}"));
+    assert!(help.contains("retried in place"), "{help}");
+    assert!(!help.contains("nak"), "{help}");
+}

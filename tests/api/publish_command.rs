@@ -135,3 +135,35 @@ fn publish_command_publishes_files_and_samples() {
         assert_eq!(row.kind, kind, "{file}: {}", row.reason);
     }
 }
+
+#[test]
+fn publish_logs_only_warnings_by_default_and_rust_log_still_turns_info_on() {
+    // Arrange
+    let app = spawn_app();
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/model.json");
+    let stderr_of = |rust_log: Option<&str>| {
+        let mut command = app.publish_command();
+        command.args(["-j", file]);
+        match rust_log {
+            Some(filter) => command.env("RUST_LOG", filter),
+            None => command.env_remove("RUST_LOG"),
+        };
+        let output = app.run(command, b"");
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+
+    // Act
+    let quiet = stderr_of(None);
+    let verbose = stderr_of(Some("info"));
+
+    // Assert: the NATS client's "connected successfully" is an INFO line.
+    assert!(
+        !quiet.contains("INFO") && !quiet.contains("connected"),
+        "{quiet}"
+    );
+    assert!(
+        verbose.contains("INFO") && verbose.contains("connected"),
+        "{verbose}"
+    );
+}

@@ -2,8 +2,10 @@
 //! reason when PostgreSQL goes away or ingest cannot subscribe, and 200 again when they recover.
 //! And a stop requested during the cache restore is honoured, within the stop budget.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
+
+use ordersvc::child::{OnDrop, ServeProcess, Stopped};
 
 use crate::helpers::{
     generated_orders, model_with_uid, postgres_addr, spawn_app, spawn_app_with_options, with_ids,
@@ -134,9 +136,10 @@ fn sigterm_during_the_cache_restore_stops_the_service_cleanly() {
     assert!(app.terminate().success());
     let lock = OrdersLocked::take(&app.database_url);
 
-    let mut child = serve_command(&app)
-        .spawn()
-        .expect("cannot start the ordersvc binary");
+    let mut command = app.serve_command(&["--shutdown-timeout", "5s"]);
+    command.stdin(Stdio::null()).stdout(Stdio::null());
+    let mut child =
+        ServeProcess::spawn(&mut command, OnDrop::Kill).expect("cannot start the ordersvc binary");
     wait_for(
         || app.query_i64(&waiting_on_the_lock(&app)) > 0,
         "the restore to wait on the table lock",
@@ -144,24 +147,12 @@ fn sigterm_during_the_cache_restore_stops_the_service_cleanly() {
 
     // Act
     let asked = Instant::now();
-    let sent = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("cannot run kill");
-    assert!(sent.success());
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("cannot wait for the service") {
-            break status;
-        }
-        if asked.elapsed() > DEADLINE {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the service did not stop within {DEADLINE:?} of SIGTERM during its restore");
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    };
+    let stopped = child.terminate(DEADLINE).expect("cannot stop the service");
 
     // Assert: a clean stop, while the restore was still waiting.
+    let Stopped::Exited(status) = stopped else {
+        panic!("the service did not stop within {DEADLINE:?} of SIGTERM during its restore");
+    };
     // (PostgreSQL keeps the abandoned query waiting until the lock is freed: it learns that its
     // client is gone only when it next writes to it.)
     assert!(status.success(), "exit status {status}");
@@ -176,24 +167,6 @@ fn waiting_on_the_lock(app: &TestApp) -> String {
          AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()",
         app.suffix
     )
-}
-
-/// `ordersvc serve` on the test's names, a free port, and a stop budget of 5 s.
-fn serve_command(app: &TestApp) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ordersvc"));
-    command
-        .arg("serve")
-        .args(["--database-url", &app.database_url])
-        .args(["--nats-url", &app.nats_url])
-        .args(["--stream", &app.stream])
-        .args(["--subject", &app.subject])
-        .args(["--durable", &app.durable])
-        .args(["--http-addr", "127.0.0.1:0"])
-        .args(["--shutdown-timeout", "5"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    command
 }
 
 fn wait_for(mut condition: impl FnMut() -> bool, what: &str) {

@@ -3,14 +3,19 @@
 
 use std::process::Command;
 
-use crate::helpers::{model_with_uid, spawn_app, testdata, TestApp};
+use crate::helpers::{model_with_uid, spawn_app, testdata, with_database, TestApp};
 
 /// `ordersvc replay-from-db` reading `source`'s database and publishing to `target`'s stream.
 fn replay_command(source: &TestApp, target: &TestApp, extra: &[&str]) -> Command {
+    replay_command_from(&source.database_url, target, extra)
+}
+
+/// `ordersvc replay-from-db` reading the database at `database_url`, publishing to `target`'s stream.
+fn replay_command_from(database_url: &str, target: &TestApp, extra: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_ordersvc"));
     command
         .arg("replay-from-db")
-        .args(["--database-url", &source.database_url])
+        .args(["--database-url", database_url])
         .args(["--nats-url", &target.nats_url])
         .args(["--stream", &target.stream])
         .args(["--subject", &target.subject])
@@ -129,4 +134,36 @@ fn replaying_after_an_unknown_order_fails_clearly() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("no such order is stored"), "{stderr}");
+}
+
+#[test]
+fn replaying_from_a_database_that_does_not_exist_fails_and_creates_nothing() {
+    // Arrange: a mistyped database name on a server that is up.
+    let source = spawn_app();
+    let missing = format!("ordersvc_test_{}_mistyped", source.suffix);
+    let missing_url = with_database(&source.database_url, &missing);
+    let exists = |app: &TestApp| {
+        app.query_i64(&format!(
+            "SELECT count(*) FROM pg_database WHERE datname = '{missing}'"
+        )) > 0
+    };
+
+    for extra in [&[][..], &["--dry-run"][..]] {
+        // Act
+        let output = source.run(replay_command_from(&missing_url, &source, extra), b"");
+
+        // Assert: a clear failure naming the database, which is still not there.
+        let created = exists(&source);
+        if created {
+            source.execute_as_owner(&format!("DROP DATABASE \"{missing}\" WITH (FORCE)"));
+        }
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success(),
+            "{extra:?}: it succeeded: {}{stderr}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        assert!(stderr.contains(&missing), "{extra:?}: {stderr}");
+        assert!(!created, "{extra:?}: replay-from-db created {missing}");
+    }
 }

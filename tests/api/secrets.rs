@@ -1,0 +1,131 @@
+//! No credential shows where others can read it: a command that cannot reach PostgreSQL or NATS
+//! names the server it tried, but neither its error message nor its log lines carry the password
+//! or token of the URL it was given.
+
+use std::process::{Command, Output};
+
+use crate::helpers::{closed_port, run_to_end, spawn_app};
+
+/// The secret in every URL below; nothing a command prints may contain it.
+const SECRET: &str = "s3cretpw";
+
+/// `ordersvc ARGS`, logging at `info` (more than the client commands' default), so that log
+/// lines are checked too.
+fn ordersvc(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ordersvc"));
+    command
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env_remove("DATABASE_URL")
+        .env_remove("NATS_URL");
+    command
+}
+
+/// Asserts that the command failed, printed nothing with the secret, and named `server`.
+fn assert_failed_without_the_secret(output: &Output, server: &str) {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "it succeeded\nstdout: {stdout}\nstderr: {stderr}"
+    );
+    assert!(!stdout.contains(SECRET), "the secret on stdout: {stdout}");
+    assert!(!stderr.contains(SECRET), "the secret on stderr: {stderr}");
+    assert!(
+        stderr.contains(server),
+        "the error does not say which server: {stderr}"
+    );
+}
+
+#[test]
+fn publish_to_an_unreachable_nats_url_with_a_password_or_token_does_not_show_it() {
+    let port = closed_port();
+    for url in [
+        format!("nats://user:{SECRET}@127.0.0.1:{port}"),
+        format!("nats://{SECRET}@127.0.0.1:{port}"),
+    ] {
+        let output = run_to_end(ordersvc(&["publish", "--nats-url", &url]), b"");
+        assert_failed_without_the_secret(&output, &format!("127.0.0.1:{port}"));
+    }
+}
+
+#[test]
+fn migrate_with_a_database_url_it_cannot_use_does_not_show_the_password() {
+    let port = closed_port();
+    for url in [
+        // Nothing listens there.
+        format!("postgres://ordersvc:{SECRET}@127.0.0.1:{port}/orders"),
+        // The server answers, and refuses the role.
+        format!("postgres://no_such_role_x:{SECRET}@127.0.0.1:5432/orders"),
+        // The password as a parameter.
+        format!("postgres://ordersvc@127.0.0.1:{port}/orders?password={SECRET}"),
+    ] {
+        let output = run_to_end(ordersvc(&["migrate", "--database-url", &url]), b"");
+        assert_failed_without_the_secret(&output, "127.0.0.1");
+    }
+}
+
+#[test]
+fn serve_with_a_database_or_nats_url_it_cannot_use_does_not_show_the_password() {
+    // PostgreSQL unreachable.
+    let port = closed_port();
+    let database_url = format!("postgres://ordersvc:{SECRET}@127.0.0.1:{port}/orders");
+    let output = run_to_end(
+        ordersvc(&[
+            "serve",
+            "--database-url",
+            &database_url,
+            "--http-addr",
+            "127.0.0.1:0",
+        ]),
+        b"",
+    );
+    assert_failed_without_the_secret(&output, "127.0.0.1");
+
+    // PostgreSQL fine (a test's own database), NATS unreachable.
+    let app = spawn_app();
+    let nats_url = format!("nats://user:{SECRET}@127.0.0.1:{port}");
+    let output = run_to_end(
+        ordersvc(&[
+            "serve",
+            "--database-url",
+            &app.database_url,
+            "--nats-url",
+            &nats_url,
+            "--stream",
+            &app.stream,
+            "--subject",
+            &app.subject,
+            "--durable",
+            &app.durable,
+            "--http-addr",
+            "127.0.0.1:0",
+        ]),
+        b"",
+    );
+    assert_failed_without_the_secret(&output, &format!("127.0.0.1:{port}"));
+}
+
+#[test]
+fn help_does_not_show_the_urls_given_in_the_environment() {
+    for command in ["serve", "migrate", "publish", "replay-from-db"] {
+        let mut help = ordersvc(&[command, "--help"]);
+        help.env(
+            "DATABASE_URL",
+            format!("postgres://ordersvc:{SECRET}@127.0.0.1/orders"),
+        )
+        .env("NATS_URL", format!("nats://{SECRET}@127.0.0.1:4222"));
+        let output = run_to_end(help, b"");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{command} --help: {output:?}");
+        assert!(stdout.contains("--"), "{command} --help printed no help");
+        assert!(!stdout.contains(SECRET), "{command} --help: {stdout}");
+    }
+    let mut help = ordersvc(&["bench", "ingest", "--help"]);
+    help.env(
+        "DATABASE_URL",
+        format!("postgres://ordersvc:{SECRET}@127.0.0.1/orders"),
+    );
+    let output = run_to_end(help, b"");
+    assert!(!String::from_utf8_lossy(&output.stdout).contains(SECRET));
+}
