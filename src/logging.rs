@@ -1,5 +1,6 @@
-//! Log output: text or JSON lines on stderr, filtered by `RUST_LOG`, else by the command's
-//! default level (`info` for the service, `warn` for the client commands).
+//! Log output and error reports, both on stderr. Logs are text or JSON lines, filtered by
+//! `RUST_LOG`, else by the command's default level (`info` for the service, `warn` for the
+//! client commands); an error that ends a command is reported once, as a chain of contexts.
 
 use std::io::IsTerminal;
 
@@ -8,7 +9,18 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber; call once, first thing. `default` is the level when
+/// Installs the one place that reports errors (what `main` returns): the chain of contexts, in
+/// colour only for a person at a terminal, without color-eyre's advice on backtraces (the
+/// report is for an operator; RUST_BACKTRACE=1 still adds one). Call once, first thing.
+pub fn install_error_reports() -> color_eyre::eyre::Result<()> {
+    let mut hook = color_eyre::config::HookBuilder::default().display_env_section(false);
+    if !std::io::stderr().is_terminal() {
+        hook = hook.theme(color_eyre::config::Theme::new());
+    }
+    hook.install()
+}
+
+/// Installs the global subscriber; call once, right after the command line is parsed. `default` is the level when
 /// `RUST_LOG` is not set.
 pub fn init(format: LogFormat, default: Level) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter(default));

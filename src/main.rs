@@ -1,7 +1,5 @@
 //! The `ordersvc` binary: parse the command line, dispatch to the subcommand, report errors.
 
-use std::io::IsTerminal;
-
 use clap::{Parser, Subcommand};
 use color_eyre::eyre::Result;
 use tracing::Level;
@@ -53,14 +51,7 @@ impl Command {
 }
 
 fn main() -> Result<()> {
-    // Colours only for a person at a terminal, as for the logs.
-    // An error report is for the operator: the chain of contexts, without advice on backtraces
-    // (RUST_BACKTRACE=1 still adds one).
-    let mut hook = color_eyre::config::HookBuilder::default().display_env_section(false);
-    if !std::io::stderr().is_terminal() {
-        hook = hook.theme(color_eyre::config::Theme::new());
-    }
-    hook.install()?;
+    logging::install_error_reports()?;
     let cli = Cli::parse();
     logging::init(cli.log_format, cli.command.default_log_level());
     match cli.command {

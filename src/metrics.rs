@@ -51,7 +51,7 @@ pub struct Metrics {
     pub batch_size: Histogram,
     /// Seconds from the start of a batch's transaction to its commit.
     pub commit_seconds: Histogram,
-    /// Batches that could not be committed (and were nak'd).
+    /// Failed attempts to commit a batch (each failed batch is kept and retried in place).
     pub commit_failures: Counter,
     /// Messages the consumer still has to deliver, as of the last message received.
     pub consumer_pending: Gauge,
