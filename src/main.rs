@@ -4,8 +4,9 @@ use clap::{Parser, Subcommand};
 use color_eyre::eyre::Result;
 use tracing::Level;
 
-use ordersvc::config::LogFormat;
-use ordersvc::{bench, logging, migrate, publish, replay, serve};
+use ordersvc_client::{bench, publish, replay};
+use ordersvc_service::config::LogFormat;
+use ordersvc_service::{logging, migrate, serve};
 
 /// Orders from NATS JetStream, stored in PostgreSQL, served over HTTP from memory.
 #[derive(Parser, Debug)]

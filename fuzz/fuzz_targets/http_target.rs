@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ordersvc::http::{resolve, Route};
+use ordersvc_service::http::{resolve, Route};
 
 fuzz_target!(|data: &[u8]| {
     // hyper hands over the target as an ASCII str; anything else never reaches the router.

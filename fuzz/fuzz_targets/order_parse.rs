@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ordersvc::order::Order;
+use ordersvc_service::order::Order;
 
 fuzz_target!(|data: &[u8]| {
     match Order::parse(data) {

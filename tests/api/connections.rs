@@ -6,7 +6,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use ordersvc::http::MAX_HEAD_BYTES;
+use ordersvc_service::http::MAX_HEAD_BYTES;
 
 use crate::helpers::{
     model_with_uid, order_of_size, spawn_app, spawn_app_with, status_of, TestApp,

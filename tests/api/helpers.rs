@@ -17,8 +17,8 @@ use async_nats::jetstream::{self, consumer, publish::PublishAck};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Connection, PgConnection};
 
-use ordersvc::child::{serve_command, OnDrop, ServeProcess, ServeSettings, Stopped};
-use ordersvc::publisher::{Outcome, Pipeline};
+use ordersvc_client::child::{serve_command, OnDrop, ServeProcess, ServeSettings, Stopped};
+use ordersvc_client::publisher::{Outcome, Pipeline};
 
 /// Where the service's database lives unless `ORDERSVC_TEST_DATABASE_URL` says otherwise; only
 /// the database name of either is replaced.
@@ -955,7 +955,7 @@ impl Drop for TestApp {
 /// `info`; the `listening on` line is always kept, since `start` reads the address from it.
 fn service_log_filter() -> String {
     let base = std::env::var("RUST_LOG").unwrap_or_else(|_| "info,sqlx=warn".to_owned());
-    format!("{base},ordersvc::serve=info")
+    format!("{base},ordersvc_service::serve=info")
 }
 
 /// The address in the service's `listening on http://ADDR` log line.

@@ -5,7 +5,7 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use ordersvc::child::{OnDrop, ServeProcess, Stopped};
+use ordersvc_client::child::{OnDrop, ServeProcess, Stopped};
 
 use crate::helpers::{
     generated_orders, model_with_uid, postgres_addr, spawn_app, spawn_app_with_options, with_ids,

@@ -18,9 +18,9 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use ordersvc::cache::{Body, Cache};
-use ordersvc::order::OrderUid;
-use ordersvc::store::Store;
+use ordersvc_service::cache::{Body, Cache};
+use ordersvc_service::order::OrderUid;
+use ordersvc_service::store::Store;
 
 fn answer(cache: &Cache, request: &Request<Incoming>) -> Response<Full<Bytes>> {
     let id = request.uri().path().strip_prefix("/order/").unwrap_or("");

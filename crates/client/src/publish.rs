@@ -10,12 +10,12 @@ use clap::Args;
 use color_eyre::eyre::{bail, Result, WrapErr};
 use serde::Deserialize;
 
-use crate::bus;
-use crate::config::NatsArgs;
 use crate::generate;
-use crate::order::OrderUid;
 use crate::publisher::{self, Outcome, Pipeline, PublishSummary};
 use crate::samples::SAMPLES;
+use ordersvc_service::bus;
+use ordersvc_service::config::NatsArgs;
+use ordersvc_service::order::OrderUid;
 
 /// A progress bar is shown from this many messages on.
 const PROGRESS_FROM: u64 = 20;

@@ -154,7 +154,7 @@ fn same_content(a: &str, b: &str) -> bool {
 mod tests {
     use super::*;
 
-    const MODEL: &str = include_str!("../testdata/model.json");
+    const MODEL: &str = include_str!("../../../testdata/model.json");
 
     fn incoming(payload: &str) -> Incoming {
         Incoming {

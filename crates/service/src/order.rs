@@ -604,7 +604,7 @@ impl<'de> Deserialize<'de> for NonNegInt {
 mod tests {
     use super::*;
 
-    const MODEL: &str = include_str!("../testdata/model.json");
+    const MODEL: &str = include_str!("../../../testdata/model.json");
 
     fn reject(raw: impl AsRef<[u8]>) -> Rejection {
         match Order::parse(raw.as_ref()) {
@@ -1501,7 +1501,7 @@ mod tests {
 
     #[test]
     fn every_testdata_sample_parses_as_its_name_says() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata");
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata");
         let mut checked = 0;
         let mut uids = std::collections::HashSet::new();
         let read =

@@ -622,7 +622,7 @@ mod tests {
     use std::collections::HashSet;
 
     use super::*;
-    use crate::order::{Order, RejectKind};
+    use ordersvc_service::order::{Order, RejectKind};
 
     #[test]
     fn generated_orders_pass_order_parse_and_keep_their_uid() {
@@ -650,7 +650,10 @@ mod tests {
         let mut seen = HashSet::new();
         for n in 0..10_000 {
             let id = uid(u64::MAX, n);
-            assert!(crate::order::OrderUid::parse(&id).is_ok(), "{id}");
+            assert!(
+                ordersvc_service::order::OrderUid::parse(&id).is_ok(),
+                "{id}"
+            );
             assert!(seen.insert(id));
         }
     }

@@ -12,11 +12,11 @@ use futures::StreamExt;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::bus;
-use crate::config::{DbArgs, NatsArgs};
-use crate::order::Order;
 use crate::publisher::{self, Outcome, Pipeline, Watermark};
-use crate::store::Store;
+use ordersvc_service::bus;
+use ordersvc_service::config::{DbArgs, NatsArgs};
+use ordersvc_service::order::Order;
+use ordersvc_service::store::Store;
 
 /// A progress bar is shown from this many orders on.
 const PROGRESS_FROM: u64 = 100;

@@ -19,12 +19,12 @@ use crate::config::redact_url as redact;
 use crate::order::Order;
 
 /// The migrations under `migrations/`, embedded in the binary.
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
 
 /// The id of `probe_write`'s order, which is always rolled back.
 const PROBE_UID: &str = "ordersvc-write-probe";
 /// A valid order like the producers' (the model's shape), for `probe_write`.
-const PROBE_DOCUMENT: &str = include_str!("../testdata/model.json");
+const PROBE_DOCUMENT: &str = include_str!("../../../testdata/model.json");
 
 /// A handle on the service's database.
 #[derive(Clone, Debug)]

@@ -31,11 +31,11 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use super::client::{Client, ClientError, Target};
 use super::report::{self, IngestSummary};
 use super::{parse_ratio, DEFAULT_URL};
-use crate::bus;
 use crate::child::{self, OnDrop, ServeProcess, ServeSettings, Stopped};
-use crate::config::{self, DbArgs, NatsArgs, DEFAULT_DURABLE};
 use crate::generate::{self, Rng};
 use crate::publisher::{Outcome, Pipeline};
+use ordersvc_service::bus;
+use ordersvc_service::config::{self, DbArgs, NatsArgs, DEFAULT_DURABLE};
 
 /// Random stream of the kind of each message.
 const STREAM_KIND: u64 = 20;

@@ -28,9 +28,9 @@ use serde_json::json;
 use super::client::{Client, Target};
 use super::report::{self, HttpSummary};
 use super::{parse_ratio, DEFAULT_URL};
-use crate::config;
 use crate::generate::Rng;
-use crate::order::OrderUid;
+use ordersvc_service::config;
+use ordersvc_service::order::OrderUid;
 
 /// Random stream for the hit-or-miss and id choice of each request.
 const STREAM_PICK: u64 = 10;

@@ -1,0 +1,14 @@
+//! ordersvc's client side: the commands that put orders on the stream (`publish`,
+//! `replay-from-db`) and the load tool (`bench`, with its generator of realistic orders).
+//!
+//! Kept out of the service's crate: none of it runs inside `serve`, and its progress bars,
+//! histograms and child processes have no business there. It builds on the service's settings,
+//! order model, JetStream set-up and store, so that producers and the service agree on them.
+
+pub mod bench;
+pub mod child;
+pub(crate) mod generate;
+pub mod publish;
+pub mod publisher;
+pub mod replay;
+pub(crate) mod samples;
