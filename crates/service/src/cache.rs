@@ -364,8 +364,12 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
     use std::sync::atomic::AtomicU64;
     use std::time::Duration;
+
+    use tokio::sync::oneshot;
+    use tokio::task::JoinHandle;
 
     use futures::future::{BoxFuture, FutureExt};
 
@@ -475,15 +479,25 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_miss_on_an_incomplete_cache_loads_once_and_keeps_the_order() {
-        let cache = incomplete();
+    /// Asks for `id`, which must be found, with a loader of `document` that counts its runs.
+    async fn load_counting(
+        cache: &Arc<Cache>,
+        id: &str,
+        document: &'static str,
+    ) -> (Arc<Entry>, Arc<AtomicU64>) {
         let loads = Arc::new(AtomicU64::new(0));
-        let first = cache
-            .get_or_load(&uid("far"), loader(&loads, Duration::ZERO, "{\"doc\":1}"))
+        let entry = cache
+            .get_or_load(&uid(id), loader(&loads, Duration::ZERO, document))
             .await
             .expect("loaded")
             .expect("found");
+        (entry, loads)
+    }
+
+    #[tokio::test]
+    async fn a_miss_on_an_incomplete_cache_loads_once_and_keeps_the_order() {
+        let cache = incomplete();
+        let (first, loads) = load_counting(&cache, "far", "{\"doc\":1}").await;
         assert_eq!(first.body(), b"{\"doc\":1}");
         let again = cache
             .get_or_load(&uid("far"), || async {
@@ -534,6 +548,39 @@ mod tests {
         assert!(got.is_none());
     }
 
+    /// A request for `id` whose load waits for the returned sender, then ends as `load` does;
+    /// it has started (and holds the flight) when this returns.
+    fn request_gated(
+        cache: &Arc<Cache>,
+        id: &'static str,
+        load: impl Future<Output = Result<Option<String>, String>> + Send + 'static,
+    ) -> (JoinHandle<Loaded>, oneshot::Sender<()>) {
+        let (release, released) = oneshot::channel::<()>();
+        let cache = cache.clone();
+        let request = tokio::spawn(async move {
+            cache
+                .get_or_load(&uid(id), || async move {
+                    let _ = released.await;
+                    load.await
+                })
+                .await
+        });
+        (request, release)
+    }
+
+    /// A second request for `id`, which must join the load in flight (its own load would panic).
+    async fn request_joining(cache: &Arc<Cache>, id: &'static str) -> JoinHandle<Loaded> {
+        tokio::task::yield_now().await;
+        let cache = cache.clone();
+        let request = tokio::spawn(async move {
+            cache
+                .get_or_load(&uid(id), || async { panic!("joins the load in flight") })
+                .await
+        });
+        tokio::task::yield_now().await;
+        request
+    }
+
     /// Stands for a bug anywhere in a load (in sqlx, in the cache's insert).
     async fn panicking_load() -> Result<Option<String>, String> {
         panic!("injected: the load panics")
@@ -545,31 +592,9 @@ mod tests {
     async fn a_load_that_panics_is_an_error_for_its_waiters_and_the_next_request_loads_again() {
         // Arrange: a load that panics once a second request waits for it too.
         let cache = incomplete();
-        let (release, released) = tokio::sync::oneshot::channel::<()>();
-        let first = tokio::spawn({
-            let cache = cache.clone();
-            async move {
-                cache
-                    .get_or_load(&uid("boom"), || async move {
-                        let _ = released.await;
-                        panicking_load().await
-                    })
-                    .await
-            }
-        });
-        tokio::task::yield_now().await;
+        let (first, release) = request_gated(&cache, "boom", panicking_load());
         let started = tokio::time::Instant::now();
-        let second = tokio::spawn({
-            let cache = cache.clone();
-            async move {
-                cache
-                    .get_or_load(&uid("boom"), || async {
-                        panic!("joins the load in flight")
-                    })
-                    .await
-            }
-        });
-        tokio::task::yield_now().await;
+        let second = request_joining(&cache, "boom").await;
 
         // Act
         let _ = release.send(());
@@ -580,12 +605,7 @@ mod tests {
         assert!(first.is_err() && second.is_err(), "{first:?} {second:?}");
         assert!(started.elapsed() < flight::FLIGHT_WAIT);
         assert_eq!(cache.flights.len(), 0);
-        let loads = Arc::new(AtomicU64::new(0));
-        let again = cache
-            .get_or_load(&uid("boom"), loader(&loads, Duration::ZERO, "doc"))
-            .await
-            .expect("loaded")
-            .expect("found");
+        let (again, loads) = load_counting(&cache, "boom", "doc").await;
         assert_eq!(again.body(), b"doc");
         assert_eq!(loads.load(Ordering::Relaxed), 1);
     }
@@ -594,31 +614,9 @@ mod tests {
     async fn a_request_dropped_mid_load_strands_no_waiter_and_leaves_no_load_behind() {
         // Arrange: a first request whose load is under way, and a second that waits for it.
         let cache = incomplete();
-        let (release, released) = tokio::sync::oneshot::channel::<()>();
-        let first = tokio::spawn({
-            let cache = cache.clone();
-            async move {
-                cache
-                    .get_or_load(&uid("gone"), || async move {
-                        let _ = released.await;
-                        Ok(Some("doc".to_owned()))
-                    })
-                    .await
-            }
-        });
-        tokio::task::yield_now().await;
+        let (first, release) = request_gated(&cache, "gone", async { Ok(Some("doc".to_owned())) });
         let started = tokio::time::Instant::now();
-        let second = tokio::spawn({
-            let cache = cache.clone();
-            async move {
-                cache
-                    .get_or_load(&uid("gone"), || async {
-                        panic!("joins the load in flight")
-                    })
-                    .await
-            }
-        });
-        tokio::task::yield_now().await;
+        let second = request_joining(&cache, "gone").await;
 
         // Act: the first client goes away (hyper drops its request's future), then the load ends.
         first.abort();
