@@ -342,23 +342,17 @@ async fn recent_orders(query: &str, shared: &Shared) -> Reply {
     };
     let limit = paging.limit;
     let (health, store) = (&shared.state.health, &shared.store);
-    let mut rows = match db_call(health, store.recent(limit + 1, before)).await {
+    let rows = match db_call(health, store.recent(limit + 1, before)).await {
         Ok(rows) => rows,
         Err(e) => return json_response(503, &json!({ "error": e })),
     };
-    let more = rows.len() as i64 > limit;
-    rows.truncate(limit as usize);
-    let next = if more {
-        rows.last().map(|r| {
-            PageCursor {
-                date: r.date_created,
-                uid: r.order_uid.clone(),
-            }
-            .encode()
-        })
-    } else {
-        None
-    };
+    let (rows, next) = page_of(rows, limit, |r| {
+        PageCursor {
+            date: r.date_created,
+            uid: r.order_uid.clone(),
+        }
+        .encode()
+    });
     let orders: Vec<_> = rows
         .iter()
         .map(|r| {
@@ -371,6 +365,17 @@ async fn recent_orders(query: &str, shared: &Shared) -> Reply {
         })
         .collect();
     json_response(200, &json!({ "orders": orders, "next": next }))
+}
+
+/// A listing's page from a query for `limit + 1` rows: the first `limit`, and the next page's
+/// cursor (from the last row kept) only when the extra row shows that an older page exists. A
+/// last page exactly `limit` long therefore says `next: null`.
+fn page_of<T, C>(mut rows: Vec<T>, limit: i64, cursor: impl Fn(&T) -> C) -> (Vec<T>, Option<C>) {
+    let limit = usize::try_from(limit).unwrap_or(0);
+    let more = rows.len() > limit;
+    rows.truncate(limit);
+    let next = if more { rows.last().map(cursor) } else { None };
+    (rows, next)
 }
 
 /// `GET /rejected?limit=N&before=ID`: the latest rejected messages, newest first, for operators.
@@ -386,18 +391,11 @@ async fn rejected(query: &str, shared: &Shared) -> Reply {
     };
     let limit = paging.limit;
     let (health, store) = (&shared.state.health, &shared.store);
-    // One row more than the page: it tells whether an older page exists.
-    let mut rows = match db_call(health, store.rejected(limit + 1, before)).await {
+    let rows = match db_call(health, store.rejected(limit + 1, before)).await {
         Ok(rows) => rows,
         Err(e) => return json_response(503, &json!({ "error": e })),
     };
-    let more = rows.len() as i64 > limit;
-    rows.truncate(limit as usize);
-    let next = if more {
-        rows.last().map(|r| r.id)
-    } else {
-        None
-    };
+    let (rows, next) = page_of(rows, limit, |r| r.id);
     let messages: Vec<_> = rows
         .iter()
         .map(|r| {
@@ -534,6 +532,14 @@ mod tests {
         }
         let long = format!("/order/{}", "a".repeat(65));
         assert!(matches!(resolve(&long), Route::Order(Err(_))));
+    }
+
+    #[test]
+    fn a_page_has_a_next_cursor_only_when_an_older_row_exists() {
+        assert_eq!(page_of(vec![5, 4, 3], 2, |r| *r), (vec![5, 4], Some(4)));
+        assert_eq!(page_of(vec![5, 4], 2, |r| *r), (vec![5, 4], None));
+        assert_eq!(page_of(vec![5], 2, |r| *r), (vec![5], None));
+        assert_eq!(page_of(Vec::<i32>::new(), 2, |r| *r), (vec![], None));
     }
 
     #[test]
