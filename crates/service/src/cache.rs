@@ -527,12 +527,7 @@ mod tests {
             })
             .collect();
         for request in requests {
-            let entry = request
-                .await
-                .expect("no panic")
-                .expect("loaded")
-                .expect("found");
-            assert_eq!(entry.body(), b"doc");
+            assert_eq!(found(request).await.body(), b"doc");
         }
         assert_eq!(loads.load(Ordering::Relaxed), 1);
         assert_eq!(cache.flights.len(), 0);
@@ -581,6 +576,15 @@ mod tests {
         request
     }
 
+    /// The order a request ended with; it must not have panicked, failed or found nothing.
+    async fn found(request: JoinHandle<Loaded>) -> Arc<Entry> {
+        request
+            .await
+            .expect("the request itself does not panic")
+            .expect("loaded")
+            .expect("found")
+    }
+
     /// Stands for a bug anywhere in a load (in sqlx, in the cache's insert).
     async fn panicking_load() -> Result<Option<String>, String> {
         panic!("injected: the load panics")
@@ -624,12 +628,7 @@ mod tests {
         let _ = release.send(());
 
         // Assert: the waiter gets the order, at once, and nothing is left in flight.
-        let second = second
-            .await
-            .expect("the request itself does not panic")
-            .expect("loaded")
-            .expect("found");
-        assert_eq!(second.body(), b"doc");
+        assert_eq!(found(second).await.body(), b"doc");
         assert!(started.elapsed() < flight::FLIGHT_WAIT);
         assert_eq!(cache.flights.len(), 0);
         assert!(cache.get("gone").is_some(), "the order loaded is kept");

@@ -284,29 +284,24 @@ impl Store {
         limit: i64,
         before: Option<(OffsetDateTime, String)>,
     ) -> Result<Vec<Summary>, sqlx::Error> {
-        match before {
-            None => {
-                sqlx::query_as(
-                    "SELECT order_uid, date_created, customer_id, track_number FROM orders \
+        // Two statements rather than one with `$2 IS NULL OR …`: each is a plain scan of the
+        // (date_created DESC, order_uid DESC) index.
+        let query = match before {
+            None => sqlx::query_as(
+                "SELECT order_uid, date_created, customer_id, track_number FROM orders \
                  ORDER BY date_created DESC, order_uid DESC LIMIT $1",
-                )
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await
-            }
-            Some((date, uid)) => {
-                sqlx::query_as(
-                    "SELECT order_uid, date_created, customer_id, track_number FROM orders \
+            )
+            .bind(limit),
+            Some((date, uid)) => sqlx::query_as(
+                "SELECT order_uid, date_created, customer_id, track_number FROM orders \
                  WHERE (date_created, order_uid) < ($2, $3) \
                  ORDER BY date_created DESC, order_uid DESC LIMIT $1",
-                )
-                .bind(limit)
-                .bind(date)
-                .bind(uid)
-                .fetch_all(&self.pool)
-                .await
-            }
-        }
+            )
+            .bind(limit)
+            .bind(date)
+            .bind(uid),
+        };
+        query.fetch_all(&self.pool).await
     }
 
     /// The most recent rejected messages, newest first, older than the row `before` if given.

@@ -646,40 +646,22 @@ mod tests {
         ]);
         let mut client = Client::new(addr, Duration::from_secs(5));
         let request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
-        let mut body = Vec::new();
-        assert_eq!(
-            client.request(request, Some(&mut body)).expect("first"),
-            Reply {
-                status: 200,
-                body_len: 5
+        // Each answer in turn: its status, its length, and (when kept) its body.
+        let mut expect = |status: u16, body_len: usize, body: Option<&[u8]>| {
+            let mut kept = Vec::new();
+            let reply = client
+                .request(request, body.map(|_| &mut kept))
+                .expect("an answer");
+            assert_eq!(reply, Reply { status, body_len });
+            if let Some(body) = body {
+                assert_eq!(kept, body);
             }
-        );
-        assert_eq!(body, b"hello");
-        body.clear();
-        assert_eq!(
-            client.request(request, Some(&mut body)).expect("second"),
-            Reply {
-                status: 404,
-                body_len: 5
-            }
-        );
-        assert_eq!(body, b"abcde");
-        let third = client.request(request, None).expect("third");
-        assert_eq!(
-            third,
-            Reply {
-                status: 200,
-                body_len: b"until close-me".len()
-            }
-        );
+        };
+        expect(200, 5, Some(b"hello"));
+        expect(404, 5, Some(b"abcde"));
+        expect(200, b"until close-me".len(), None);
         // The server closed: the client reconnects by itself.
-        assert_eq!(
-            client.request(request, None).expect("fourth"),
-            Reply {
-                status: 200,
-                body_len: 2
-            }
-        );
+        expect(200, 2, None);
     }
 
     #[test]

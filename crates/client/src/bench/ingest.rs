@@ -214,6 +214,17 @@ struct Sample {
     last: bool,
 }
 
+/// What both modes work from.
+#[derive(Clone, Copy)]
+struct Run<'a> {
+    args: &'a IngestArgs,
+    plan: &'a Plan,
+    /// The service's address, for the watcher and the readiness checks.
+    target: &'a Target,
+    /// The publisher's runtime (the caller's thread runs it).
+    runtime: &'a tokio::runtime::Runtime,
+}
+
 /// Runs the benchmark and prints the report.
 pub fn run(args: IngestArgs) -> Result<()> {
     let target = Target::parse(&args.url)?;
@@ -234,9 +245,15 @@ pub fn run(args: IngestArgs) -> Result<()> {
         .enable_all()
         .build()
         .wrap_err("cannot start the async runtime")?;
+    let run = Run {
+        args: &args,
+        plan: &plan,
+        target: &target,
+        runtime: &runtime,
+    };
     let summary = match args.mode {
-        Mode::Live => live(&args, &plan, &target, &runtime)?,
-        Mode::Backlog => backlog(&args, &plan, &target, &runtime)?,
+        Mode::Live => live(&run)?,
+        Mode::Backlog => backlog(&run)?,
     };
     if args.json {
         println!("{}", summary.json());
@@ -257,12 +274,13 @@ pub fn run(args: IngestArgs) -> Result<()> {
     Ok(())
 }
 
-fn live(
-    args: &IngestArgs,
-    plan: &Plan,
-    target: &Target,
-    runtime: &tokio::runtime::Runtime,
-) -> Result<IngestSummary> {
+fn live(run: &Run<'_>) -> Result<IngestSummary> {
+    let Run {
+        args,
+        plan,
+        target,
+        runtime,
+    } = *run;
     let mut client = Client::new(target.addr(), REQUEST_TIMEOUT);
     let (status, body) = get(&mut client, target, "/readyz").wrap_err_with(|| {
         format!(
@@ -307,12 +325,13 @@ fn live(
     }))
 }
 
-fn backlog(
-    args: &IngestArgs,
-    plan: &Plan,
-    target: &Target,
-    runtime: &tokio::runtime::Runtime,
-) -> Result<IngestSummary> {
+fn backlog(run: &Run<'_>) -> Result<IngestSummary> {
+    let Run {
+        args,
+        plan,
+        target,
+        runtime,
+    } = *run;
     // The service is started at --url: nothing may be there yet, and nothing should be consuming.
     let mut client = Client::new(target.addr(), REQUEST_TIMEOUT);
     match client.connect() {
