@@ -9,7 +9,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 use crate::cache::Cache;
 use crate::health::Health;
@@ -78,101 +78,120 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_01, 2.5, 15))
 }
 
+/// Registers `metric` under `name` and hands it back: the registry keeps one handle for the
+/// exposition, `Metrics` the other for its writers.
+fn registered<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 impl Metrics {
     /// Registers every metric, including the cache's own counters.
     pub fn new(cache: &Cache) -> Metrics {
         let mut registry = Registry::with_prefix("ordersvc");
-        registry.register(
-            "cache_hits",
-            "Order lookups answered from memory",
-            cache.stats.hits.clone(),
-        );
-        registry.register(
-            "cache_misses",
-            "Order lookups that went to PostgreSQL (only with --cache-max-bytes)",
-            cache.stats.misses.clone(),
-        );
-        registry.register(
-            "cache_evictions",
-            "Orders dropped from memory to stay within --cache-max-bytes",
-            cache.stats.evictions.clone(),
-        );
-        let messages = Family::<MessageLabels, Counter>::default();
-        registry.register(
+        for (name, help, counter) in [
+            (
+                "cache_hits",
+                "Order lookups answered from memory",
+                &cache.stats.hits,
+            ),
+            (
+                "cache_misses",
+                "Order lookups that went to PostgreSQL (only with --cache-max-bytes)",
+                &cache.stats.misses,
+            ),
+            (
+                "cache_evictions",
+                "Orders dropped from memory to stay within --cache-max-bytes",
+                &cache.stats.evictions,
+            ),
+        ] {
+            registry.register(name, help, counter.clone());
+        }
+        let messages = registered(
+            &mut registry,
             "messages",
             "Messages received from the stream, by outcome",
-            messages.clone(),
+            Family::<MessageLabels, Counter>::default(),
         );
-        let batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 14));
-        registry.register(
+        let batch_size = registered(
+            &mut registry,
             "batch_size",
             "Messages per committed batch",
-            batch_size.clone(),
+            Histogram::new(exponential_buckets(1.0, 2.0, 14)),
         );
-        let commit_seconds = Histogram::new(exponential_buckets(0.000_1, 2.0, 16));
-        registry.register(
+        let commit_seconds = registered(
+            &mut registry,
             "commit_seconds",
             "Time to write and commit one batch",
-            commit_seconds.clone(),
+            Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
         );
-        let commit_failures = Counter::default();
-        registry.register(
+        let commit_failures = registered(
+            &mut registry,
             "commit_failures",
-            "Failed attempts to commit a batch; the batch stays unacked and is retried in place, with backoff, until PostgreSQL takes it",
-            commit_failures.clone(),
+            "Failed attempts to commit a batch; the batch stays unacked and is retried in place, \
+             with backoff, until PostgreSQL takes it",
+            Counter::default(),
         );
-        let consumer_pending = Gauge::default();
-        registry.register(
+        let consumer_pending = registered(
+            &mut registry,
             "consumer_pending_messages",
             "Messages waiting in the stream for this consumer (lag), as of the last one received",
-            consumer_pending.clone(),
+            Gauge::default(),
         );
-        let restored_orders = Gauge::default();
-        registry.register(
+        let restored_orders = registered(
+            &mut registry,
             "restored_orders",
             "Orders loaded into the cache at start",
-            restored_orders.clone(),
+            Gauge::default(),
         );
-        let cache_orders = Gauge::default();
-        registry.register("cache_orders", "Orders in the cache", cache_orders.clone());
-        let cache_bytes = Gauge::default();
-        registry.register(
+        let cache_orders = registered(
+            &mut registry,
+            "cache_orders",
+            "Orders in the cache",
+            Gauge::default(),
+        );
+        let cache_bytes = registered(
+            &mut registry,
             "cache_bytes",
             "Bytes of order documents in the cache",
-            cache_bytes.clone(),
+            Gauge::default(),
         );
-        let ready = Gauge::default();
-        registry.register("ready", "1 when /readyz answers 200", ready.clone());
-        let http_requests = Family::<HttpLabels, Counter>::default();
-        registry.register(
+        let ready = registered(
+            &mut registry,
+            "ready",
+            "1 when /readyz answers 200",
+            Gauge::default(),
+        );
+        let http_requests = registered(
+            &mut registry,
             "http_requests",
             "HTTP responses by route and status",
-            http_requests.clone(),
+            Family::<HttpLabels, Counter>::default(),
         );
-        let http_seconds: HistogramFamily<RouteLabels> =
-            Family::new_with_constructor(latency_histogram);
-        registry.register(
+        let http_seconds: HistogramFamily<RouteLabels> = registered(
+            &mut registry,
             "http_request_seconds",
             "HTTP handling time by route",
-            http_seconds.clone(),
+            Family::new_with_constructor(latency_histogram),
         );
-        let http_connections = Gauge::default();
-        registry.register(
+        let http_connections = registered(
+            &mut registry,
             "http_connections",
             "HTTP connections open",
-            http_connections.clone(),
+            Gauge::default(),
         );
-        let http_connections_refused = Counter::default();
-        registry.register(
+        let http_connections_refused = registered(
+            &mut registry,
             "http_connections_refused",
             "HTTP connections refused with 503 because --http-max-connections were open",
-            http_connections_refused.clone(),
+            Counter::default(),
         );
-        let http_connections_timed_out = Counter::default();
-        registry.register(
+        let http_connections_timed_out = registered(
+            &mut registry,
             "http_connections_timed_out",
             "HTTP connections closed for sending or taking nothing within --http-timeout",
-            http_connections_timed_out.clone(),
+            Counter::default(),
         );
         Metrics {
             registry,

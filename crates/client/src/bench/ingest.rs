@@ -215,7 +215,6 @@ struct Sample {
 }
 
 /// What both modes work from.
-#[derive(Clone, Copy)]
 struct Run<'a> {
     args: &'a IngestArgs,
     plan: &'a Plan,
@@ -223,6 +222,150 @@ struct Run<'a> {
     target: &'a Target,
     /// The publisher's runtime (the caller's thread runs it).
     runtime: &'a tokio::runtime::Runtime,
+}
+
+impl Run<'_> {
+    fn live(&self) -> Result<IngestSummary> {
+        let mut client = Client::new(self.target.addr(), REQUEST_TIMEOUT);
+        let (status, body) = get(&mut client, self.target, "/readyz").wrap_err_with(|| {
+            format!(
+                "the service at {} does not answer: start `ordersvc serve` first, or use --mode backlog",
+                self.target.url()
+            )
+        })?;
+        if status != 200 {
+            bail!(
+                "the service at {} is not ready ({status}): {body}",
+                self.target.url()
+            );
+        }
+        refuse_stored_ids(&mut client, self.target, self.plan)?;
+
+        let bars = bars();
+        let published_bar = bars.add(bar(self.args.orders, "published"));
+        let visible_bar = bars.add(bar(self.plan.samples, "watched orders visible"));
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let addr = self.target.addr();
+        let stall = self.args.stall_timeout;
+        let watcher = std::thread::Builder::new()
+            .name("bench-watch".into())
+            .spawn(move || watch(addr, &rx, stall, &visible_bar))
+            .wrap_err("cannot start the watcher thread")?;
+        let published = self.runtime.block_on(publish(
+            self.args,
+            self.plan,
+            self.target,
+            &published_bar,
+            |sample| {
+                // The watcher only ends once this sender is gone, so it cannot have hung up.
+                let _ = tx.send(sample);
+            },
+        ));
+        drop(tx);
+        let visibility = watcher
+            .join()
+            .map_err(|_| eyre!("the watcher thread panicked"))?;
+        bars.clear().ok();
+        let published = published?;
+
+        let end_to_end = visibility
+            .last_seen_at
+            .map(|at| at.saturating_duration_since(published.first_at));
+        Ok(summary(self.args, self.plan, published, visibility, |s| {
+            s.end_to_end = end_to_end;
+        }))
+    }
+
+    fn backlog(&self) -> Result<IngestSummary> {
+        // The service is started at --url: nothing may be there yet, and nothing should be consuming.
+        let mut client = Client::new(self.target.addr(), REQUEST_TIMEOUT);
+        match client.connect() {
+            Err(ClientError::Connect(_)) => {}
+            _ => bail!(
+                "something already answers at {}: backlog mode starts its own service there, and the \
+                 backlog must wait unconsumed. Stop that service (or give another --url, and a fresh \
+                 --stream or --durable)",
+                self.target.url()
+            ),
+        }
+        let bars = bars();
+        let published_bar = bars.add(bar(self.args.orders, "published"));
+        let mut samples = Vec::with_capacity(usize::try_from(self.plan.samples).unwrap_or(0));
+        let published = self.runtime.block_on(publish(
+            self.args,
+            self.plan,
+            self.target,
+            &published_bar,
+            |s| samples.push(s),
+        ))?;
+        let pending = self.runtime.block_on(pending_messages(self.args))?;
+        if pending < published.acked.saturating_sub(published.server_duplicates) {
+            eprintln!(
+                "warning: the durable consumer {} has only {pending} messages pending of the {} just \
+                 published: something else consumes the stream, and the drain rate will be wrong",
+                self.args.durable, published.acked
+            );
+        }
+
+        let log =
+            std::env::temp_dir().join(format!("ordersvc-bench-serve-{}.log", std::process::id()));
+        let spawned_at = Instant::now();
+        let mut service = spawn_service(self.args, self.target.addr(), &log)?;
+        let ready_at = loop {
+            if let Some(status) = service
+                .exited()
+                .wrap_err("cannot check on the service process")?
+            {
+                bail!(
+                    "the service exited ({status}) before it was ready; its log ({}):\n{}",
+                    log.display(),
+                    tail(&log)
+                );
+            }
+            if let Ok((200, _)) = get(&mut client, self.target, "/readyz") {
+                break Instant::now();
+            }
+            if spawned_at.elapsed() > self.args.stall_timeout {
+                bail!(
+                    "the service was not ready within {}; its log: {}",
+                    report::duration(self.args.stall_timeout),
+                    log.display()
+                );
+            }
+            std::thread::sleep(READY_POLL);
+        };
+        let (tx, rx) = crossbeam_channel::unbounded();
+        for mut sample in samples {
+            sample.since = ready_at;
+            let _ = tx.send(sample);
+        }
+        drop(tx);
+        let visible_bar = bars.add(bar(self.plan.samples, "watched orders visible"));
+        let visibility = watch(
+            self.target.addr(),
+            &rx,
+            self.args.stall_timeout,
+            &visible_bar,
+        );
+        bars.clear().ok();
+        let stopped = stop_service(&mut service);
+
+        let drain = visibility
+            .last_seen_at
+            .map(|at| at.saturating_duration_since(ready_at));
+        let mut summary = summary(self.args, self.plan, published, visibility, |s| {
+            s.spawn_to_ready = Some(ready_at - spawned_at);
+            s.drain = drain;
+            s.pending_at_start = Some(pending);
+            s.service_log = Some(log.clone());
+        });
+        match stopped {
+            Ok(status) if status.success() => {}
+            Ok(status) => summary.error(format!("the service stopped with {status}")),
+            Err(e) => summary.error(format!("stopping the service: {e:#}")),
+        }
+        Ok(summary)
+    }
 }
 
 /// Runs the benchmark and prints the report.
@@ -252,8 +395,8 @@ pub fn run(args: IngestArgs) -> Result<()> {
         runtime: &runtime,
     };
     let summary = match args.mode {
-        Mode::Live => live(&run)?,
-        Mode::Backlog => backlog(&run)?,
+        Mode::Live => run.live()?,
+        Mode::Backlog => run.backlog()?,
     };
     if args.json {
         println!("{}", summary.json());
@@ -272,144 +415,6 @@ pub fn run(args: IngestArgs) -> Result<()> {
         bail!("{} message(s) could not be published", summary.failed);
     }
     Ok(())
-}
-
-fn live(run: &Run<'_>) -> Result<IngestSummary> {
-    let Run {
-        args,
-        plan,
-        target,
-        runtime,
-    } = *run;
-    let mut client = Client::new(target.addr(), REQUEST_TIMEOUT);
-    let (status, body) = get(&mut client, target, "/readyz").wrap_err_with(|| {
-        format!(
-            "the service at {} does not answer: start `ordersvc serve` first, or use --mode backlog",
-            target.url()
-        )
-    })?;
-    if status != 200 {
-        bail!(
-            "the service at {} is not ready ({status}): {body}",
-            target.url()
-        );
-    }
-    refuse_stored_ids(&mut client, target, plan)?;
-
-    let bars = bars();
-    let published_bar = bars.add(bar(args.orders, "published"));
-    let visible_bar = bars.add(bar(plan.samples, "watched orders visible"));
-    let (tx, rx) = crossbeam_channel::unbounded();
-    let addr = target.addr();
-    let stall = args.stall_timeout;
-    let watcher = std::thread::Builder::new()
-        .name("bench-watch".into())
-        .spawn(move || watch(addr, &rx, stall, &visible_bar))
-        .wrap_err("cannot start the watcher thread")?;
-    let published = runtime.block_on(publish(args, plan, target, &published_bar, |sample| {
-        // The watcher only ends once this sender is gone, so it cannot have hung up.
-        let _ = tx.send(sample);
-    }));
-    drop(tx);
-    let visibility = watcher
-        .join()
-        .map_err(|_| eyre!("the watcher thread panicked"))?;
-    bars.clear().ok();
-    let published = published?;
-
-    let end_to_end = visibility
-        .last_seen_at
-        .map(|at| at.saturating_duration_since(published.first_at));
-    Ok(summary(args, plan, published, visibility, |s| {
-        s.end_to_end = end_to_end;
-    }))
-}
-
-fn backlog(run: &Run<'_>) -> Result<IngestSummary> {
-    let Run {
-        args,
-        plan,
-        target,
-        runtime,
-    } = *run;
-    // The service is started at --url: nothing may be there yet, and nothing should be consuming.
-    let mut client = Client::new(target.addr(), REQUEST_TIMEOUT);
-    match client.connect() {
-        Err(ClientError::Connect(_)) => {}
-        _ => bail!(
-            "something already answers at {}: backlog mode starts its own service there, and the \
-             backlog must wait unconsumed. Stop that service (or give another --url, and a fresh \
-             --stream or --durable)",
-            target.url()
-        ),
-    }
-    let bars = bars();
-    let published_bar = bars.add(bar(args.orders, "published"));
-    let mut samples = Vec::with_capacity(usize::try_from(plan.samples).unwrap_or(0));
-    let published = runtime.block_on(publish(args, plan, target, &published_bar, |s| {
-        samples.push(s)
-    }))?;
-    let pending = runtime.block_on(pending_messages(args))?;
-    if pending < published.acked.saturating_sub(published.server_duplicates) {
-        eprintln!(
-            "warning: the durable consumer {} has only {pending} messages pending of the {} just \
-             published: something else consumes the stream, and the drain rate will be wrong",
-            args.durable, published.acked
-        );
-    }
-
-    let log = std::env::temp_dir().join(format!("ordersvc-bench-serve-{}.log", std::process::id()));
-    let spawned_at = Instant::now();
-    let mut service = spawn_service(args, target.addr(), &log)?;
-    let ready_at = loop {
-        if let Some(status) = service
-            .exited()
-            .wrap_err("cannot check on the service process")?
-        {
-            bail!(
-                "the service exited ({status}) before it was ready; its log ({}):\n{}",
-                log.display(),
-                tail(&log)
-            );
-        }
-        if let Ok((200, _)) = get(&mut client, target, "/readyz") {
-            break Instant::now();
-        }
-        if spawned_at.elapsed() > args.stall_timeout {
-            bail!(
-                "the service was not ready within {}; its log: {}",
-                report::duration(args.stall_timeout),
-                log.display()
-            );
-        }
-        std::thread::sleep(READY_POLL);
-    };
-    let (tx, rx) = crossbeam_channel::unbounded();
-    for mut sample in samples {
-        sample.since = ready_at;
-        let _ = tx.send(sample);
-    }
-    drop(tx);
-    let visible_bar = bars.add(bar(plan.samples, "watched orders visible"));
-    let visibility = watch(target.addr(), &rx, args.stall_timeout, &visible_bar);
-    bars.clear().ok();
-    let stopped = stop_service(&mut service);
-
-    let drain = visibility
-        .last_seen_at
-        .map(|at| at.saturating_duration_since(ready_at));
-    let mut summary = summary(args, plan, published, visibility, |s| {
-        s.spawn_to_ready = Some(ready_at - spawned_at);
-        s.drain = drain;
-        s.pending_at_start = Some(pending);
-        s.service_log = Some(log.clone());
-    });
-    match stopped {
-        Ok(status) if status.success() => {}
-        Ok(status) => summary.error(format!("the service stopped with {status}")),
-        Err(e) => summary.error(format!("stopping the service: {e:#}")),
-    }
-    Ok(summary)
 }
 
 /// Builds the report from what was counted; `fill` adds the mode's own numbers.
