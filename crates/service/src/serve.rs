@@ -201,28 +201,9 @@ impl App {
                 stop.await;
                 trigger.trigger();
             });
-            let ran = async {
-                let restored =
-                    cache::restore(store, cache, &metrics.restored_orders, &shutdown).await?;
-                if restored == Restored::Stopped {
-                    info!("stopped while restoring the cache");
-                    return Ok(());
-                }
-                // On the runtime's worker thread, not on this one: that is the ingest thread.
-                let totals = tokio::spawn(ingest.run(shutdown.clone()))
-                    .await
-                    .map_err(|e| eyre!("the ingest task failed: {e}"))??;
-                info!(
-                    received = totals.received,
-                    stored = totals.stored,
-                    duplicates = totals.duplicates,
-                    rejected = totals.rejected,
-                    "ingest stopped"
-                );
-                Ok::<_, color_eyre::Report>(())
-            }
-            .await;
-            // Whatever ended the run, every other task now stops too.
+            let ran = restore_then_ingest(store, cache, metrics, ingest, &shutdown).await;
+            // Whatever ended the run, the other tasks (the monitor) stop too: the aborted task
+            // drops the trigger, which every `Shutdown` takes as a stop request.
             stopping.abort();
             ran
         });
@@ -237,6 +218,34 @@ impl App {
         .stop(budget);
         ran
     }
+}
+
+/// The service's work between build and stop: the cache restored from PostgreSQL, then ingest
+/// until a stop is requested (either step ends early on one).
+async fn restore_then_ingest(
+    store: &Store,
+    cache: &Cache,
+    metrics: &Metrics,
+    ingest: Ingest,
+    shutdown: &Shutdown,
+) -> Result<()> {
+    let restored = cache::restore(store, cache, &metrics.restored_orders, shutdown).await?;
+    if restored == Restored::Stopped {
+        info!("stopped while restoring the cache");
+        return Ok(());
+    }
+    // On the runtime's worker thread, not on this one: that is the ingest thread.
+    let totals = tokio::spawn(ingest.run(shutdown.clone()))
+        .await
+        .map_err(|e| eyre!("the ingest task failed: {e}"))??;
+    info!(
+        received = totals.received,
+        stored = totals.stored,
+        duplicates = totals.duplicates,
+        rejected = totals.rejected,
+        "ingest stopped"
+    );
+    Ok(())
 }
 
 /// What is left to stop once ingest has ended: each step within its share of the budget.
