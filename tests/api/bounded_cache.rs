@@ -1,7 +1,7 @@
 //! `--cache-max-bytes`: memory holds at most the bound, and every stored order is still served,
 //! byte for byte, before and after a restart (what is not in memory is read from PostgreSQL).
 
-use crate::helpers::{model_with_uid, spawn_app_with, with_ids, TestApp};
+use crate::helpers::{generated_orders, spawn_app_with, with_ids, TestApp};
 
 /// Room for about a dozen model-sized orders (~1.1 KB each); the test stores two thousand.
 const BOUND: u64 = 15_000;
@@ -19,13 +19,7 @@ fn a_cache_smaller_than_the_data_still_serves_every_order_within_its_bound() {
     // Arrange
     let bound = BOUND.to_string();
     let mut app = spawn_app_with(&["--cache-max-bytes", &bound]);
-    let orders: Vec<(String, Vec<u8>)> = (0..2000)
-        .map(|i| {
-            let uid = format!("bounded-{i:03}");
-            let message = model_with_uid(&uid);
-            (uid, message)
-        })
-        .collect();
+    let orders = generated_orders("bounded", 2000);
     app.publish_many(with_ids(&orders));
     for (uid, _) in &orders {
         app.wait_for_order(uid);

@@ -813,7 +813,7 @@ impl TestApp {
     }
 }
 
-/// `n` copies of testdata/model.json, each with its own order_uid `{prefix}-{i}`.
+/// `n` copies of testdata/model.json, each with its own order_uid `{prefix}-{i:05}`.
 pub fn generated_orders(prefix: &str, n: usize) -> Vec<(String, Vec<u8>)> {
     (0..n)
         .map(|i| {

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use crate::helpers::{model_with_uid, spawn_app, testdata, with_database, TestApp};
+use crate::helpers::{generated_orders, spawn_app, testdata, with_database, TestApp};
 
 /// `ordersvc replay-from-db` reading `source`'s database and publishing to `target`'s stream.
 fn replay_command(source: &TestApp, target: &TestApp, extra: &[&str]) -> Command {
@@ -37,13 +37,7 @@ fn replay(source: &TestApp, target: &TestApp, extra: &[&str]) -> String {
 }
 
 fn stored_orders(app: &TestApp) -> Vec<(String, Vec<u8>)> {
-    let mut orders: Vec<(String, Vec<u8>)> = (0..40)
-        .map(|i| {
-            let uid = format!("replayed-{i:03}");
-            let message = model_with_uid(&uid);
-            (uid, message)
-        })
-        .collect();
+    let mut orders = generated_orders("replayed", 40);
     orders.push((
         "multi-item-order-0001".into(),
         testdata("valid/multi-item.json"),

@@ -1,6 +1,8 @@
 //! Crashes, restarts and stops: everything stored is served again, byte for byte.
 
-use crate::helpers::{model_with_uid, spawn_app, spawn_app_with, testdata, with_ids};
+use crate::helpers::{
+    generated_orders, model_with_uid, spawn_app, spawn_app_with, testdata, with_ids,
+};
 
 /// How many generated orders the restart tests store beside the samples: a restore of a few
 /// thousand, not a handful.
@@ -18,11 +20,7 @@ fn some_valid_orders() -> Vec<(String, Vec<u8>)> {
     .into_iter()
     .map(|(uid, file)| (uid.to_owned(), testdata(file)))
     .collect();
-    for i in 0..GENERATED {
-        let uid = format!("generated-{i:04}");
-        let message = model_with_uid(&uid);
-        orders.push((uid, message));
-    }
+    orders.extend(generated_orders("generated", GENERATED));
     orders
 }
 
