@@ -277,6 +277,21 @@ pub fn run_to_end(mut command: Command, stdin: &[u8]) -> Output {
     }
 }
 
+/// Runs a command to its end like `run_to_end` and returns what it printed on stdout; panics,
+/// showing the command and both outputs, unless it exited successfully.
+pub fn run_successfully(command: Command, stdin: &[u8]) -> String {
+    let shown = format!("{command:?}");
+    let output = run_to_end(command, stdin);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{shown} failed ({})\nstdout: {stdout}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
 /// A TCP port on 127.0.0.1 that nothing listens on (it was free a moment ago): connecting to it
 /// is refused at once.
 pub fn closed_port() -> u16 {
