@@ -631,6 +631,15 @@ impl TestApp {
         }
     }
 
+    /// Publishes testdata/model.json with the order_uid `uid`, waits until it is served, and
+    /// returns the message.
+    pub fn publish_model_and_wait(&self, uid: &str) -> Vec<u8> {
+        let order = model_with_uid(uid);
+        self.publish(&order);
+        self.wait_for_order(uid);
+        order
+    }
+
     /// Polls `condition` until it holds; panics naming `what` after a generous deadline.
     pub fn wait_until(&self, mut condition: impl FnMut(&TestApp) -> bool, what: &str) {
         let deadline = Instant::now() + EVENTUALLY;
