@@ -1,18 +1,10 @@
 //! `--cache-max-bytes`: memory holds at most the bound, and every stored order is still served,
 //! byte for byte, before and after a restart (what is not in memory is read from PostgreSQL).
 
-use crate::helpers::{generated_orders, spawn_app_with, with_ids, TestApp};
+use crate::helpers::{assert_every_order_is_served, generated_orders, spawn_app_with, with_ids};
 
 /// Room for about a dozen model-sized orders (~1.1 KB each); the test stores two thousand.
 const BOUND: u64 = 15_000;
-
-fn assert_all_served(app: &TestApp, orders: &[(String, Vec<u8>)]) {
-    for (uid, message) in orders {
-        let (status, _, body) = app.get(&format!("/order/{uid}"));
-        assert_eq!(status, 200, "{uid}");
-        assert_eq!(&body, message, "{uid}");
-    }
-}
 
 #[test]
 fn a_cache_smaller_than_the_data_still_serves_every_order_within_its_bound() {
@@ -26,8 +18,8 @@ fn a_cache_smaller_than_the_data_still_serves_every_order_within_its_bound() {
     }
 
     // Act + Assert: every order, twice over (hits and misses), and memory within the bound.
-    assert_all_served(&app, &orders);
-    assert_all_served(&app, &orders);
+    assert_every_order_is_served(&app, &orders);
+    assert_every_order_is_served(&app, &orders);
     assert!(app.metric("ordersvc_cache_bytes") <= BOUND as f64);
     assert!(app.metric("ordersvc_cache_evictions_total") > 0.0);
     assert!(app.metric("ordersvc_cache_misses_total") > 0.0);
@@ -42,6 +34,6 @@ fn a_cache_smaller_than_the_data_still_serves_every_order_within_its_bound() {
     app.restart();
     assert!(app.metric("ordersvc_cache_bytes") <= BOUND as f64);
     assert!(app.metric("ordersvc_cache_orders") < orders.len() as f64);
-    assert_all_served(&app, &orders);
+    assert_every_order_is_served(&app, &orders);
     assert!(app.metric("ordersvc_cache_bytes") <= BOUND as f64);
 }

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 
 use crate::helpers::{
-    generated_orders, model_with_uid, nats_addr, postgres_addr, spawn_app, spawn_app_with_options,
-    with_ids, OrdersLocked, SpawnOptions, TestApp,
+    assert_every_order_is_served, generated_orders, model_with_uid, nats_addr, postgres_addr,
+    spawn_app, spawn_app_with_options, with_ids, OrdersLocked, SpawnOptions, TestApp,
 };
 use crate::proxy::Proxy;
 
@@ -23,15 +23,6 @@ const DB_OUTAGE: Duration = Duration::from_secs(10);
 const NATS_OUTAGE: Duration = Duration::from_secs(4);
 /// How long anything else here may take before the test gives up.
 const DEADLINE: Duration = Duration::from_secs(60);
-
-/// Every order answers 200 with exactly the bytes that were published.
-fn assert_every_order_is_served(app: &TestApp, orders: &[(String, Vec<u8>)]) {
-    for (uid, message) in orders {
-        let (status, _, body) = app.get(&format!("/order/{uid}"));
-        assert_eq!(status, 200, "{uid}: {}", String::from_utf8_lossy(&body));
-        assert!(&body == message, "{uid}: the body differs from the message");
-    }
-}
 
 /// Sleeps until `instant` (at once if it has passed).
 fn sleep_until(instant: Instant) {

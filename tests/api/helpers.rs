@@ -848,6 +848,18 @@ pub fn generated_orders(prefix: &str, n: usize) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
+/// Asserts that every order answers 200 on its first request (no waiting) with exactly the bytes
+/// that were published. A failure points at the caller's line.
+#[track_caller]
+pub fn assert_every_order_is_served(app: &TestApp, orders: &[(String, Vec<u8>)]) {
+    for (uid, message) in orders {
+        let (status, _, body) = app.get(&format!("/order/{uid}"));
+        assert_eq!(status, 200, "{uid}: {}", String::from_utf8_lossy(&body));
+        // Not assert_eq!: the bodies can be megabytes.
+        assert!(&body == message, "{uid}: the body differs from the message");
+    }
+}
+
 /// A transaction of the test's own that holds an exclusive lock on `orders`: every write of the
 /// service waits for it, with its query in flight and no answer (while pings still succeed).
 pub struct OrdersLocked {
