@@ -20,6 +20,8 @@ use sqlx::{Connection, PgConnection};
 use ordersvc_client::child::{serve_command, OnDrop, ServeProcess, ServeSettings, Stopped};
 use ordersvc_client::publisher::{Outcome, Pipeline};
 
+use crate::proxy::Proxy;
+
 /// Where the service's database lives unless `ORDERSVC_TEST_DATABASE_URL` says otherwise; only
 /// the database name of either is replaced.
 const DEFAULT_DATABASE_URL: &str = "postgres://ordersvc:ordersvc@127.0.0.1:5432/postgres";
@@ -164,6 +166,40 @@ pub fn spawn_app_with_options(options: SpawnOptions) -> TestApp {
     );
     app.db = Some(pool.expect("cannot connect to the test database that the service created"));
     app
+}
+
+/// A server the service can be made to reach only through a `Proxy`.
+#[derive(Debug, Clone, Copy)]
+pub enum Server {
+    Postgres,
+    Nats,
+}
+
+/// Starts the service reaching `server` only through a new `Proxy` (the test's own connections
+/// stay direct), and checks that it really went through it. The proxy comes first so that it
+/// outlives the service.
+pub fn spawn_app_behind_proxy(server: Server) -> (Proxy, TestApp) {
+    let proxy = Proxy::start(match server {
+        Server::Postgres => postgres_addr(),
+        Server::Nats => nats_addr(),
+    });
+    let via = Some(proxy.addr());
+    let options = match server {
+        Server::Postgres => SpawnOptions {
+            db_via: via,
+            ..SpawnOptions::default()
+        },
+        Server::Nats => SpawnOptions {
+            nats_via: via,
+            ..SpawnOptions::default()
+        },
+    };
+    let app = spawn_app_with_options(options);
+    assert!(
+        proxy.accepted() > 0,
+        "the service bypassed the proxy to {server:?}"
+    );
+    (proxy, app)
 }
 
 /// The PostgreSQL server the tests use (`ORDERSVC_TEST_DATABASE_URL` or the default).
