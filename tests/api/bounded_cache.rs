@@ -1,39 +1,25 @@
 //! `--cache-max-bytes`: memory holds at most the bound, and every stored order is still served,
 //! byte for byte, before and after a restart (what is not in memory is read from PostgreSQL).
 
-use crate::helpers::{model_with_uid, spawn_app_with, with_ids, TestApp};
+use crate::helpers::{assert_every_order_is_served, generated_orders, spawn_app_with, with_ids};
 
 /// Room for about a dozen model-sized orders (~1.1 KB each); the test stores two thousand.
 const BOUND: u64 = 15_000;
-
-fn assert_all_served(app: &TestApp, orders: &[(String, Vec<u8>)]) {
-    for (uid, message) in orders {
-        let (status, _, body) = app.get(&format!("/order/{uid}"));
-        assert_eq!(status, 200, "{uid}");
-        assert_eq!(&body, message, "{uid}");
-    }
-}
 
 #[test]
 fn a_cache_smaller_than_the_data_still_serves_every_order_within_its_bound() {
     // Arrange
     let bound = BOUND.to_string();
     let mut app = spawn_app_with(&["--cache-max-bytes", &bound]);
-    let orders: Vec<(String, Vec<u8>)> = (0..2000)
-        .map(|i| {
-            let uid = format!("bounded-{i:03}");
-            let message = model_with_uid(&uid);
-            (uid, message)
-        })
-        .collect();
+    let orders = generated_orders("bounded", 2000);
     app.publish_many(with_ids(&orders));
     for (uid, _) in &orders {
         app.wait_for_order(uid);
     }
 
     // Act + Assert: every order, twice over (hits and misses), and memory within the bound.
-    assert_all_served(&app, &orders);
-    assert_all_served(&app, &orders);
+    assert_every_order_is_served(&app, &orders);
+    assert_every_order_is_served(&app, &orders);
     assert!(app.metric("ordersvc_cache_bytes") <= BOUND as f64);
     assert!(app.metric("ordersvc_cache_evictions_total") > 0.0);
     assert!(app.metric("ordersvc_cache_misses_total") > 0.0);
@@ -48,6 +34,6 @@ fn a_cache_smaller_than_the_data_still_serves_every_order_within_its_bound() {
     app.restart();
     assert!(app.metric("ordersvc_cache_bytes") <= BOUND as f64);
     assert!(app.metric("ordersvc_cache_orders") < orders.len() as f64);
-    assert_all_served(&app, &orders);
+    assert_every_order_is_served(&app, &orders);
     assert!(app.metric("ordersvc_cache_bytes") <= BOUND as f64);
 }

@@ -8,9 +8,7 @@ use std::time::Duration;
 
 use ordersvc_service::http::MAX_HEAD_BYTES;
 
-use crate::helpers::{
-    model_with_uid, order_of_size, spawn_app, spawn_app_with, status_of, TestApp,
-};
+use crate::helpers::{order_of_size, spawn_app, spawn_app_with, status_of, TestApp};
 /// How long a test client waits for the service to act before it gives up: far above the
 /// one-second HTTP timeout the tests set, so that only a service that never acts fails.
 const CLIENT_PATIENCE: Duration = Duration::from_secs(30);
@@ -67,9 +65,7 @@ fn assert_closed_by_service(conn: &mut TcpStream, what: &str) -> Vec<u8> {
 fn request_heads_over_the_limit_are_refused_and_others_are_still_served() {
     // Arrange
     let app = spawn_app();
-    let order = model_with_uid("head-1");
-    app.publish(&order);
-    app.wait_for_order("head-1");
+    let order = app.publish_model_and_wait("head-1");
 
     // A request line longer than the whole head may be.
     let target = format!("/order/{}", "a".repeat(MAX_HEAD_BYTES + 1024));

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::helpers::{model_with_uid, spawn_app};
+use crate::helpers::{generated_orders, model_with_uid, spawn_app};
 
 /// How long the failing store is watched for anything being acked or served.
 const WATCH: Duration = Duration::from_secs(4);
@@ -13,13 +13,7 @@ fn a_batch_is_acked_only_after_it_is_committed() {
     // Arrange: commits fail while the orders table is away.
     let app = spawn_app();
     app.execute_as_owner("ALTER TABLE orders RENAME TO orders_away");
-    let orders: Vec<(String, Vec<u8>)> = (0..5)
-        .map(|i| {
-            let uid = format!("acked-after-commit-{i}");
-            let message = model_with_uid(&uid);
-            (uid, message)
-        })
-        .collect();
+    let orders = generated_orders("acked-after-commit", 5);
 
     // Act
     for (_, message) in &orders {

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 
 use crate::helpers::{
-    generated_orders, model_with_uid, nats_addr, postgres_addr, spawn_app, spawn_app_with_options,
-    with_ids, OrdersLocked, SpawnOptions, TestApp,
+    assert_every_order_is_served, generated_orders, model_with_uid, spawn_app,
+    spawn_app_behind_proxy, with_ids, OrdersLocked, Server, TestApp,
 };
 use crate::proxy::Proxy;
 
@@ -24,77 +24,79 @@ const NATS_OUTAGE: Duration = Duration::from_secs(4);
 /// How long anything else here may take before the test gives up.
 const DEADLINE: Duration = Duration::from_secs(60);
 
-/// Every order answers 200 with exactly the bytes that were published.
-fn assert_every_order_is_served(app: &TestApp, orders: &[(String, Vec<u8>)]) {
-    for (uid, message) in orders {
-        let (status, _, body) = app.get(&format!("/order/{uid}"));
-        assert_eq!(status, 200, "{uid}: {}", String::from_utf8_lossy(&body));
-        assert!(&body == message, "{uid}: the body differs from the message");
-    }
-}
-
 /// Sleeps until `instant` (at once if it has passed).
 fn sleep_until(instant: Instant) {
     std::thread::sleep(instant.saturating_duration_since(Instant::now()));
 }
 
+/// The act of the outage tests: publishes the first half of `orders` and, once the first order
+/// is served, cuts `proxy` while the rest of that half is still being published and ingested;
+/// then publishes the second half, which reaches the stream while the service cannot reach the
+/// server behind `proxy`. Returns when the outage is to end.
+fn cut_mid_ingest(
+    app: &TestApp,
+    proxy: &Proxy,
+    orders: &[(String, Vec<u8>)],
+    outage: Duration,
+) -> Instant {
+    let (first_half, second_half) = orders.split_at(orders.len() / 2);
+    let (first_uid, first_message) = &first_half[0];
+    let outage_ends = std::thread::scope(|s| {
+        let publishing = s.spawn(|| app.publish_many(with_ids(first_half)));
+        assert_eq!(&app.wait_for_order(first_uid), first_message);
+        proxy.cut();
+        let outage_ends = Instant::now() + outage;
+        publishing.join().expect("the publisher panicked");
+        outage_ends
+    });
+    app.publish_many(with_ids(second_half));
+    outage_ends
+}
+
 #[test]
 fn orders_published_while_postgres_is_unreachable_are_all_stored_once_it_returns() {
     // Arrange: the service reaches PostgreSQL only through the proxy.
-    let db = Proxy::start(postgres_addr());
-    let app = spawn_app_with_options(SpawnOptions {
-        db_via: Some(db.addr()),
-        ..SpawnOptions::default()
-    });
-    assert!(db.accepted() > 0, "the service bypassed the proxy");
+    let (db, app) = spawn_app_behind_proxy(Server::Postgres);
     let orders = generated_orders("pg-outage", 20_000);
-    let (first_half, second_half) = orders.split_at(orders.len() / 2);
-    let (stored_before, stored_before_body) = &first_half[0];
+    let (stored_before, stored_before_body) = &orders[0];
 
-    std::thread::scope(|s| {
-        // Act: PostgreSQL goes away while the first half is being published and ingested.
-        let publishing = s.spawn(|| app.publish_many(with_ids(first_half)));
-        assert_eq!(&app.wait_for_order(stored_before), stored_before_body);
-        db.cut();
-        let outage_ends = Instant::now() + DB_OUTAGE;
-        publishing.join().expect("the publisher panicked");
-        app.publish_many(with_ids(second_half));
+    // Act: PostgreSQL goes away while the first half is being published and ingested.
+    let outage_ends = cut_mid_ingest(&app, &db, &orders, DB_OUTAGE);
 
-        // Assert, during the outage: not ready (with the reason), reads go on from the cache,
-        // and nothing is acked.
-        let reasons = app.wait_until_unready("PostgreSQL is unreachable");
+    // Assert, during the outage: not ready (with the reason), reads go on from the cache,
+    // and nothing is acked.
+    let reasons = app.wait_until_unready("PostgreSQL is unreachable");
+    assert!(
+        reasons.iter().any(|r| r.contains("PostgreSQL")),
+        "the reasons: {reasons:?}"
+    );
+    // A batch committed just before the cut may still be acked: let its acks land first.
+    std::thread::sleep(Duration::from_secs(1));
+    let ack_floor = app.consumer_info().ack_floor.stream_sequence;
+    let stored = app.orders_count();
+    assert!(
+        (stored as usize) < orders.len(),
+        "everything was stored before the outage: it tested nothing"
+    );
+    let mut samples = 0;
+    while Instant::now() + Duration::from_millis(500) < outage_ends || samples < 3 {
+        let (status, _, body) = app.get(&format!("/order/{stored_before}"));
+        assert_eq!(status, 200, "an order stored before the outage, during it");
         assert!(
-            reasons.iter().any(|r| r.contains("PostgreSQL")),
-            "the reasons: {reasons:?}"
+            &body == stored_before_body,
+            "{stored_before} during the outage"
         );
-        // A batch committed just before the cut may still be acked: let its acks land first.
-        std::thread::sleep(Duration::from_secs(1));
-        let ack_floor = app.consumer_info().ack_floor.stream_sequence;
-        let stored = app.orders_count();
-        assert!(
-            (stored as usize) < orders.len(),
-            "everything was stored before the outage: it tested nothing"
+        assert_eq!(app.readiness().0, 503, "/readyz during the outage");
+        assert_eq!(
+            app.consumer_info().ack_floor.stream_sequence,
+            ack_floor,
+            "a message was acked while PostgreSQL was unreachable"
         );
-        let mut samples = 0;
-        while Instant::now() + Duration::from_millis(500) < outage_ends || samples < 3 {
-            let (status, _, body) = app.get(&format!("/order/{stored_before}"));
-            assert_eq!(status, 200, "an order stored before the outage, during it");
-            assert!(
-                &body == stored_before_body,
-                "{stored_before} during the outage"
-            );
-            assert_eq!(app.readiness().0, 503, "/readyz during the outage");
-            assert_eq!(
-                app.consumer_info().ack_floor.stream_sequence,
-                ack_floor,
-                "a message was acked while PostgreSQL was unreachable"
-            );
-            assert_eq!(app.orders_count(), stored, "stored while unreachable?");
-            samples += 1;
-            std::thread::sleep(Duration::from_millis(1500));
-        }
-        sleep_until(outage_ends);
-    });
+        assert_eq!(app.orders_count(), stored, "stored while unreachable?");
+        samples += 1;
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    sleep_until(outage_ends);
 
     // Act: PostgreSQL comes back.
     db.restore();
@@ -120,37 +122,24 @@ fn assert_recovered_with_every_order_stored_once(app: &TestApp, orders: &[(Strin
 #[test]
 fn a_cut_nats_connection_mid_ingest_loses_nothing() {
     // Arrange: the service reaches NATS only through the proxy; the test publishes directly.
-    let nats = Proxy::start(nats_addr());
-    let app = spawn_app_with_options(SpawnOptions {
-        nats_via: Some(nats.addr()),
-        ..SpawnOptions::default()
-    });
-    assert!(nats.accepted() > 0, "the service bypassed the proxy");
+    let (nats, app) = spawn_app_behind_proxy(Server::Nats);
     let orders = generated_orders("nats-outage", 10_000);
-    let (first_half, second_half) = orders.split_at(orders.len() / 2);
 
-    std::thread::scope(|s| {
-        // Act: the connection is cut while the first half is being published and ingested;
-        // the second half arrives on the stream while the service cannot see it.
-        let publishing = s.spawn(|| app.publish_many(with_ids(first_half)));
-        app.wait_for_order(&first_half[0].0);
-        nats.cut();
-        let outage_ends = Instant::now() + NATS_OUTAGE;
-        publishing.join().expect("the publisher panicked");
-        app.publish_many(with_ids(second_half));
+    // Act: the connection is cut while the first half is being published and ingested;
+    // the second half arrives on the stream while the service cannot see it.
+    let outage_ends = cut_mid_ingest(&app, &nats, &orders, NATS_OUTAGE);
 
-        // Assert, during the outage: not ready, naming NATS.
-        let reasons = app.wait_until_unready("NATS is unreachable");
-        assert!(
-            reasons.iter().any(|r| r.contains("NATS")),
-            "the reasons: {reasons:?}"
-        );
-        assert!(
-            (app.orders_count() as usize) < orders.len(),
-            "everything was stored before the outage: it tested nothing"
-        );
-        sleep_until(outage_ends);
-    });
+    // Assert, during the outage: not ready, naming NATS.
+    let reasons = app.wait_until_unready("NATS is unreachable");
+    assert!(
+        reasons.iter().any(|r| r.contains("NATS")),
+        "the reasons: {reasons:?}"
+    );
+    assert!(
+        (app.orders_count() as usize) < orders.len(),
+        "everything was stored before the outage: it tested nothing"
+    );
+    sleep_until(outage_ends);
 
     // Act: the network heals; the client reconnects by itself.
     nats.restore();

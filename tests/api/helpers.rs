@@ -20,6 +20,8 @@ use sqlx::{Connection, PgConnection};
 use ordersvc_client::child::{serve_command, OnDrop, ServeProcess, ServeSettings, Stopped};
 use ordersvc_client::publisher::{Outcome, Pipeline};
 
+use crate::proxy::Proxy;
+
 /// Where the service's database lives unless `ORDERSVC_TEST_DATABASE_URL` says otherwise; only
 /// the database name of either is replaced.
 const DEFAULT_DATABASE_URL: &str = "postgres://ordersvc:ordersvc@127.0.0.1:5432/postgres";
@@ -166,6 +168,40 @@ pub fn spawn_app_with_options(options: SpawnOptions) -> TestApp {
     app
 }
 
+/// A server the service can be made to reach only through a `Proxy`.
+#[derive(Debug, Clone, Copy)]
+pub enum Server {
+    Postgres,
+    Nats,
+}
+
+/// Starts the service reaching `server` only through a new `Proxy` (the test's own connections
+/// stay direct), and checks that it really went through it. The proxy comes first so that it
+/// outlives the service.
+pub fn spawn_app_behind_proxy(server: Server) -> (Proxy, TestApp) {
+    let proxy = Proxy::start(match server {
+        Server::Postgres => postgres_addr(),
+        Server::Nats => nats_addr(),
+    });
+    let via = Some(proxy.addr());
+    let options = match server {
+        Server::Postgres => SpawnOptions {
+            db_via: via,
+            ..SpawnOptions::default()
+        },
+        Server::Nats => SpawnOptions {
+            nats_via: via,
+            ..SpawnOptions::default()
+        },
+    };
+    let app = spawn_app_with_options(options);
+    assert!(
+        proxy.accepted() > 0,
+        "the service bypassed the proxy to {server:?}"
+    );
+    (proxy, app)
+}
+
 /// The PostgreSQL server the tests use (`ORDERSVC_TEST_DATABASE_URL` or the default).
 pub fn postgres_addr() -> SocketAddr {
     server_addr(&base_database_url(), 5432)
@@ -275,6 +311,21 @@ pub fn run_to_end(mut command: Command, stdin: &[u8]) -> Output {
         stdout: stdout.join().expect("the stdout reader panicked"),
         stderr: stderr.join().expect("the stderr reader panicked"),
     }
+}
+
+/// Runs a command to its end like `run_to_end` and returns what it printed on stdout; panics,
+/// showing the command and both outputs, unless it exited successfully.
+pub fn run_successfully(command: Command, stdin: &[u8]) -> String {
+    let shown = format!("{command:?}");
+    let output = run_to_end(command, stdin);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{shown} failed ({})\nstdout: {stdout}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
 }
 
 /// A TCP port on 127.0.0.1 that nothing listens on (it was free a moment ago): connecting to it
@@ -616,6 +667,15 @@ impl TestApp {
         }
     }
 
+    /// Publishes testdata/model.json with the order_uid `uid`, waits until it is served, and
+    /// returns the message.
+    pub fn publish_model_and_wait(&self, uid: &str) -> Vec<u8> {
+        let order = model_with_uid(uid);
+        self.publish(&order);
+        self.wait_for_order(uid);
+        order
+    }
+
     /// Polls `condition` until it holds; panics naming `what` after a generous deadline.
     pub fn wait_until(&self, mut condition: impl FnMut(&TestApp) -> bool, what: &str) {
         let deadline = Instant::now() + EVENTUALLY;
@@ -813,7 +873,7 @@ impl TestApp {
     }
 }
 
-/// `n` copies of testdata/model.json, each with its own order_uid `{prefix}-{i}`.
+/// `n` copies of testdata/model.json, each with its own order_uid `{prefix}-{i:05}`.
 pub fn generated_orders(prefix: &str, n: usize) -> Vec<(String, Vec<u8>)> {
     (0..n)
         .map(|i| {
@@ -822,6 +882,18 @@ pub fn generated_orders(prefix: &str, n: usize) -> Vec<(String, Vec<u8>)> {
             (uid, message)
         })
         .collect()
+}
+
+/// Asserts that every order answers 200 on its first request (no waiting) with exactly the bytes
+/// that were published. A failure points at the caller's line.
+#[track_caller]
+pub fn assert_every_order_is_served(app: &TestApp, orders: &[(String, Vec<u8>)]) {
+    for (uid, message) in orders {
+        let (status, _, body) = app.get(&format!("/order/{uid}"));
+        assert_eq!(status, 200, "{uid}: {}", String::from_utf8_lossy(&body));
+        // Not assert_eq!: the bodies can be megabytes.
+        assert!(&body == message, "{uid}: the body differs from the message");
+    }
 }
 
 /// A transaction of the test's own that holds an exclusive lock on `orders`: every write of the

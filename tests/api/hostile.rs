@@ -255,9 +255,7 @@ fn assert_json_400(reply: &Raw, what: &str) {
 fn bodies_and_paths_that_are_not_ids_are_refused_cleanly() {
     // Arrange
     let app = spawn_app();
-    let order = model_with_uid("abc-1");
-    app.publish(&order);
-    app.wait_for_order("abc-1");
+    let order = app.publish_model_and_wait("abc-1");
     let metrics = send(&app, "GET", "/metrics", b"");
     assert_eq!(metrics.status, 200);
     let metrics_text = String::from_utf8_lossy(&metrics.body).into_owned();

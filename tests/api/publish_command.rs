@@ -1,21 +1,13 @@
 //! `ordersvc publish`: files, stdin, JSON Lines, and the embedded samples reach the service.
 
-use crate::helpers::{model_with_uid, spawn_app, testdata, TestApp};
+use crate::helpers::{model_with_uid, run_successfully, spawn_app, testdata, TestApp};
 
 /// Runs `ordersvc publish ARGS` (feeding it `stdin`), checks that it succeeded, and returns the
 /// summary line it printed.
 fn publish(app: &TestApp, args: &[&str], stdin: &[u8]) -> String {
     let mut command = app.publish_command();
     command.args(args);
-    let output = app.run(command, stdin);
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "ordersvc publish {args:?} failed ({}): {stdout}{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout.trim_end().to_owned()
+    run_successfully(command, stdin).trim_end().to_owned()
 }
 
 /// A directory under the system's temporary one, removed when dropped (also on a panic).

@@ -8,10 +8,9 @@ use std::time::{Duration, Instant};
 use ordersvc_client::child::{OnDrop, ServeProcess, Stopped};
 
 use crate::helpers::{
-    generated_orders, model_with_uid, postgres_addr, spawn_app, spawn_app_with_options, with_ids,
-    OrdersLocked, SpawnOptions, TestApp,
+    generated_orders, model_with_uid, spawn_app, spawn_app_behind_proxy, with_ids, OrdersLocked,
+    Server, TestApp,
 };
-use crate::proxy::Proxy;
 
 /// How long anything here may take before the test gives up (generous: a slow machine is no bug).
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -46,11 +45,7 @@ fn readyz_counts_the_cached_orders_and_healthz_answers_while_alive() {
 fn readyz_turns_503_with_the_reason_when_postgres_goes_away_on_an_idle_service_and_200_when_it_returns(
 ) {
     // Arrange: an idle service that reaches PostgreSQL only through the proxy.
-    let db = Proxy::start(postgres_addr());
-    let app = spawn_app_with_options(SpawnOptions {
-        db_via: Some(db.addr()),
-        ..SpawnOptions::default()
-    });
+    let (db, app) = spawn_app_behind_proxy(Server::Postgres);
     assert_eq!(app.readiness().0, 200);
 
     // Act: PostgreSQL goes away, and nothing is being ingested to notice it.

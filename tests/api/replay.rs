@@ -3,7 +3,9 @@
 
 use std::process::Command;
 
-use crate::helpers::{model_with_uid, spawn_app, testdata, with_database, TestApp};
+use crate::helpers::{
+    generated_orders, run_successfully, spawn_app, testdata, with_database, TestApp,
+};
 
 /// `ordersvc replay-from-db` reading `source`'s database and publishing to `target`'s stream.
 fn replay_command(source: &TestApp, target: &TestApp, extra: &[&str]) -> Command {
@@ -25,25 +27,11 @@ fn replay_command_from(database_url: &str, target: &TestApp, extra: &[&str]) -> 
 
 /// Runs a replay that must succeed and returns its report.
 fn replay(source: &TestApp, target: &TestApp, extra: &[&str]) -> String {
-    let output = source.run(replay_command(source, target, extra), b"");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "replay failed: {}\nstdout: {stdout}\nstderr: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
+    run_successfully(replay_command(source, target, extra), b"")
 }
 
 fn stored_orders(app: &TestApp) -> Vec<(String, Vec<u8>)> {
-    let mut orders: Vec<(String, Vec<u8>)> = (0..40)
-        .map(|i| {
-            let uid = format!("replayed-{i:03}");
-            let message = model_with_uid(&uid);
-            (uid, message)
-        })
-        .collect();
+    let mut orders = generated_orders("replayed", 40);
     orders.push((
         "multi-item-order-0001".into(),
         testdata("valid/multi-item.json"),

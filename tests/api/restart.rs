@@ -1,6 +1,9 @@
 //! Crashes, restarts and stops: everything stored is served again, byte for byte.
 
-use crate::helpers::{model_with_uid, spawn_app, spawn_app_with, testdata, with_ids};
+use crate::helpers::{
+    assert_every_order_is_served, generated_orders, model_with_uid, spawn_app, spawn_app_with,
+    testdata, with_ids, TestApp,
+};
 
 /// How many generated orders the restart tests store beside the samples: a restore of a few
 /// thousand, not a handful.
@@ -18,58 +21,48 @@ fn some_valid_orders() -> Vec<(String, Vec<u8>)> {
     .into_iter()
     .map(|(uid, file)| (uid.to_owned(), testdata(file)))
     .collect();
-    for i in 0..GENERATED {
-        let uid = format!("generated-{i:04}");
-        let message = model_with_uid(&uid);
-        orders.push((uid, message));
-    }
+    orders.extend(generated_orders("generated", GENERATED));
     orders
 }
 
-#[test]
-fn after_a_kill_and_restart_every_order_is_served_again_byte_for_byte() {
-    // Arrange
-    let mut app = spawn_app();
+/// A service that has stored `some_valid_orders()` and served each of them byte for byte, with
+/// those orders.
+fn spawn_app_serving_some_valid_orders() -> (TestApp, Vec<(String, Vec<u8>)>) {
+    let app = spawn_app();
     let orders = some_valid_orders();
     app.publish_many(with_ids(&orders));
     for (uid, message) in &orders {
         assert_eq!(&app.wait_for_order(uid), message, "{uid} before the kill");
     }
+    (app, orders)
+}
+
+#[test]
+fn after_a_kill_and_restart_every_order_is_served_again_byte_for_byte() {
+    // Arrange
+    let (mut app, orders) = spawn_app_serving_some_valid_orders();
 
     // Act
     app.kill();
     app.restart();
 
     // Assert: ready means restored, so every order is there at once.
-    for (uid, message) in &orders {
-        let (status, _, body) = app.get(&format!("/order/{uid}"));
-        assert_eq!(status, 200, "{uid} after the restart");
-        assert_eq!(&body, message, "{uid} after the restart");
-    }
+    assert_every_order_is_served(&app, &orders);
     assert_eq!(app.orders_count(), orders.len() as i64);
 }
 
 #[test]
 fn after_a_restart_with_the_stream_deleted_orders_are_restored_from_postgres() {
     // Arrange
-    let mut app = spawn_app();
-    let orders = some_valid_orders();
-    app.publish_many(with_ids(&orders));
-    for (uid, _) in &orders {
-        app.wait_for_order(uid);
-    }
+    let (mut app, orders) = spawn_app_serving_some_valid_orders();
     app.kill();
 
     // Act
     app.delete_stream();
     app.restart(); // waits until the service has recreated the stream and the consumer
 
-    // Assert
-    for (uid, message) in &orders {
-        let (status, _, body) = app.get(&format!("/order/{uid}"));
-        assert_eq!(status, 200, "{uid} after the restart");
-        assert_eq!(&body, message, "{uid} after the restart");
-    }
+    // Assert: ready means restored, so every order is there at once.
+    assert_every_order_is_served(&app, &orders);
     // And it carries on with the new stream.
     let newer = model_with_uid("after-the-stream-was-deleted");
     app.publish(&newer);

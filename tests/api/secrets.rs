@@ -2,7 +2,7 @@
 //! names the server it tried, but neither its error message nor its log lines carry the password
 //! or token of the URL it was given.
 
-use std::process::{Command, Output};
+use std::process::Command;
 
 use crate::helpers::{closed_port, run_to_end, spawn_app};
 
@@ -21,8 +21,11 @@ fn ordersvc(args: &[&str]) -> Command {
     command
 }
 
-/// Asserts that the command failed, printed nothing with the secret, and named `server`.
-fn assert_failed_without_the_secret(output: &Output, server: &str) {
+/// Runs `ordersvc ARGS` and asserts that it failed, printed nothing with the secret, and named
+/// `server`.
+#[track_caller]
+fn assert_fails_without_the_secret(args: &[&str], server: &str) {
+    let output = run_to_end(ordersvc(args), b"");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -40,12 +43,12 @@ fn assert_failed_without_the_secret(output: &Output, server: &str) {
 #[test]
 fn publish_to_an_unreachable_nats_url_with_a_password_or_token_does_not_show_it() {
     let port = closed_port();
+    let server = format!("127.0.0.1:{port}");
     for url in [
-        format!("nats://user:{SECRET}@127.0.0.1:{port}"),
-        format!("nats://{SECRET}@127.0.0.1:{port}"),
+        format!("nats://user:{SECRET}@{server}"),
+        format!("nats://{SECRET}@{server}"),
     ] {
-        let output = run_to_end(ordersvc(&["publish", "--nats-url", &url]), b"");
-        assert_failed_without_the_secret(&output, &format!("127.0.0.1:{port}"));
+        assert_fails_without_the_secret(&["publish", "--nats-url", &url], &server);
     }
 }
 
@@ -60,8 +63,7 @@ fn migrate_with_a_database_url_it_cannot_use_does_not_show_the_password() {
         // The password as a parameter.
         format!("postgres://ordersvc@127.0.0.1:{port}/orders?password={SECRET}"),
     ] {
-        let output = run_to_end(ordersvc(&["migrate", "--database-url", &url]), b"");
-        assert_failed_without_the_secret(&output, "127.0.0.1");
+        assert_fails_without_the_secret(&["migrate", "--database-url", &url], "127.0.0.1");
     }
 }
 
@@ -70,23 +72,22 @@ fn serve_with_a_database_or_nats_url_it_cannot_use_does_not_show_the_password() 
     // PostgreSQL unreachable.
     let port = closed_port();
     let database_url = format!("postgres://ordersvc:{SECRET}@127.0.0.1:{port}/orders");
-    let output = run_to_end(
-        ordersvc(&[
+    assert_fails_without_the_secret(
+        &[
             "serve",
             "--database-url",
             &database_url,
             "--http-addr",
             "127.0.0.1:0",
-        ]),
-        b"",
+        ],
+        "127.0.0.1",
     );
-    assert_failed_without_the_secret(&output, "127.0.0.1");
 
     // PostgreSQL fine (a test's own database), NATS unreachable.
     let app = spawn_app();
     let nats_url = format!("nats://user:{SECRET}@127.0.0.1:{port}");
-    let output = run_to_end(
-        ordersvc(&[
+    assert_fails_without_the_secret(
+        &[
             "serve",
             "--database-url",
             &app.database_url,
@@ -100,10 +101,9 @@ fn serve_with_a_database_or_nats_url_it_cannot_use_does_not_show_the_password() 
             &app.durable,
             "--http-addr",
             "127.0.0.1:0",
-        ]),
-        b"",
+        ],
+        &format!("127.0.0.1:{port}"),
     );
-    assert_failed_without_the_secret(&output, &format!("127.0.0.1:{port}"));
 }
 
 #[test]
