@@ -322,7 +322,11 @@ impl Run<'_> {
                     tail(&log)
                 );
             }
-            if let Ok((200, _)) = get(&mut client, self.target, "/readyz") {
+            // The client's own error, not `get`'s report: a report captures a backtrace when
+            // RUST_BACKTRACE is set, which took up to a second here on every refused probe,
+            // and the drain would be timed from too late.
+            let probe = client.request(&self.target.get("/readyz"), None);
+            if probe.is_ok_and(|reply| reply.status == 200) {
                 break Instant::now();
             }
             if spawned_at.elapsed() > self.args.stall_timeout {
