@@ -19,7 +19,7 @@ use crate::store::DbProbe;
 const MONITOR_EVERY: Duration = Duration::from_millis(500);
 /// Longest one PostgreSQL probe (connecting included) may take before it counts as a failure.
 /// With `MONITOR_EVERY`, an outage shows within 1.25 s, whatever the pool is doing.
-pub const PROBE_TIMEOUT: Duration = Duration::from_millis(750);
+const PROBE_TIMEOUT: Duration = Duration::from_millis(750);
 
 /// The facts `/readyz` is made of, in the order its reasons are listed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

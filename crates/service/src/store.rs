@@ -37,10 +37,12 @@ pub struct Store {
 /// so that `pg_stat_activity` tells them apart.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
-    /// Ingest's commits, the restore at start and the health probe.
+    /// Ingest's commits and the restore at start (the health probe has a connection of its own).
     Ingest,
     /// The HTTP handlers' reads.
     Http,
+    /// A command that only reads (`replay-from-db`), never the service.
+    Client,
 }
 
 impl Role {
@@ -49,6 +51,7 @@ impl Role {
         match self {
             Role::Ingest => "ordersvc-ingest",
             Role::Http => "ordersvc-http",
+            Role::Client => "ordersvc-client",
         }
     }
 }
@@ -88,8 +91,7 @@ pub struct RejectedRow {
 impl Store {
     /// Creates the database if it does not exist, connects, and applies pending migrations.
     pub async fn open(database_url: &str) -> Result<Store> {
-        let options = PgConnectOptions::from_str(database_url)
-            .wrap_err("DATABASE_URL is not a valid PostgreSQL URL")?;
+        let options = parse_url(database_url)?;
         create_database_if_missing(&options).await?;
         let (pool_options, options) = pool_for(Role::Ingest, &options);
         let pool = pool_options.connect_with(options).await.wrap_err_with(|| {
@@ -121,8 +123,7 @@ impl Store {
         // sqlx would panic without one (it spawns the reaper at once): say so instead.
         tokio::runtime::Handle::try_current()
             .wrap_err("a PostgreSQL pool must be opened on the tokio runtime that will use it")?;
-        let options = PgConnectOptions::from_str(database_url)
-            .wrap_err("DATABASE_URL is not a valid PostgreSQL URL")?;
+        let options = parse_url(database_url)?;
         let (pool_options, options) = pool_for(role, &options);
         Ok(Store {
             pool: pool_options.connect_lazy_with(options),
@@ -329,21 +330,15 @@ impl Store {
     /// `open`, nothing is created or migrated): a mistyped name is an error naming it, not a
     /// new empty database that a replay would "successfully" read nothing from.
     pub async fn connect(database_url: &str) -> Result<Store> {
-        let options = PgConnectOptions::from_str(database_url)
-            .wrap_err("DATABASE_URL is not a valid PostgreSQL URL")?;
+        let options = parse_url(database_url)?;
         // Without a name in the URL, PostgreSQL takes the user's.
         let name = options
             .get_database()
             .unwrap_or(options.get_username())
             .to_owned();
         let server = format!("{}:{}", options.get_host(), options.get_port());
-        let connected = PgPoolOptions::new()
-            // A reader runs one query at a time; a second connection covers a query while a
-            // stream of rows is still open.
-            .max_connections(2)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options)
-            .await;
+        let (pool_options, options) = pool_for(Role::Client, &options);
+        let connected = pool_options.connect_with(options).await;
         match connected {
             Ok(pool) => Ok(Store { pool }),
             Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(UNDEFINED_DATABASE) => {
@@ -387,6 +382,11 @@ impl DbProbe {
     }
 }
 
+/// The options in a database URL.
+fn parse_url(database_url: &str) -> Result<PgConnectOptions> {
+    PgConnectOptions::from_str(database_url).wrap_err("DATABASE_URL is not a valid PostgreSQL URL")
+}
+
 /// The pool settings of `role`, and `options` with the role's `application_name`.
 fn pool_for(role: Role, options: &PgConnectOptions) -> (PgPoolOptions, PgConnectOptions) {
     let pool = match role {
@@ -400,6 +400,11 @@ fn pool_for(role: Role, options: &PgConnectOptions) -> (PgPoolOptions, PgConnect
         Role::Http => PgPoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(1)),
+        // A reader runs one query at a time; a second connection covers a query while a stream
+        // of rows is still open.
+        Role::Client => PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(Duration::from_secs(5)),
     };
     (
         pool,

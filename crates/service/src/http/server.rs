@@ -22,11 +22,12 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tracing::{debug, warn};
 
 use super::{handle, AppState, Shared};
+use crate::shutdown::{self, Shutdown, Trigger};
 use crate::store::{Role, Store};
 
 /// Largest request head (request line and headers) read; a larger one gets 431 (or 414 for the
@@ -63,7 +64,7 @@ pub struct Limits {
 pub struct HttpServer {
     runtime: tokio::runtime::Runtime,
     addr: SocketAddr,
-    stop: watch::Sender<bool>,
+    stop: Trigger,
     slots: Arc<Semaphore>,
     max_connections: u32,
     /// The handlers' pool, closed at shutdown while its runtime still runs.
@@ -100,7 +101,7 @@ impl HttpServer {
             ..limits
         };
         let slots = Arc::new(Semaphore::new(max_connections as usize));
-        let (stop, stopping) = watch::channel(false);
+        let (stop, stopping) = shutdown::channel();
         let shared = Arc::new(Shared {
             state,
             store: store.clone(),
@@ -131,7 +132,7 @@ impl HttpServer {
         // One deadline for every step, so that the whole stop stays within its share.
         let deadline = std::time::Instant::now() + wait;
         let left = || deadline.saturating_duration_since(std::time::Instant::now());
-        let _ = self.stop.send(true);
+        self.stop.trigger();
         let drained = self.runtime.block_on(async {
             tokio::time::timeout(left(), self.slots.acquire_many(self.max_connections)).await
         });
@@ -213,14 +214,14 @@ async fn accept_loop(
     listener: TcpListener,
     slots: Arc<Semaphore>,
     limits: Limits,
-    mut stopping: watch::Receiver<bool>,
+    stopping: Shutdown,
     shared: Arc<Shared>,
 ) {
     let refusing = Arc::new(Semaphore::new(REFUSING_AT_ONCE));
     loop {
         let accepted = tokio::select! {
             biased;
-            _ = stopped(&mut stopping) => return,
+            _ = stopping.requested() => return,
             accepted = listener.accept() => accepted,
         };
         let stream = match accepted {
@@ -271,17 +272,11 @@ async fn refuse(mut stream: TcpStream, _slot: OwnedSemaphorePermit) {
     .await;
 }
 
-/// Resolves once the server is told to stop (or is gone).
-async fn stopped(stopping: &mut watch::Receiver<bool>) {
-    // The guard `wait_for` returns is not Send: drop it here, not across an await.
-    let _ = stopping.wait_for(|stop| *stop).await.map(|_| ());
-}
-
 async fn serve_connection(
     stream: TcpStream,
     _slot: OwnedSemaphorePermit,
     limits: Limits,
-    mut stopping: watch::Receiver<bool>,
+    stopping: Shutdown,
     shared: Arc<Shared>,
 ) {
     let metrics = shared.state.metrics.clone();
@@ -300,7 +295,7 @@ async fn serve_connection(
     let mut connection = std::pin::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,
-        _ = stopped(&mut stopping) => {
+        _ = stopping.requested() => {
             connection.as_mut().graceful_shutdown();
             connection.await
         }
