@@ -24,7 +24,7 @@ readonly NATS_STORE="/var/lib/nats-server"
 readonly NATS_LOG="/var/log/nats-server.log"
 readonly ROLE="ordersvc"
 readonly ROLE_PASSWORD="ordersvc"
-readonly DEFAULT_DATABASE_URL="postgres://${ROLE}:${ROLE_PASSWORD}@${PG_HOST}:${PG_PORT}/orders"
+readonly DEFAULT_DATABASE_URL="postgres://${ROLE}:${ROLE_PASSWORD}@${PG_HOST}:${PG_PORT}/orders?sslmode=disable"
 readonly WAIT_SECONDS=30
 readonly DEB_PACKAGES=(postgresql nats-server build-essential pkg-config curl ca-certificates)
 # Only the test suite needs these: the page tests drive a headless browser.

@@ -803,6 +803,8 @@ impl TestApp {
         let settings = ServeSettings {
             database_url: &self.service_database_url,
             nats_url: &self.service_nats_url,
+            nats_token: None,
+            nats_tls_ca: None,
             stream: &self.stream,
             subject: &self.subject,
             durable: &self.durable,

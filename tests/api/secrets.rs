@@ -10,12 +10,14 @@ use crate::helpers::{closed_port, run_to_end, spawn_app};
 const SECRET: &str = "s3cretpw";
 
 /// `ordersvc ARGS`, logging at `info` (more than the client commands' default), so that log
-/// lines are checked too.
+/// lines are checked too, including those of the retries while NATS does not answer (cut short:
+/// nothing listens on the ports below).
 fn ordersvc(args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_ordersvc"));
     command
         .args(args)
         .env("RUST_LOG", "info")
+        .env("ORDERSVC_NATS_CONNECT_TIMEOUT", "1s")
         .env_remove("DATABASE_URL")
         .env_remove("NATS_URL");
     command
@@ -114,7 +116,8 @@ fn help_does_not_show_the_urls_given_in_the_environment() {
             "DATABASE_URL",
             format!("postgres://ordersvc:{SECRET}@127.0.0.1/orders"),
         )
-        .env("NATS_URL", format!("nats://{SECRET}@127.0.0.1:4222"));
+        .env("NATS_URL", format!("nats://{SECRET}@127.0.0.1:4222"))
+        .env("NATS_TOKEN", SECRET);
         let output = run_to_end(help, b"");
         let stdout = String::from_utf8_lossy(&output.stdout);
         assert!(output.status.success(), "{command} --help: {output:?}");

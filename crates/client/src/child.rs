@@ -23,6 +23,10 @@ pub struct ServeSettings<'a> {
     pub database_url: &'a str,
     /// `NATS_URL` of the child (it may hold a password or token).
     pub nats_url: &'a str,
+    /// `NATS_TOKEN` of the child; without one, the child gets none (not this process's).
+    pub nats_token: Option<&'a str>,
+    /// `NATS_TLS_CA` of the child; without one, the child gets none (not this process's).
+    pub nats_tls_ca: Option<&'a Path>,
     /// `--stream`.
     pub stream: &'a str,
     /// `--subject`.
@@ -49,6 +53,14 @@ where
         .args(["--durable", settings.durable])
         .args(["--http-addr", settings.http_addr])
         .args(extra);
+    match settings.nats_token {
+        Some(token) => command.env("NATS_TOKEN", token),
+        None => command.env_remove("NATS_TOKEN"),
+    };
+    match settings.nats_tls_ca {
+        Some(ca) => command.env("NATS_TLS_CA", ca),
+        None => command.env_remove("NATS_TLS_CA"),
+    };
     command
 }
 
@@ -185,6 +197,8 @@ mod tests {
         ServeSettings {
             database_url: "postgres://u:dbsecret@h/db",
             nats_url: "nats://tokensecret@h:4222",
+            nats_token: None,
+            nats_tls_ca: None,
             stream: "S",
             subject: "s",
             durable: "d",
@@ -220,6 +234,28 @@ mod tests {
             OsStr::new("NATS_URL"),
             Some(OsStr::new("nats://tokensecret@h:4222"))
         )));
+    }
+
+    #[test]
+    fn a_token_and_a_ca_go_to_the_child_in_its_environment_and_none_is_inherited() {
+        let mut with = settings();
+        with.nats_token = Some("tokensecret");
+        with.nats_tls_ca = Some(Path::new("/etc/ca.pem"));
+        let command = serve_command(Path::new("ordersvc"), &with, ["--batch-size=5"]);
+        assert!(command
+            .get_args()
+            .all(|arg| !arg.to_string_lossy().contains("tokensecret")));
+        let envs: Vec<(&OsStr, Option<&OsStr>)> = command.get_envs().collect();
+        assert!(envs.contains(&(OsStr::new("NATS_TOKEN"), Some(OsStr::new("tokensecret")))));
+        assert!(envs.contains(&(OsStr::new("NATS_TLS_CA"), Some(OsStr::new("/etc/ca.pem")))));
+
+        let without = serve_command(Path::new("ordersvc"), &settings(), ["--batch-size=5"]);
+        let envs: Vec<(&OsStr, Option<&OsStr>)> = without.get_envs().collect();
+        assert!(envs.contains(&(OsStr::new("NATS_TOKEN"), None)), "{envs:?}");
+        assert!(
+            envs.contains(&(OsStr::new("NATS_TLS_CA"), None)),
+            "{envs:?}"
+        );
     }
 
     /// A child that ignores SIGTERM (`trap '' TERM`) for the kill path, one that does not for

@@ -120,7 +120,7 @@ async fn publish(
     count: u64,
     messages: impl IntoIterator<Item = (String, Bytes)>,
 ) -> Result<PublishSummary> {
-    let client = bus::connect(&args.nats.nats_url, "ordersvc publish").await?;
+    let client = bus::connect(&args.nats, "ordersvc publish").await?;
     let js = jetstream::new(client);
     bus::ensure_stream(&js, &args.nats).await?;
     let progress = publisher::progress_bar(count, PROGRESS_FROM);
@@ -177,6 +177,9 @@ mod tests {
         let args = PublishArgs {
             nats: NatsArgs {
                 nats_url: String::new(),
+                nats_token: None,
+                nats_tls_ca: None,
+                nats_connect_timeout: std::time::Duration::from_secs(1),
                 stream: String::new(),
                 subject: String::new(),
             },

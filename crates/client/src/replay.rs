@@ -109,7 +109,7 @@ async fn replay(args: ReplayArgs) -> Result<()> {
     let mut pipeline = if args.dry_run {
         None
     } else {
-        let client = bus::connect(&args.nats.nats_url, "ordersvc replay-from-db").await?;
+        let client = bus::connect(&args.nats, "ordersvc replay-from-db").await?;
         let js = jetstream::new(client);
         bus::ensure_stream(&js, &args.nats).await?;
         Some(

@@ -1,4 +1,4 @@
-//! NATS JetStream: connecting, and making sure the stream and the durable consumer exist.
+//! NATS JetStream: connecting (`connect`), and making sure the stream and the durable consumer exist.
 //! Shared by `serve` (consumer) and the producers (`publish`, `replay-from-db`, `bench`), so all
 //! agree on the stream's shape. Publishing itself is `publisher`'s.
 
@@ -7,7 +7,11 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, stream};
 use color_eyre::eyre::{Result, WrapErr};
 
-use crate::config::{redact_url, NatsArgs};
+use crate::config::NatsArgs;
+
+mod connect;
+
+pub use connect::connect;
 
 /// How long JetStream remembers a `Nats-Msg-Id` to drop a repeated publish.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
@@ -17,17 +21,6 @@ pub const ACK_WAIT: Duration = Duration::from_secs(30);
 pub const MAX_ACK_PENDING: i64 = 20_000;
 /// NATS's default max payload: nothing larger can be published.
 pub const MAX_PAYLOAD: usize = 1024 * 1024;
-
-/// Connects to NATS; the client reconnects by itself for as long as the process lives.
-pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client> {
-    async_nats::ConnectOptions::new()
-        .name(name)
-        .max_reconnects(None)
-        .connection_timeout(Duration::from_secs(5))
-        .connect(url)
-        .await
-        .wrap_err_with(|| format!("cannot connect to NATS at {}", redact_url(url)))
-}
 
 /// The stream's configuration: file storage, so that messages survive a NATS restart.
 fn stream_config(args: &NatsArgs) -> stream::Config {

@@ -1,12 +1,17 @@
 //! Settings shared by the subcommands: every one is a flag with an environment variable and a
 //! default (the design's contract table), parsed once in `main` and passed down.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
-/// Default PostgreSQL URL: the service's own role, never the superuser.
-pub const DEFAULT_DATABASE_URL: &str = "postgres://ordersvc:ordersvc@127.0.0.1:5432/orders";
+/// Default PostgreSQL URL: the service's own role, never the superuser, in plaintext on loopback.
+/// `sslmode=disable` is explicit because libpq's and sqlx's default, `prefer`, would silently
+/// start TLS wherever the server offers it (Debian's does, with a self-signed certificate) and
+/// pay for encryption that loopback does not need.
+pub const DEFAULT_DATABASE_URL: &str =
+    "postgres://ordersvc:ordersvc@127.0.0.1:5432/orders?sslmode=disable";
 /// Default NATS server.
 pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 /// Default JetStream stream name.
@@ -28,13 +33,30 @@ pub struct DbArgs {
     pub database_url: String,
 }
 
-/// Where the JetStream stream is.
+/// How long a command keeps trying to reach a NATS server that is not up yet.
+pub const DEFAULT_NATS_CONNECT_TIMEOUT: &str = "10s";
+
+/// Where the JetStream stream is, and how to log in to NATS.
 #[derive(Args, Clone, Debug)]
 pub struct NatsArgs {
-    /// NATS server URL.
+    /// NATS server URL, or several separated by commas (the client moves to another when one
+    /// fails). `nats://` or `tls://`; credentials as `nats://user:password@host` or
+    /// `nats://token@host` (one set, sent to every server).
     // `--help` would print the environment's value, password or token and all.
     #[arg(long, env = "NATS_URL", default_value = DEFAULT_NATS_URL, hide_env_values = true)]
     pub nats_url: String,
+    /// NATS token (instead of credentials in the URL).
+    #[arg(long, env = "NATS_TOKEN", hide_env_values = true)]
+    pub nats_token: Option<String>,
+    /// PEM file of the CA that signed the NATS servers' certificates, trusted beside the public
+    /// CAs built in; giving one makes TLS required.
+    #[arg(long, env = "NATS_TLS_CA", value_name = "FILE")]
+    pub nats_tls_ca: Option<PathBuf>,
+    /// How long to keep trying while no NATS server answers (one that is not up yet). A refused
+    /// login or certificate fails at once.
+    #[arg(long, env = "ORDERSVC_NATS_CONNECT_TIMEOUT", value_name = "DURATION",
+          default_value = DEFAULT_NATS_CONNECT_TIMEOUT, value_parser = parse_duration)]
+    pub nats_connect_timeout: Duration,
     /// JetStream stream name (created if missing).
     #[arg(long, env = "ORDERSVC_STREAM", default_value = DEFAULT_STREAM)]
     pub stream: String,

@@ -21,3 +21,4 @@ pub(crate) mod page;
 pub mod serve;
 pub(crate) mod shutdown;
 pub mod store;
+pub(crate) mod tls;

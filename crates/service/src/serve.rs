@@ -111,7 +111,7 @@ impl App {
             .wrap_err("cannot start the async runtime")?;
         let (store, client) = runtime.block_on(async {
             let store = Store::open(&settings.db.database_url).await?;
-            let client = bus::connect(&settings.nats.nats_url, "ordersvc serve").await?;
+            let client = bus::connect(&settings.nats, "ordersvc serve").await?;
             Ok::<_, color_eyre::Report>((store, client))
         })?;
 

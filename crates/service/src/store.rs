@@ -8,9 +8,9 @@ use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
 
-use color_eyre::eyre::{Result, WrapErr};
+use color_eyre::eyre::{bail, Report, Result, WrapErr};
 use futures::stream::BoxStream;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 use time::OffsetDateTime;
 
@@ -94,9 +94,10 @@ impl Store {
         let options = parse_url(database_url)?;
         create_database_if_missing(&options).await?;
         let (pool_options, options) = pool_for(Role::Ingest, &options);
-        let pool = pool_options.connect_with(options).await.wrap_err_with(|| {
-            format!("cannot connect to PostgreSQL at {}", redact(database_url))
-        })?;
+        let pool = pool_options
+            .connect_with(options)
+            .await
+            .map_err(|e| connect_failed(e, redact(database_url)))?;
         MIGRATOR
             .run(&pool)
             .await
@@ -349,9 +350,7 @@ impl Store {
                     )
                 })
             }
-            Err(e) => Err(e).wrap_err_with(|| {
-                format!("cannot connect to PostgreSQL at {}", redact(database_url))
-            }),
+            Err(e) => Err(connect_failed(e, redact(database_url))),
         }
     }
 }
@@ -382,9 +381,45 @@ impl DbProbe {
     }
 }
 
-/// The options in a database URL.
+/// The options in a database URL, with libpq's meaning of `sslmode=require`.
 fn parse_url(database_url: &str) -> Result<PgConnectOptions> {
-    PgConnectOptions::from_str(database_url).wrap_err("DATABASE_URL is not a valid PostgreSQL URL")
+    if database_url.contains("sslpassword=") {
+        // sqlx cannot decrypt a client key, and its parser would log the unknown parameter with
+        // its value: refuse it before parsing.
+        bail!("DATABASE_URL: sslpassword is not supported (give sslkey an unencrypted key file)");
+    }
+    let options = PgConnectOptions::from_str(database_url)
+        .wrap_err("DATABASE_URL is not a valid PostgreSQL URL")?;
+    let url = options.to_url_lossy();
+    let given = |key: &str| url.query_pairs().any(|(k, _)| k == key);
+    // libpq verifies the server's certificate against a root certificate given with `require`
+    // (as `verify-ca` does); sqlx would accept any certificate. Do what libpq does.
+    if matches!(options.get_ssl_mode(), PgSslMode::Require) && given("sslrootcert") {
+        return Ok(options.ssl_mode(PgSslMode::VerifyCa));
+    }
+    Ok(options)
+}
+
+/// A failed connection to PostgreSQL at `place`, saying what to change when TLS is why.
+fn connect_failed(error: sqlx::Error, place: impl std::fmt::Display) -> Report {
+    let hint = match &error {
+        // The server's own words for a `hostssl`-only pg_hba.conf met by a plaintext connection.
+        sqlx::Error::Database(e)
+            if e.code().as_deref() == Some(INVALID_AUTHORIZATION)
+                && e.message().contains("no encryption") =>
+        {
+            ": the server takes only TLS connections here; set sslmode=require (or verify-full \
+             with sslrootcert=FILE) in DATABASE_URL"
+        }
+        // sqlx reports a refused certificate as an I/O error wrapping rustls's.
+        error if matches!(error, sqlx::Error::Tls(_)) || crate::tls::caused_by_tls(error) => {
+            ": TLS could not be set up; check sslmode, that sslrootcert names the CA that signed \
+             the server's certificate, and that the certificate names the host in DATABASE_URL \
+             (checked for verify-ca too)"
+        }
+        _ => "",
+    };
+    Report::new(error).wrap_err(format!("cannot connect to PostgreSQL at {place}{hint}"))
 }
 
 /// The pool settings of `role`, and `options` with the role's `application_name`.
@@ -414,6 +449,8 @@ fn pool_for(role: Role, options: &PgConnectOptions) -> (PgPoolOptions, PgConnect
 
 /// PostgreSQL's SQLSTATE for a connection to a database that does not exist.
 const UNDEFINED_DATABASE: &str = "3D000";
+/// PostgreSQL's SQLSTATE for a login pg_hba.conf or the password refuses.
+const INVALID_AUTHORIZATION: &str = "28000";
 
 /// Inserts the candidate orders with one statement and returns the ids that were new.
 async fn insert_orders(
@@ -522,12 +559,13 @@ async fn create_database_if_missing(options: &PgConnectOptions) -> Result<()> {
         .database("postgres")
         .connect()
         .await
-        .wrap_err_with(|| {
-            format!(
-                "cannot connect to PostgreSQL at {}:{} (its maintenance database `postgres`)",
+        .map_err(|e| {
+            let place = format!(
+                "{}:{} (its maintenance database `postgres`)",
                 options.get_host(),
                 options.get_port()
-            )
+            );
+            connect_failed(e, place)
         })?;
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
@@ -559,6 +597,38 @@ fn quote_ident(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn require_with_a_root_certificate_verifies_the_ca_as_libpq_does() {
+        let mode = |url: &str| parse_url(url).map(|o| o.get_ssl_mode());
+        assert!(matches!(
+            mode("postgres://h/db?sslmode=require&sslrootcert=/ca.pem"),
+            Ok(PgSslMode::VerifyCa)
+        ));
+        assert!(matches!(
+            mode("postgres://h/db?sslmode=require"),
+            Ok(PgSslMode::Require)
+        ));
+        assert!(matches!(
+            mode("postgres://h/db?sslmode=verify-full&sslrootcert=/ca.pem"),
+            Ok(PgSslMode::VerifyFull)
+        ));
+        assert!(matches!(
+            mode("postgres://h/db?sslmode=disable&sslrootcert=/ca.pem"),
+            Ok(PgSslMode::Disable)
+        ));
+        assert!(matches!(
+            mode(crate::config::DEFAULT_DATABASE_URL),
+            Ok(PgSslMode::Disable)
+        ));
+    }
+
+    #[test]
+    fn sslpassword_is_refused_without_showing_it() {
+        let error = parse_url("postgres://h/db?sslkey=/k.pem&sslpassword=s3cret")
+            .expect_err("sslpassword is refused");
+        assert!(!format!("{error:#}").contains("s3cret"), "{error:#}");
+    }
 
     #[test]
     fn nul_characters_are_replaced_in_listing_columns() {

@@ -503,7 +503,7 @@ async fn publish(
     bar: &ProgressBar,
     mut on_sample: impl FnMut(Sample),
 ) -> Result<Published> {
-    let client = bus::connect(&args.nats.nats_url, "ordersvc bench ingest").await?;
+    let client = bus::connect(&args.nats, "ordersvc bench ingest").await?;
     let js = jetstream::new(client.clone());
     bus::ensure_stream(&js, &args.nats).await?;
 
@@ -577,7 +577,7 @@ async fn publish(
 /// consumer, or (for a durable that does not exist yet, which starts at the stream's beginning)
 /// all the messages in the stream.
 async fn pending_messages(args: &IngestArgs) -> Result<u64> {
-    let client = bus::connect(&args.nats.nats_url, "ordersvc bench ingest").await?;
+    let client = bus::connect(&args.nats, "ordersvc bench ingest").await?;
     let js = jetstream::new(client);
     let mut stream = bus::ensure_stream(&js, &args.nats).await?;
     if let Ok(info) = stream.consumer_info(&args.durable).await {
@@ -726,6 +726,8 @@ fn service_command(args: &IngestArgs, exe: &Path, http_addr: SocketAddr) -> Comm
     let settings = ServeSettings {
         database_url: &args.db.database_url,
         nats_url: &args.nats.nats_url,
+        nats_token: args.nats.nats_token.as_deref(),
+        nats_tls_ca: args.nats.nats_tls_ca.as_deref(),
         stream: &args.nats.stream,
         subject: &args.nats.subject,
         durable: &args.durable,
@@ -795,6 +797,9 @@ mod tests {
         IngestArgs {
             nats: NatsArgs {
                 nats_url: String::new(),
+                nats_token: None,
+                nats_tls_ca: None,
+                nats_connect_timeout: std::time::Duration::from_secs(1),
                 stream: String::new(),
                 subject: String::new(),
             },
