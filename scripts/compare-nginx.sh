@@ -18,7 +18,7 @@ set -euo pipefail
 ORDERSVC_URL=${1:-http://127.0.0.1:8080}
 RUNS=${2:-3}
 DURATION=${3:-10s}
-DATABASE_URL=${DATABASE_URL:-postgres://ordersvc:ordersvc@127.0.0.1:5432/orders}
+DATABASE_URL=${DATABASE_URL:-postgres://ordersvc:ordersvc@127.0.0.1:5432/orders?sslmode=disable}
 NGINX_PORT=18081
 WORK=$(mktemp -d /tmp/ordersvc-nginx.XXXXXX)
 # nginx workers run as an unprivileged user: they must be able to read the files.
