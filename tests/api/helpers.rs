@@ -209,11 +209,13 @@ pub fn nats_addr() -> SocketAddr {
     server_addr(&base_nats_url(), 4222)
 }
 
-fn base_database_url() -> String {
+/// The shared PostgreSQL's URL (`ORDERSVC_TEST_DATABASE_URL` or the default).
+pub fn base_database_url() -> String {
     std::env::var("ORDERSVC_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_owned())
 }
 
-fn base_nats_url() -> String {
+/// The shared NATS server's URL (`ORDERSVC_TEST_NATS_URL` or the default).
+pub fn base_nats_url() -> String {
     std::env::var("ORDERSVC_TEST_NATS_URL").unwrap_or_else(|_| DEFAULT_NATS_URL.to_owned())
 }
 
@@ -250,6 +252,40 @@ fn server_addr(url: &str, default_port: u16) -> SocketAddr {
         .ok()
         .and_then(|mut addrs| addrs.next())
         .unwrap_or_else(|| panic!("cannot resolve {with_port} (from {url})"))
+}
+
+/// The environment variables through which `ordersvc` finds its servers and their secrets:
+/// inherited from whoever runs the tests, they would change what a test means.
+const CONNECTION_ENV: [&str; 5] = [
+    "DATABASE_URL",
+    "NATS_URL",
+    "NATS_TOKEN",
+    "NATS_TLS_CA",
+    "ORDERSVC_NATS_CONNECT_TIMEOUT",
+];
+
+/// `ordersvc ARGS` logging at `info` (more than the client commands' default, so that log lines
+/// are checked too), with none of `CONNECTION_ENV` inherited: a test sets the ones it means.
+pub fn ordersvc(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ordersvc"));
+    command.args(args).env("RUST_LOG", "info");
+    for name in CONNECTION_ENV {
+        command.env_remove(name);
+    }
+    command
+}
+
+/// `ordersvc serve` with `settings` (the URLs in its environment) and then `extra` flags, with
+/// nothing else of `CONNECTION_ENV` inherited, logging like a `TestApp` (set `RUST_LOG` after
+/// this to change it). For `Serving::start`, or `run_to_end` when it must fail.
+pub fn serve_with(settings: &ServeSettings<'_>, extra: &[&str]) -> Command {
+    let mut command = serve_command(Path::new(env!("CARGO_BIN_EXE_ordersvc")), settings, extra);
+    // serve_command has set the first two.
+    for name in &CONNECTION_ENV[2..] {
+        command.env_remove(name);
+    }
+    command.env("RUST_LOG", service_log_filter());
+    command
 }
 
 /// Runs a command to its end, feeding it `stdin`, and returns what it printed; kills it and
@@ -1077,5 +1113,44 @@ fn wait_for_order_at(http: &ureq::Agent, addr: SocketAddr, uid: &str) -> Vec<u8>
             String::from_utf8_lossy(&body)
         );
         std::thread::sleep(POLL);
+    }
+}
+
+/// `ordersvc serve` from a command line of the test's own (its own servers, URLs and flags), for
+/// tests that a `TestApp` on the shared servers cannot express. Dropping it kills the service.
+pub struct Serving {
+    /// The HTTP address the service listens on.
+    pub addr: SocketAddr,
+    child: ServeProcess,
+    /// Every line the service has logged so far.
+    logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    http: ureq::Agent,
+}
+
+impl Serving {
+    /// Spawns `command` (a `serve` command line, e.g. from `serve_command`; `RUST_LOG` is the
+    /// caller's, standard I/O is set here) and waits until `/readyz` answers 200. Log lines are
+    /// forwarded with `prefix`.
+    pub fn start(command: Command, prefix: &str) -> Serving {
+        let logs = std::sync::Arc::default();
+        let (child, addr) = spawn_serve(command, prefix, &logs);
+        let mut serving = Serving {
+            addr,
+            child,
+            logs,
+            http: http_agent(),
+        };
+        wait_until_ready(&serving.http, serving.addr, &mut serving.child);
+        serving
+    }
+
+    /// Polls `GET /order/{uid}` until it is 200 and returns the body.
+    pub fn wait_for_order(&self, uid: &str) -> Vec<u8> {
+        wait_for_order_at(&self.http, self.addr, uid)
+    }
+
+    /// Every line the service has logged so far.
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }

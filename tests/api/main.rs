@@ -18,3 +18,5 @@ mod readiness;
 mod replay;
 mod restart;
 mod secrets;
+mod servers;
+mod tls_postgres;
