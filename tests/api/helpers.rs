@@ -1144,6 +1144,11 @@ impl Serving {
         serving
     }
 
+    /// `GET path`.
+    pub fn get(&self, path: &str) -> Reply {
+        http_request(&self.http, self.addr, "GET", path, &[])
+    }
+
     /// Polls `GET /order/{uid}` until it is 200 and returns the body.
     pub fn wait_for_order(&self, uid: &str) -> Vec<u8> {
         wait_for_order_at(&self.http, self.addr, uid)

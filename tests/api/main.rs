@@ -8,6 +8,7 @@ mod faults;
 mod helpers;
 mod hostile;
 mod http;
+mod nats_auth;
 mod operations;
 mod orders_list;
 mod page;

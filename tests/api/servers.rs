@@ -1,13 +1,15 @@
 //! Servers of a test's own, for what the shared ones cannot show: a PostgreSQL that accepts only
-//! TLS, with certificates made for it in-process (a test CA, a server certificate it signed, and
-//! another CA that signed nothing the server shows). Also the test's own corner of the shared
-//! servers that such tests still need: a stream on the shared NATS.
+//! TLS, and NATS servers that demand a password or a token, over TLS or not, each with
+//! certificates made for it in-process (a test CA, a server certificate it signed, and another
+//! CA that signed nothing the server shows). Also the test's own corners of the shared servers
+//! that such tests still need: a database on the shared PostgreSQL, a stream on the shared NATS.
 //!
 //! Every server lives under a temporary directory of its own on a free loopback port; dropping
 //! it (also while a test panics) stops the process and removes the directory. Names carry a
 //! random suffix, so tests running in parallel never share one.
 
 use std::fs;
+use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::{chown, PermissionsExt};
 use std::os::unix::process::CommandExt;
@@ -21,7 +23,7 @@ use rcgen::{
 };
 use sqlx::{Connection, PgConnection};
 
-use crate::helpers::base_nats_url;
+use crate::helpers::{base_database_url, base_nats_url, with_database};
 
 /// How long a server of a test's own may take to accept connections.
 const START_DEADLINE: Duration = Duration::from_secs(30);
@@ -420,6 +422,193 @@ impl Drop for OwnPostgres {
     }
 }
 
+/// How a client proves who it is to an `OwnNats`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatsAuth {
+    /// `authorization { user, password }`.
+    UserPassword,
+    /// `authorization { token }`.
+    Token,
+}
+
+/// Whether an `OwnNats` demands TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatsTls {
+    Off,
+    /// `tls { cert_file, key_file }` with a certificate signed by the test CA.
+    On,
+}
+
+/// A nats-server of the test's own with JetStream, demanding a password or a token, over TLS or
+/// not.
+pub struct OwnNats {
+    port: u16,
+    auth: NatsAuth,
+    user: String,
+    /// The password or the token.
+    secret: String,
+    certs: Certs,
+    /// The server; stopped in `Drop`.
+    child: Option<Child>,
+    log: PathBuf,
+    /// Holds the configuration, the certificates, the JetStream store and the log. Last: removed
+    /// once the server has stopped.
+    dir: TempDir,
+}
+
+impl OwnNats {
+    /// Starts a server on a free port and waits until it greets clients.
+    pub fn start(auth: NatsAuth, tls: NatsTls) -> OwnNats {
+        let mut server = OwnNats::prepare(auth, tls);
+        server.run();
+        server
+    }
+
+    /// Everything but the process: a free port, the credentials, the certificates and the
+    /// configuration, so that a client can be started before the server is (`run` starts it).
+    pub fn prepare(auth: NatsAuth, tls: NatsTls) -> OwnNats {
+        let dir = TempDir::new("nats");
+        let port = free_port();
+        let certs = Certs::write_to(dir.path());
+        let user = format!("user{}", random_suffix());
+        let secret = random_secret(match auth {
+            NatsAuth::UserPassword => "natspw",
+            NatsAuth::Token => "natstoken",
+        });
+        // Strings are quoted: unquoted, a token could be read as a number or a `$variable`.
+        let authorization = match auth {
+            NatsAuth::UserPassword => format!("user: \"{user}\"\n  password: \"{secret}\""),
+            NatsAuth::Token => format!("token: \"{secret}\""),
+        };
+        let tls_block = match tls {
+            NatsTls::Off => String::new(),
+            // A handshake timeout above the default, for a loaded 2-core machine.
+            NatsTls::On => format!(
+                "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  timeout: 5\n}}\n",
+                certs.cert_file.display(),
+                certs.key_file.display()
+            ),
+        };
+        let config = format!(
+            "listen: \"127.0.0.1:{port}\"\n\
+             jetstream {{\n  store_dir: \"{store}\"\n  max_memory_store: 64MB\n  max_file_store: 256MB\n}}\n\
+             authorization {{\n  {authorization}\n}}\n\
+             {tls_block}",
+            store = dir.path().join("jetstream").display(),
+        );
+        write(&dir.path().join("nats.conf"), &config);
+        OwnNats {
+            port,
+            auth,
+            user,
+            secret,
+            certs,
+            child: None,
+            log: dir.path().join("nats.log"),
+            dir,
+        }
+    }
+
+    /// Starts the prepared server and waits until it greets clients.
+    pub fn run(&mut self) {
+        assert!(self.child.is_none(), "nats-server is already running");
+        let dir = self.dir.path();
+        let child = Command::new("/usr/sbin/nats-server")
+            .arg("-c")
+            .arg(dir.join("nats.conf"))
+            .arg("-l")
+            .arg(&self.log)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start /usr/sbin/nats-server");
+        // From here on, a panic drops `self`, which stops the server and removes the directory.
+        self.child = Some(child);
+        self.wait_until_greeting();
+    }
+
+    /// Waits until a client that connects gets the server's `INFO` line (sent in the clear even
+    /// by a TLS server: the client upgrades after it).
+    fn wait_until_greeting(&mut self) {
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("nats-server exited ({status}):\n{}", self.log());
+            }
+            if let Ok(conn) = TcpStream::connect(self.addr()) {
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut line = String::new();
+                if BufReader::new(conn).read_line(&mut line).is_ok() && line.starts_with("INFO ") {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not greet a client within {START_DEADLINE:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(POLL);
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// `SCHEME://127.0.0.1:PORT`, without credentials (`nats` or `tls`).
+    pub fn url(&self, scheme: &str) -> String {
+        format!("{scheme}://{}", self.addr())
+    }
+
+    /// `SCHEME://USERINFO@127.0.0.1:PORT`: `user:password` or a token as USERINFO.
+    pub fn url_with(&self, scheme: &str, userinfo: &str) -> String {
+        format!("{scheme}://{userinfo}@{}", self.addr())
+    }
+
+    /// The right USERINFO for `url_with`: `user:password` or the token.
+    pub fn credentials(&self) -> String {
+        match self.auth {
+            NatsAuth::UserPassword => format!("{}:{}", self.user, self.secret),
+            NatsAuth::Token => self.secret.clone(),
+        }
+    }
+
+    /// The user name (only `NatsAuth::UserPassword` servers ask for it).
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// The password or the token.
+    pub fn secret(&self) -> &str {
+        &self.secret
+    }
+
+    /// The test CA's certificate (PEM), which signed the server's.
+    pub fn ca_file(&self) -> &Path {
+        &self.certs.ca_file
+    }
+
+    /// Another CA's certificate (PEM), which did not.
+    pub fn other_ca_file(&self) -> &Path {
+        &self.certs.other_ca_file
+    }
+
+    /// What the server has logged so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_else(|e| format!("(no log: {e})"))
+    }
+}
+
+impl Drop for OwnNats {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            stop(&mut child, libc::SIGTERM);
+        }
+    }
+}
+
 /// A test's names: its suffix, and a stream, subject and durable consumer named after it.
 #[derive(Debug, Clone)]
 pub struct Names {
@@ -437,6 +626,43 @@ impl Names {
             subject: format!("test.{suffix}"),
             durable: format!("durable_{suffix}"),
             suffix,
+        }
+    }
+}
+
+/// A database of the test's own on the shared PostgreSQL (`ordersvc_test_SUFFIX`, in plaintext:
+/// the shared server is not what these tests are about). The service creates it; dropping this
+/// drops it, as its owner, like `TestApp` does.
+pub struct SharedDatabase {
+    pub url: String,
+    name: String,
+}
+
+impl SharedDatabase {
+    pub fn named(suffix: &str) -> SharedDatabase {
+        let name = format!("ordersvc_test_{suffix}");
+        let base = with_database(&base_database_url(), &name);
+        let separator = if base.contains('?') { '&' } else { '?' };
+        SharedDatabase {
+            url: format!("{base}{separator}sslmode=disable"),
+            name,
+        }
+    }
+}
+
+impl Drop for SharedDatabase {
+    fn drop(&mut self) {
+        let maintenance = with_database(&self.url, "postgres");
+        let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
+        let result = block_on_bounded(async {
+            let mut conn = PgConnection::connect(&maintenance).await?;
+            sqlx::query(&sql).execute(&mut conn).await?;
+            conn.close().await
+        });
+        match result {
+            Some(Ok(())) => {}
+            Some(Err(e)) => eprintln!("cleanup: cannot drop {}: {e}", self.name),
+            None => eprintln!("cleanup: dropping {} timed out", self.name),
         }
     }
 }
