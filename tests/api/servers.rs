@@ -513,7 +513,7 @@ impl OwnNats {
     pub fn run(&mut self) {
         assert!(self.child.is_none(), "nats-server is already running");
         let dir = self.dir.path();
-        let child = Command::new("/usr/sbin/nats-server")
+        let child = Command::new(nats_server_program())
             .arg("-c")
             .arg(dir.join("nats.conf"))
             .arg("-l")
@@ -523,7 +523,7 @@ impl OwnNats {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("cannot start /usr/sbin/nats-server");
+            .expect("cannot start nats-server");
         // From here on, a panic drops `self`, which stops the server and removes the directory.
         self.child = Some(child);
         self.wait_until_greeting();
@@ -606,6 +606,16 @@ impl Drop for OwnNats {
         if let Some(mut child) = self.child.take() {
             stop(&mut child, libc::SIGTERM);
         }
+    }
+}
+
+/// Debian's nats-server (the 2.9 the service is built for), else whichever is on the PATH.
+fn nats_server_program() -> PathBuf {
+    let debian = PathBuf::from("/usr/sbin/nats-server");
+    if debian.exists() {
+        debian
+    } else {
+        PathBuf::from("nats-server")
     }
 }
 
