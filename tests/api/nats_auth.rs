@@ -176,6 +176,8 @@ fn assert_refused_at_once(mut command: Command, any_of: &[&str], secrets: &[&str
 /// The words that say a credential was refused.
 const REFUSED_CREDENTIALS: [&str; 2] = ["authoriz", "credential"];
 
+/// The usual way to give NATS credentials: `nats://user:password@host:port`, which ordersvc
+/// takes apart and hands to the client (which would otherwise ignore them).
 #[test]
 fn publish_and_serve_reach_a_server_with_the_user_and_password_in_the_url() {
     let nats = OwnNats::start(NatsAuth::UserPassword, NatsTls::Off);
@@ -183,6 +185,8 @@ fn publish_and_serve_reach_a_server_with_the_user_and_password_in_the_url() {
     assert_publishes_and_serves(&nats, std::slice::from_ref(&reach), &reach, "info");
 }
 
+/// A token as `--nats-token`, as `NATS_TOKEN` (kept out of the command line, which any user can
+/// read), or as the user info of the URL.
 #[test]
 fn publish_and_serve_reach_a_server_with_a_token_as_a_flag_in_the_environment_or_in_the_url() {
     let nats = OwnNats::start(NatsAuth::Token, NatsTls::Off);
@@ -210,6 +214,7 @@ fn publish_and_serve_reach_a_tls_server_with_a_user_and_password_and_its_private
     assert_publishes_and_serves(&nats, &publishes, &serve, "info");
 }
 
+/// A token and a private CA together, each given either way.
 #[test]
 fn publish_and_serve_reach_a_tls_server_with_a_token_and_its_private_ca() {
     let nats = OwnNats::start(NatsAuth::Token, NatsTls::On);
@@ -257,6 +262,8 @@ fn publish_takes_a_comma_separated_list_of_urls_with_credentials() {
     assert_shows_none(&printed, &[nats.secret()], "publish");
 }
 
+/// Retrying a refused password cannot help: the operator must learn at once, from an error that
+/// says it is the credentials, and neither the password given nor the right one may leak.
 #[test]
 fn a_wrong_password_fails_publish_and_serve_at_once_without_showing_either_password() {
     let nats = OwnNats::start(NatsAuth::UserPassword, NatsTls::Off);
@@ -279,6 +286,7 @@ fn a_wrong_password_fails_publish_and_serve_at_once_without_showing_either_passw
     );
 }
 
+/// As for a wrong password, with the token given as a flag or in the URL.
 #[test]
 fn a_wrong_token_fails_publish_and_serve_at_once_without_showing_either_token() {
     let nats = OwnNats::start(NatsAuth::Token, NatsTls::Off);

@@ -147,21 +147,25 @@ fn write(path: &Path, contents: &str) {
 /// The user and group a server process runs as: `postgres` when the tests run as root (initdb
 /// and postgres refuse to run as root), else the tests' own (`None`: no change).
 fn server_user() -> Option<(u32, u32)> {
-    // SAFETY: geteuid cannot fail and touches no memory of ours.
-    if unsafe { libc::geteuid() } != 0 {
-        return None;
-    }
-    // SAFETY: the name is a NUL-terminated literal; the returned record is read at once, before
-    // any other call could overwrite getpwnam's static buffer (the tests do not call it
-    // elsewhere).
-    let entry = unsafe { libc::getpwnam(c"postgres".as_ptr()) };
-    assert!(
-        !entry.is_null(),
-        "running as root, and there is no `postgres` user to run PostgreSQL as"
-    );
-    // SAFETY: non-null, so it points at a valid passwd record.
-    let (uid, gid) = unsafe { ((*entry).pw_uid, (*entry).pw_gid) };
-    Some((uid, gid))
+    // Looked up once: getpwnam returns a static buffer, which tests on other threads would
+    // overwrite if each looked it up itself.
+    static USER: std::sync::OnceLock<Option<(u32, u32)>> = std::sync::OnceLock::new();
+    *USER.get_or_init(|| {
+        // SAFETY: geteuid cannot fail and touches no memory of ours.
+        if unsafe { libc::geteuid() } != 0 {
+            return None;
+        }
+        // SAFETY: the name is a NUL-terminated literal; the record is read at once, inside the
+        // OnceLock's initialisation, which runs on one thread only (nothing else in the tests
+        // calls getpwnam).
+        let entry = unsafe { libc::getpwnam(c"postgres".as_ptr()) };
+        assert!(
+            !entry.is_null(),
+            "running as root, and there is no `postgres` user to run PostgreSQL as"
+        );
+        // SAFETY: non-null, so it points at a valid passwd record.
+        Some(unsafe { ((*entry).pw_uid, (*entry).pw_gid) })
+    })
 }
 
 /// Gives `path` and everything under it to `user` (when there is one to give it to).
@@ -240,7 +244,8 @@ pub struct OwnPostgres {
     log: PathBuf,
     /// For the test's own queries.
     rt: tokio::runtime::Runtime,
-    // Last: removed once the server has stopped.
+    /// Holds the data directory, the certificates, the socket and the log. Last: removed once
+    /// the server has stopped.
     _dir: TempDir,
 }
 
