@@ -149,10 +149,7 @@ pub fn spawn_app_with_options(options: SpawnOptions) -> TestApp {
         serve_args: serve_args.iter().map(|a| (*a).to_owned()).collect(),
         db: None,
         js,
-        http: ureq::AgentBuilder::new()
-            .timeout(Duration::from_secs(15))
-            .redirects(0)
-            .build(),
+        http: http_agent(),
         rt,
     };
     // From here on, a panic drops `app`, which cleans up whatever was created.
@@ -212,11 +209,13 @@ pub fn nats_addr() -> SocketAddr {
     server_addr(&base_nats_url(), 4222)
 }
 
-fn base_database_url() -> String {
+/// The shared PostgreSQL's URL (`ORDERSVC_TEST_DATABASE_URL` or the default).
+pub fn base_database_url() -> String {
     std::env::var("ORDERSVC_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_owned())
 }
 
-fn base_nats_url() -> String {
+/// The shared NATS server's URL (`ORDERSVC_TEST_NATS_URL` or the default).
+pub fn base_nats_url() -> String {
     std::env::var("ORDERSVC_TEST_NATS_URL").unwrap_or_else(|_| DEFAULT_NATS_URL.to_owned())
 }
 
@@ -253,6 +252,40 @@ fn server_addr(url: &str, default_port: u16) -> SocketAddr {
         .ok()
         .and_then(|mut addrs| addrs.next())
         .unwrap_or_else(|| panic!("cannot resolve {with_port} (from {url})"))
+}
+
+/// The environment variables through which `ordersvc` finds its servers and their secrets:
+/// inherited from whoever runs the tests, they would change what a test means.
+const CONNECTION_ENV: [&str; 5] = [
+    "DATABASE_URL",
+    "NATS_URL",
+    "NATS_TOKEN",
+    "NATS_TLS_CA",
+    "ORDERSVC_NATS_CONNECT_TIMEOUT",
+];
+
+/// `ordersvc ARGS` logging at `info` (more than the client commands' default, so that log lines
+/// are checked too), with none of `CONNECTION_ENV` inherited: a test sets the ones it means.
+pub fn ordersvc(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ordersvc"));
+    command.args(args).env("RUST_LOG", "info");
+    for name in CONNECTION_ENV {
+        command.env_remove(name);
+    }
+    command
+}
+
+/// `ordersvc serve` with `settings` (the URLs in its environment) and then `extra` flags, with
+/// nothing else of `CONNECTION_ENV` inherited, logging like a `TestApp` (set `RUST_LOG` after
+/// this to change it). For `Serving::start`, or `run_to_end` when it must fail.
+pub fn serve_with(settings: &ServeSettings<'_>, extra: &[&str]) -> Command {
+    let mut command = serve_command(Path::new(env!("CARGO_BIN_EXE_ordersvc")), settings, extra);
+    // serve_command has set the first two.
+    for name in &CONNECTION_ENV[2..] {
+        command.env_remove(name);
+    }
+    command.env("RUST_LOG", service_log_filter());
+    command
 }
 
 /// Runs a command to its end, feeding it `stdin`, and returns what it printed; kills it and
@@ -425,68 +458,15 @@ impl TestApp {
     fn start(&mut self) {
         assert!(self.child.is_none(), "the service is already running");
         let mut command = self.serve_command(&self.serve_args);
-        command
-            .env("ORDERSVC_LOG_FORMAT", "text")
-            .env(
-                "RUST_LOG",
-                self.log_filter.clone().unwrap_or_else(service_log_filter),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = ServeProcess::spawn(&mut command, OnDrop::Kill)
-            .expect("cannot start the ordersvc binary");
-        let stderr = child.take_stderr().expect("stderr is piped");
+        command.env(
+            "RUST_LOG",
+            self.log_filter.clone().unwrap_or_else(service_log_filter),
+        );
+        let (child, addr) = spawn_serve(command, &self.suffix, &self.logs);
         self.child = Some(child);
-
-        // The reader keeps forwarding every line (cargo shows them when a test fails) and hands
-        // over the address from the "listening on" line.
-        let (tx, rx) = mpsc::channel();
-        let prefix = self.suffix.clone();
-        let logs = self.logs.clone();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stderr).split(b'\n') {
-                let Ok(line) = line else { break };
-                let line = String::from_utf8_lossy(&line);
-                eprintln!("[{prefix}] {line}");
-                logs.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(line.clone().into_owned());
-                if let Some(addr) = listening_addr(&line) {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(addr);
-                    }
-                }
-            }
-        });
-        self.addr = match rx.recv_timeout(START_DEADLINE) {
-            Ok(addr) => addr,
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                let status = self.child.as_mut().and_then(|c| c.wait().ok());
-                panic!("the service exited ({status:?}) before logging its address")
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                panic!("the service logged no `listening on` line within {START_DEADLINE:?}")
-            }
-        };
-
-        let deadline = Instant::now() + START_DEADLINE;
-        loop {
-            let (status, _, body) = self.get("/readyz");
-            if status == 200 {
-                break;
-            }
-            if let Some(Ok(Some(exit))) = self.child.as_mut().map(ServeProcess::exited) {
-                panic!("the service exited ({exit}) before it was ready");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "/readyz still {status} after {START_DEADLINE:?}: {}",
-                String::from_utf8_lossy(&body)
-            );
-            std::thread::sleep(POLL);
-        }
+        self.addr = addr;
+        let child = self.child.as_mut().expect("just set");
+        wait_until_ready(&self.http, self.addr, child);
         // Ready can come before ingest has made the stream and the consumer: until they exist, a
         // publish would find no stream.
         self.wait_until(
@@ -533,30 +513,7 @@ impl TestApp {
 
     /// Any method, with extra headers; 4xx and 5xx are answers, not errors.
     pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
-        let url = format!("http://{}{path}", self.addr);
-        let mut request = self.http.request(method, &url);
-        for (name, value) in headers {
-            request = request.set(name, value);
-        }
-        let response = match request.call() {
-            Ok(response) | Err(ureq::Error::Status(_, response)) => response,
-            Err(e) => panic!("{method} {url} failed: {e}"),
-        };
-        let status = response.status();
-        let headers = response
-            .headers_names()
-            .into_iter()
-            .map(|name| {
-                let value = response.header(&name).unwrap_or_default().to_owned();
-                (name.to_ascii_lowercase(), value)
-            })
-            .collect();
-        let mut body = Vec::new();
-        response
-            .into_reader()
-            .read_to_end(&mut body)
-            .unwrap_or_else(|e| panic!("cannot read the body of {method} {url}: {e}"));
-        (status, headers, body)
+        http_request(&self.http, self.addr, method, path, headers)
     }
 
     /// The service's peak resident memory so far (VmHWM), in bytes.
@@ -652,19 +609,7 @@ impl TestApp {
 
     /// Polls `GET /order/{uid}` until it is 200 and returns the body.
     pub fn wait_for_order(&self, uid: &str) -> Vec<u8> {
-        let deadline = Instant::now() + ORDER_DEADLINE;
-        loop {
-            let (status, _, body) = self.get(&format!("/order/{uid}"));
-            if status == 200 {
-                return body;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "order {uid} was not served within {ORDER_DEADLINE:?}; the last answer was {status} {}",
-                String::from_utf8_lossy(&body)
-            );
-            std::thread::sleep(POLL);
-        }
+        wait_for_order_at(&self.http, self.addr, uid)
     }
 
     /// Publishes testdata/model.json with the order_uid `uid`, waits until it is served, and
@@ -1040,4 +985,179 @@ fn listening_addr(line: &str) -> Option<SocketAddr> {
         .find(|c: char| !(c.is_ascii_alphanumeric() || ".:[]".contains(c)))
         .unwrap_or(rest.len());
     rest[..end].parse().ok()
+}
+
+/// The tests' HTTP client: bounded requests, no redirects followed.
+fn http_agent() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(15))
+        .redirects(0)
+        .build()
+}
+
+/// Spawns a `serve` command line (text logs; standard I/O is set here) and waits until it logs
+/// its HTTP address. Every log line goes to `logs` and is forwarded to the test's stderr with
+/// `prefix` (cargo shows them when a test fails). The child is killed when the returned process
+/// is dropped, also when this panics.
+fn spawn_serve(
+    mut command: Command,
+    prefix: &str,
+    logs: &std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) -> (ServeProcess, SocketAddr) {
+    command
+        .env("ORDERSVC_LOG_FORMAT", "text")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child =
+        ServeProcess::spawn(&mut command, OnDrop::Kill).expect("cannot start the ordersvc binary");
+    let stderr = child.take_stderr().expect("stderr is piped");
+
+    // The reader keeps forwarding every line and hands over the address from the "listening on"
+    // line.
+    let (tx, rx) = mpsc::channel();
+    let prefix = prefix.to_owned();
+    let logs = logs.clone();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).split(b'\n') {
+            let Ok(line) = line else { break };
+            let line = String::from_utf8_lossy(&line);
+            eprintln!("[{prefix}] {line}");
+            logs.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(line.clone().into_owned());
+            if let Some(addr) = listening_addr(&line) {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(addr);
+                }
+            }
+        }
+    });
+    match rx.recv_timeout(START_DEADLINE) {
+        Ok(addr) => (child, addr),
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            let status = child.wait().ok();
+            panic!("the service exited ({status:?}) before logging its address")
+        }
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            panic!("the service logged no `listening on` line within {START_DEADLINE:?}")
+        }
+    }
+}
+
+/// Polls `/readyz` at `addr` until it answers 200; panics if `child` exits first or after
+/// `START_DEADLINE`.
+fn wait_until_ready(http: &ureq::Agent, addr: SocketAddr, child: &mut ServeProcess) {
+    let deadline = Instant::now() + START_DEADLINE;
+    loop {
+        let (status, _, body) = http_request(http, addr, "GET", "/readyz", &[]);
+        if status == 200 {
+            return;
+        }
+        if let Ok(Some(exit)) = child.exited() {
+            panic!("the service exited ({exit}) before it was ready");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz still {status} after {START_DEADLINE:?}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Any method at `addr`, with extra headers; 4xx and 5xx are answers, not errors.
+fn http_request(
+    http: &ureq::Agent,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let url = format!("http://{addr}{path}");
+    let mut request = http.request(method, &url);
+    for (name, value) in headers {
+        request = request.set(name, value);
+    }
+    let response = match request.call() {
+        Ok(response) | Err(ureq::Error::Status(_, response)) => response,
+        Err(e) => panic!("{method} {url} failed: {e}"),
+    };
+    let status = response.status();
+    let headers = response
+        .headers_names()
+        .into_iter()
+        .map(|name| {
+            let value = response.header(&name).unwrap_or_default().to_owned();
+            (name.to_ascii_lowercase(), value)
+        })
+        .collect();
+    let mut body = Vec::new();
+    response
+        .into_reader()
+        .read_to_end(&mut body)
+        .unwrap_or_else(|e| panic!("cannot read the body of {method} {url}: {e}"));
+    (status, headers, body)
+}
+
+/// Polls `GET /order/{uid}` at `addr` until it is 200 and returns the body.
+fn wait_for_order_at(http: &ureq::Agent, addr: SocketAddr, uid: &str) -> Vec<u8> {
+    let deadline = Instant::now() + ORDER_DEADLINE;
+    loop {
+        let (status, _, body) = http_request(http, addr, "GET", &format!("/order/{uid}"), &[]);
+        if status == 200 {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "order {uid} was not served within {ORDER_DEADLINE:?}; the last answer was {status} {}",
+            String::from_utf8_lossy(&body)
+        );
+        std::thread::sleep(POLL);
+    }
+}
+
+/// `ordersvc serve` from a command line of the test's own (its own servers, URLs and flags), for
+/// tests that a `TestApp` on the shared servers cannot express. Dropping it kills the service.
+pub struct Serving {
+    /// The HTTP address the service listens on.
+    pub addr: SocketAddr,
+    child: ServeProcess,
+    /// Every line the service has logged so far.
+    logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    http: ureq::Agent,
+}
+
+impl Serving {
+    /// Spawns `command` (a `serve` command line, e.g. from `serve_command`; `RUST_LOG` is the
+    /// caller's, standard I/O is set here) and waits until `/readyz` answers 200. Log lines are
+    /// forwarded with `prefix`.
+    pub fn start(command: Command, prefix: &str) -> Serving {
+        let logs = std::sync::Arc::default();
+        let (child, addr) = spawn_serve(command, prefix, &logs);
+        let mut serving = Serving {
+            addr,
+            child,
+            logs,
+            http: http_agent(),
+        };
+        wait_until_ready(&serving.http, serving.addr, &mut serving.child);
+        serving
+    }
+
+    /// `GET path`.
+    pub fn get(&self, path: &str) -> Reply {
+        http_request(&self.http, self.addr, "GET", path, &[])
+    }
+
+    /// Polls `GET /order/{uid}` until it is 200 and returns the body.
+    pub fn wait_for_order(&self, uid: &str) -> Vec<u8> {
+        wait_for_order_at(&self.http, self.addr, uid)
+    }
+
+    /// Every line the service has logged so far.
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }

@@ -1,0 +1,195 @@
+//! PostgreSQL over TLS: `migrate` and `serve` honour `sslmode` and `sslrootcert` in the URL, as
+//! libpq does. Each test has a PostgreSQL of its own that accepts only TLS (`hostssl`), with a
+//! certificate from a test CA: the right CA is trusted, another CA's certificate is refused
+//! (also with `sslmode=require`, which verifies the CA once a root certificate is given), a
+//! plaintext attempt is refused by the server and the error says what to change, and no output
+//! shows the password.
+
+use std::process::Output;
+
+use ordersvc_client::child::ServeSettings;
+
+use crate::helpers::{model_with_uid, ordersvc, run_successfully, run_to_end, serve_with, Serving};
+use crate::servers::{Names, OwnPostgres, SharedStream};
+
+/// The service's connections that use TLS, as the server sees them.
+const TLS_CONNECTIONS_OF_THE_SERVICE: &str = "SELECT count(*) FROM pg_stat_ssl \
+     JOIN pg_stat_activity USING (pid) WHERE ssl AND application_name LIKE 'ordersvc-%'";
+
+/// `ordersvc migrate --database-url URL`, run to its end.
+fn migrate(url: &str) -> Output {
+    run_to_end(ordersvc(&["migrate", "--database-url", url]), b"")
+}
+
+/// `sslmode=MODE&sslrootcert=FILE`.
+fn with_root_cert(mode: &str, file: &std::path::Path) -> String {
+    format!("sslmode={mode}&sslrootcert={}", file.display())
+}
+
+/// Both outputs of a run, for messages and for looking for the password.
+fn printed(output: &Output) -> String {
+    format!(
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[track_caller]
+fn assert_succeeded_without_the_password(output: &Output, pg: &OwnPostgres, what: &str) {
+    let printed = printed(output);
+    assert!(output.status.success(), "{what} failed\n{printed}");
+    assert!(
+        !printed.contains(pg.password()),
+        "{what} showed the password\n{printed}"
+    );
+}
+
+/// Migrates and serves on `pg` with the URL parameters `params`: the service must store and
+/// serve an order published on the shared NATS server (a stream of the test's own), with its
+/// connections to PostgreSQL encrypted, and show the password nowhere.
+#[track_caller]
+fn assert_migrates_and_serves_over_tls(pg: &OwnPostgres, params: &str) {
+    let url = pg.url("orders", params);
+    assert_succeeded_without_the_password(&migrate(&url), pg, "migrate");
+
+    let names = Names::fresh();
+    // Before the service, so that it outlives it and deletes the stream the service made.
+    let stream = SharedStream::named(&names.stream);
+    let settings = ServeSettings {
+        database_url: &url,
+        nats_url: &stream.nats_url,
+        stream: &names.stream,
+        subject: &names.subject,
+        durable: &names.durable,
+        http_addr: "127.0.0.1:0",
+    };
+    let serving = Serving::start(serve_with(&settings, &[]), &names.suffix);
+
+    let uid = format!("tls-{}", names.suffix);
+    let order = model_with_uid(&uid);
+    let publish = ordersvc(&[
+        "publish",
+        "--nats-url",
+        &stream.nats_url,
+        "--stream",
+        &names.stream,
+        "--subject",
+        &names.subject,
+        "-j",
+        "-",
+    ]);
+    run_successfully(publish, &order);
+    assert!(
+        serving.wait_for_order(&uid) == order,
+        "the served order differs from the published one"
+    );
+
+    let encrypted = pg.query_i64(TLS_CONNECTIONS_OF_THE_SERVICE);
+    assert!(
+        encrypted > 0,
+        "the server sees no TLS connection of the service's pools"
+    );
+    let logs = serving.logs().join("\n");
+    assert!(
+        !logs.contains(pg.password()),
+        "the service logged the password:\n{logs}"
+    );
+}
+
+/// Runs `migrate`, then `serve`, with a URL the service must not connect with, and asserts that
+/// both fail, that their errors say each of `words` (in any case), and that they do not show the
+/// password.
+#[track_caller]
+fn assert_refused(pg: &OwnPostgres, url: &str, words: &[&str]) {
+    let names = Names::fresh();
+    // Only made if the service wrongly got as far as NATS.
+    let stream = SharedStream::named(&names.stream);
+    let settings = ServeSettings {
+        database_url: url,
+        nats_url: &stream.nats_url,
+        stream: &names.stream,
+        subject: &names.subject,
+        durable: &names.durable,
+        http_addr: "127.0.0.1:0",
+    };
+    let check = |what: &str, output: Output| {
+        let printed = printed(&output);
+        assert!(!output.status.success(), "{what} succeeded\n{printed}");
+        let stderr = String::from_utf8_lossy(&output.stderr).to_lowercase();
+        for word in words {
+            assert!(
+                stderr.contains(&word.to_lowercase()),
+                "{what}'s error does not say {word:?}\n{printed}"
+            );
+        }
+        assert!(
+            !printed.contains(pg.password()),
+            "{what} showed the password\n{printed}"
+        );
+    };
+    // One after the other: a serve that wrongly connects runs until `run_to_end` gives up on it.
+    check("migrate", migrate(url));
+    check("serve", run_to_end(serve_with(&settings, &[]), b""));
+}
+
+/// Every mode that encrypts connects: `prefer` and `require` without a CA, `verify-ca` and
+/// `verify-full` with the CA that signed the server's certificate.
+#[test]
+fn migrate_connects_with_every_sslmode_that_encrypts() {
+    let pg = OwnPostgres::start();
+    for (n, params) in [
+        "sslmode=prefer".to_owned(),
+        "sslmode=require".to_owned(),
+        with_root_cert("verify-ca", pg.ca_file()),
+        with_root_cert("verify-full", pg.ca_file()),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let output = migrate(&pg.url(&format!("orders_{n}"), params));
+        assert_succeeded_without_the_password(&output, &pg, params);
+    }
+}
+
+/// `sslmode=require` without a root certificate encrypts without verifying the server: enough
+/// for a server that accepts only TLS.
+#[test]
+fn migrate_and_serve_work_with_sslmode_require() {
+    let pg = OwnPostgres::start();
+    assert_migrates_and_serves_over_tls(&pg, "sslmode=require");
+}
+
+/// `verify-full` with the CA that signed the server's certificate, for IP 127.0.0.1: the
+/// setting for a production database.
+#[test]
+fn migrate_and_serve_work_with_verify_full_and_the_servers_ca() {
+    let pg = OwnPostgres::start();
+    assert_migrates_and_serves_over_tls(&pg, &with_root_cert("verify-full", pg.ca_file()));
+}
+
+/// A server whose certificate another CA signed is not the one the operator meant.
+#[test]
+fn verify_full_with_another_ca_is_refused_naming_the_certificate() {
+    let pg = OwnPostgres::start();
+    let url = pg.url("orders", &with_root_cert("verify-full", pg.other_ca_file()));
+    assert_refused(&pg, &url, &["certificate"]);
+}
+
+/// libpq's rule: `require` with a root certificate file verifies the server's CA (like
+/// `verify-ca`), so adding `sslrootcert` to a `require` URL never silently trusts any server.
+#[test]
+fn require_with_another_ca_as_root_certificate_is_refused_naming_the_certificate() {
+    let pg = OwnPostgres::start();
+    let url = pg.url("orders", &with_root_cert("require", pg.other_ca_file()));
+    assert_refused(&pg, &url, &["certificate"]);
+}
+
+/// The server accepts only TLS: `sslmode=disable` is refused by the server itself ("no
+/// encryption" are its words), and the service's error tells the operator to change `sslmode`.
+#[test]
+fn sslmode_disable_is_refused_by_the_server_with_a_hint_about_sslmode() {
+    let pg = OwnPostgres::start();
+    let url = pg.url("orders", "sslmode=disable");
+    assert_refused(&pg, &url, &["no encryption", "sslmode"]);
+}
