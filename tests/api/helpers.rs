@@ -280,8 +280,8 @@ pub fn ordersvc(args: &[&str]) -> Command {
 /// this to change it). For `Serving::start`, or `run_to_end` when it must fail.
 pub fn serve_with(settings: &ServeSettings<'_>, extra: &[&str]) -> Command {
     let mut command = serve_command(Path::new(env!("CARGO_BIN_EXE_ordersvc")), settings, extra);
-    // serve_command has set the first two.
-    for name in &CONNECTION_ENV[2..] {
+    // serve_command has set (or removed) the first four.
+    for name in &CONNECTION_ENV[4..] {
         command.env_remove(name);
     }
     command.env("RUST_LOG", service_log_filter());
@@ -344,6 +344,15 @@ pub fn run_to_end(mut command: Command, stdin: &[u8]) -> Output {
         stdout: stdout.join().expect("the stdout reader panicked"),
         stderr: stderr.join().expect("the stderr reader panicked"),
     }
+}
+
+/// Both outputs of a run, for messages and for looking for secrets.
+pub fn printed(output: &Output) -> String {
+    format!(
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
 }
 
 /// Runs a command to its end like `run_to_end` and returns what it printed on stdout; panics,

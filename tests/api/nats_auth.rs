@@ -7,12 +7,12 @@
 //! token. Each test has nats-servers of its own; the orders go to a database of its own on the
 //! shared PostgreSQL.
 
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ordersvc_client::child::ServeSettings;
-
-use crate::helpers::{closed_port, model_with_uid, ordersvc, run_to_end, serve_with, Serving};
+use crate::helpers::{
+    closed_port, model_with_uid, ordersvc, printed, run_to_end, serve_with, Serving,
+};
 use crate::servers::{random_secret, Names, NatsAuth, NatsTls, OwnNats, SharedDatabase};
 
 /// The connect timeout of the runs that must fail at once: far above `NOT_RETRIED`.
@@ -79,26 +79,10 @@ fn publish_command(reach: &Reach, names: &Names, extra: &[&str]) -> Command {
 /// `ordersvc serve` on the test's names and database, reaching NATS by `reach` (the URL in
 /// `NATS_URL`), with `extra` flags.
 fn serve_command(reach: &Reach, names: &Names, db: &SharedDatabase, extra: &[&str]) -> Command {
-    let settings = ServeSettings {
-        database_url: &db.url,
-        nats_url: &reach.url,
-        stream: &names.stream,
-        subject: &names.subject,
-        durable: &names.durable,
-        http_addr: "127.0.0.1:0",
-    };
+    let settings = names.serve_settings(&db.url, &reach.url);
     let mut command = serve_with(&settings, extra);
     reach.apply(&mut command);
     command
-}
-
-/// Both outputs of a run, for messages and for looking for secrets.
-fn printed(output: &Output) -> String {
-    format!(
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 #[track_caller]

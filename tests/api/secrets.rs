@@ -4,22 +4,16 @@
 
 use std::process::Command;
 
-use crate::helpers::{closed_port, run_to_end, spawn_app};
+use crate::helpers::{self, closed_port, run_to_end, spawn_app};
 
 /// The secret in every URL below; nothing a command prints may contain it.
 const SECRET: &str = "s3cretpw";
 
-/// `ordersvc ARGS`, logging at `info` (more than the client commands' default), so that log
-/// lines are checked too, including those of the retries while NATS does not answer (cut short:
-/// nothing listens on the ports below).
+/// `helpers::ordersvc`, with the retries while NATS does not answer cut short: nothing listens
+/// on the ports below (their log lines are checked too).
 fn ordersvc(args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ordersvc"));
-    command
-        .args(args)
-        .env("RUST_LOG", "info")
-        .env("ORDERSVC_NATS_CONNECT_TIMEOUT", "1s")
-        .env_remove("DATABASE_URL")
-        .env_remove("NATS_URL");
+    let mut command = helpers::ordersvc(args);
+    command.env("ORDERSVC_NATS_CONNECT_TIMEOUT", "1s");
     command
 }
 

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ordersvc_client::child::ServeSettings;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
@@ -641,6 +642,24 @@ impl Names {
             subject: format!("test.{suffix}"),
             durable: format!("durable_{suffix}"),
             suffix,
+        }
+    }
+
+    /// `serve` on these names and a free port, with these URLs and no token or CA.
+    pub fn serve_settings<'a>(
+        &'a self,
+        database_url: &'a str,
+        nats_url: &'a str,
+    ) -> ServeSettings<'a> {
+        ServeSettings {
+            database_url,
+            nats_url,
+            nats_token: None,
+            nats_tls_ca: None,
+            stream: &self.stream,
+            subject: &self.subject,
+            durable: &self.durable,
+            http_addr: "127.0.0.1:0",
         }
     }
 }

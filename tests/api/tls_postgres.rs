@@ -7,9 +7,9 @@
 
 use std::process::Output;
 
-use ordersvc_client::child::ServeSettings;
-
-use crate::helpers::{model_with_uid, ordersvc, run_successfully, run_to_end, serve_with, Serving};
+use crate::helpers::{
+    model_with_uid, ordersvc, printed, run_successfully, run_to_end, serve_with, Serving,
+};
 use crate::servers::{Names, OwnPostgres, SharedStream};
 
 /// The service's connections that use TLS, as the server sees them.
@@ -24,15 +24,6 @@ fn migrate(url: &str) -> Output {
 /// `sslmode=MODE&sslrootcert=FILE`.
 fn with_root_cert(mode: &str, file: &std::path::Path) -> String {
     format!("sslmode={mode}&sslrootcert={}", file.display())
-}
-
-/// Both outputs of a run, for messages and for looking for the password.
-fn printed(output: &Output) -> String {
-    format!(
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 #[track_caller]
@@ -56,14 +47,7 @@ fn assert_migrates_and_serves_over_tls(pg: &OwnPostgres, params: &str) {
     let names = Names::fresh();
     // Before the service, so that it outlives it and deletes the stream the service made.
     let stream = SharedStream::named(&names.stream);
-    let settings = ServeSettings {
-        database_url: &url,
-        nats_url: &stream.nats_url,
-        stream: &names.stream,
-        subject: &names.subject,
-        durable: &names.durable,
-        http_addr: "127.0.0.1:0",
-    };
+    let settings = names.serve_settings(&url, &stream.nats_url);
     let serving = Serving::start(serve_with(&settings, &[]), &names.suffix);
 
     let uid = format!("tls-{}", names.suffix);
@@ -105,14 +89,7 @@ fn assert_refused(pg: &OwnPostgres, url: &str, words: &[&str]) {
     let names = Names::fresh();
     // Only made if the service wrongly got as far as NATS.
     let stream = SharedStream::named(&names.stream);
-    let settings = ServeSettings {
-        database_url: url,
-        nats_url: &stream.nats_url,
-        stream: &names.stream,
-        subject: &names.subject,
-        durable: &names.durable,
-        http_addr: "127.0.0.1:0",
-    };
+    let settings = names.serve_settings(url, &stream.nats_url);
     let check = |what: &str, output: Output| {
         let printed = printed(&output);
         assert!(!output.status.success(), "{what} succeeded\n{printed}");
