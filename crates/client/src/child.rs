@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 /// Between two checks whether the child has exited.
 const POLL: Duration = Duration::from_millis(20);
 
-/// Where the started service finds its stream and database, and where it listens.
-#[derive(Clone, Copy, Debug)]
+/// Where the started service finds its stream and database, and where it listens. (No `Debug`:
+/// it holds the URLs and token as given, secrets and all.)
+#[derive(Clone, Copy)]
 pub struct ServeSettings<'a> {
     /// `DATABASE_URL` of the child (it may hold a password).
     pub database_url: &'a str,

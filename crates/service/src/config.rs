@@ -24,7 +24,7 @@ pub const DEFAULT_DURABLE: &str = "ordersvc";
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
 
 /// Where PostgreSQL is.
-#[derive(Args, Clone, Debug)]
+#[derive(Args, Clone)]
 pub struct DbArgs {
     /// PostgreSQL URL. `serve` and `migrate` create the database if it does not exist;
     /// `replay-from-db`, which only reads, refuses a missing one.
@@ -37,7 +37,7 @@ pub struct DbArgs {
 pub const DEFAULT_NATS_CONNECT_TIMEOUT: &str = "10s";
 
 /// Where the JetStream stream is, and how to log in to NATS.
-#[derive(Args, Clone, Debug)]
+#[derive(Args, Clone)]
 pub struct NatsArgs {
     /// NATS server URL, or several separated by commas (the client moves to another when one
     /// fails). `nats://` or `tls://`; credentials as `nats://user:password@host` or
@@ -63,6 +63,28 @@ pub struct NatsArgs {
     /// Subject the orders are published on.
     #[arg(long, env = "ORDERSVC_SUBJECT", default_value = DEFAULT_SUBJECT)]
     pub subject: String,
+}
+
+// By hand, not derived: a `{:?}` of the settings must not print a password or token.
+impl std::fmt::Debug for DbArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbArgs")
+            .field("database_url", &redact_url(&self.database_url))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for NatsArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsArgs")
+            .field("nats_url", &redact_url(&self.nats_url))
+            .field("nats_token", &self.nats_token.as_ref().map(|_| "***"))
+            .field("nats_tls_ca", &self.nats_tls_ca)
+            .field("nats_connect_timeout", &self.nats_connect_timeout)
+            .field("stream", &self.stream)
+            .field("subject", &self.subject)
+            .finish()
+    }
 }
 
 /// How log lines look.
@@ -238,6 +260,27 @@ mod tests {
             assert_eq!(redact_url(url), redacted, "{url}");
             assert!(!redact_url(url).contains("secret"), "{url}");
         }
+    }
+
+    #[test]
+    fn the_debug_form_of_the_settings_shows_no_password_or_token() {
+        let db = DbArgs {
+            database_url: "postgres://u:s3cret@h/db".into(),
+        };
+        let nats = NatsArgs {
+            nats_url: "nats://u:s3cret@h:4222".into(),
+            nats_token: Some("s3cret".into()),
+            nats_tls_ca: None,
+            nats_connect_timeout: Duration::from_secs(1),
+            stream: "S".into(),
+            subject: "s".into(),
+        };
+        let shown = format!("{db:?} {nats:?} {db:#?} {nats:#?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(
+            shown.contains("h:4222") && shown.contains("h/db"),
+            "{shown}"
+        );
     }
 
     #[test]
