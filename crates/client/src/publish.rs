@@ -180,6 +180,7 @@ mod tests {
                 nats_token: None,
                 nats_tls_ca: None,
                 nats_connect_timeout: std::time::Duration::from_secs(1),
+                stream_replicas: 1,
                 stream: String::new(),
                 subject: String::new(),
             },

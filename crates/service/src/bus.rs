@@ -30,15 +30,35 @@ fn stream_config(args: &NatsArgs) -> stream::Config {
         storage: stream::StorageType::File,
         duplicate_window: DUPLICATE_WINDOW,
         max_message_size: MAX_PAYLOAD as i32,
+        num_replicas: usize::from(args.stream_replicas),
         ..Default::default()
     }
 }
 
 /// Creates the stream if it does not exist (an existing one is used as it is).
 pub async fn ensure_stream(js: &jetstream::Context, args: &NatsArgs) -> Result<stream::Stream> {
-    js.get_or_create_stream(stream_config(args))
+    let config = stream_config(args);
+    let stream = js
+        .get_or_create_stream(config)
         .await
-        .wrap_err_with(|| format!("cannot get or create the JetStream stream {}", args.stream))
+        .wrap_err_with(|| format!("cannot get or create the JetStream stream {}", args.stream))?;
+    warn_if_replicas_differ(&stream, args.stream_replicas);
+    Ok(stream)
+}
+
+/// An existing stream keeps its replica count (changing it is an operator's decision, with
+/// `nats stream edit`): say so when it is not what was asked for.
+fn warn_if_replicas_differ(stream: &stream::Stream, wanted: u8) {
+    let info = stream.cached_info();
+    let has = info.config.num_replicas.max(1);
+    if has != usize::from(wanted) {
+        tracing::warn!(
+            stream = %info.config.name,
+            replicas = has,
+            wanted,
+            "the stream exists with another replica count; using it as it is"
+        );
+    }
 }
 
 /// Creates the durable pull consumer with explicit acks if it does not exist. An existing consumer

@@ -104,7 +104,7 @@ pub type Batch = Vec<(OrderUid, String)>;
 pub struct Stats {
     /// Lookups answered from memory.
     pub hits: Counter,
-    /// Lookups that had to ask PostgreSQL (only with a byte bound).
+    /// Lookups that had to ask PostgreSQL (the order was not in memory).
     pub misses: Counter,
     /// Orders dropped to stay within the byte bound.
     pub evictions: Counter,
@@ -125,10 +125,10 @@ pub struct Cache {
     hasher: RandomState,
     max_bytes: Option<u64>,
     restored: AtomicBool,
-    /// True while every stored order is in memory: a miss is then a real 404.
-    complete: AtomicBool,
     /// Loads of missing orders from PostgreSQL, one per order.
     flights: flight::Flights,
+    /// Ids PostgreSQL said it does not have, a moment ago.
+    missing: flight::RecentlyMissing,
     /// Hit, miss and eviction counts.
     pub stats: Stats,
 }
@@ -150,8 +150,8 @@ impl Cache {
             hasher: RandomState::new(),
             max_bytes,
             restored: AtomicBool::new(false),
-            complete: AtomicBool::new(true),
             flights: flight::Flights::default(),
+            missing: flight::RecentlyMissing::default(),
             stats: Stats::default(),
         }
     }
@@ -178,10 +178,13 @@ impl Cache {
         entry
     }
 
-    /// Looks an order up, and on a miss, if memory may not hold every order, loads it with
-    /// `load` (once, however many requests ask for it at the same time, in a task of its own) and
-    /// keeps it. A load that fails, panics or never finishes is an error for every request that
-    /// waits for it, and the next request loads again.
+    /// Looks an order up, and on a miss loads it with `load` (once, however many requests ask
+    /// for it at the same time, in a task of its own) and keeps it. Memory never proves that an
+    /// order does not exist: with a byte bound it may have been evicted, and with several
+    /// replicas another one may have stored it a moment ago. An id PostgreSQL has just said it
+    /// does not have is answered `None` for `NEGATIVE_TTL` without asking again. A load that
+    /// fails, panics or never finishes, or that finds too many loads in flight already, is an
+    /// error for every request that waits for it, and the next request loads again.
     pub async fn get_or_load<F>(
         self: &Arc<Self>,
         uid: &OrderUid,
@@ -193,7 +196,7 @@ impl Cache {
         if let Some(entry) = self.get(uid.as_str()) {
             return Ok(Some(entry));
         }
-        if self.is_complete() {
+        if self.missing.contains(uid) {
             return Ok(None);
         }
         self.stats.misses.inc();
@@ -205,9 +208,13 @@ impl Cache {
                 async move {
                     // Kept by the load's task itself, so that the order is cached even if every
                     // request that wanted it is gone by then.
-                    Ok(document
-                        .await?
-                        .map(|document| cache.insert(&key, &document)))
+                    match document.await? {
+                        Some(document) => Ok(Some(cache.insert(&key, &document))),
+                        None => {
+                            cache.missing.insert(key);
+                            Ok(None)
+                        }
+                    }
                 }
             })
             .await
@@ -272,7 +279,6 @@ impl Cache {
                 found.remove();
                 table.bytes -= entry.body().len() as u64;
                 self.stats.evictions.inc();
-                self.complete.store(false, Ordering::Release);
             }
         }
     }
@@ -299,16 +305,6 @@ impl Cache {
     /// The byte bound, if any.
     pub fn max_bytes(&self) -> Option<u64> {
         self.max_bytes
-    }
-
-    /// Records that some stored orders are not in memory (a miss must ask PostgreSQL).
-    pub fn mark_incomplete(&self) {
-        self.complete.store(false, Ordering::Release);
-    }
-
-    /// Whether every stored order is in memory.
-    pub fn is_complete(&self) -> bool {
-        self.complete.load(Ordering::Acquire)
     }
 
     /// Marks the restore from PostgreSQL as complete: from now on lookups are answered.
@@ -429,7 +425,6 @@ mod tests {
         }
         assert_eq!(cache.len(), 10);
         assert_eq!(cache.stats.evictions.get(), 40);
-        assert!(!cache.is_complete());
         // The newest ten are the ones kept when nothing was read.
         assert!(cache.get("o-49").is_some() && cache.get("o-40").is_some());
         assert!(cache.get("o-39").is_none());
@@ -455,11 +450,9 @@ mod tests {
         );
     }
 
-    /// A bounded cache that does not hold every order: a miss asks the loader.
+    /// A bounded cache: a miss asks the loader.
     fn incomplete() -> Arc<Cache> {
-        let cache = Arc::new(Cache::new(Some(1_000)));
-        cache.mark_incomplete();
-        cache
+        Arc::new(Cache::new(Some(1_000)))
     }
 
     /// The loader a request would pass: a document, after `delay`.
@@ -534,13 +527,37 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_complete_cache_answers_a_miss_without_loading() {
+    async fn an_unbounded_cache_still_asks_on_a_miss_since_another_replica_may_have_stored_it() {
         let cache = Arc::new(Cache::new(None));
+        let loads = Arc::new(AtomicU64::new(0));
         let got = cache
-            .get_or_load(&uid("none"), || async { panic!("must not load") })
+            .get_or_load(&uid("elsewhere"), loader(&loads, Duration::ZERO, "doc"))
             .await
             .expect("no error");
-        assert!(got.is_none());
+        assert_eq!(got.expect("found").body(), b"doc");
+        assert_eq!(loads.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn an_id_just_found_missing_is_not_asked_for_again_at_once_but_is_after_a_moment() {
+        let cache = Arc::new(Cache::new(None));
+        let asked = Arc::new(AtomicU64::new(0));
+        let ask = |asked: &Arc<AtomicU64>| {
+            let asked = asked.clone();
+            move || async move {
+                asked.fetch_add(1, Ordering::Relaxed);
+                Ok(None)
+            }
+        };
+        for _ in 0..3 {
+            let got = cache.get_or_load(&uid("nowhere"), ask(&asked)).await;
+            assert!(matches!(got, Ok(None)));
+        }
+        assert_eq!(asked.load(Ordering::Relaxed), 1);
+        tokio::time::sleep(flight::NEGATIVE_TTL + Duration::from_millis(50)).await;
+        let got = cache.get_or_load(&uid("nowhere"), ask(&asked)).await;
+        assert!(matches!(got, Ok(None)));
+        assert_eq!(asked.load(Ordering::Relaxed), 2);
     }
 
     /// A request for `id` whose load waits for the returned sender, then ends as `load` does;
@@ -588,6 +605,46 @@ mod tests {
     /// Stands for a bug anywhere in a load (in sqlx, in the cache's insert).
     async fn panicking_load() -> Result<Option<String>, String> {
         panic!("injected: the load panics")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_of_distinct_misses_is_bounded_and_the_excess_is_an_error_not_a_not_found() {
+        // Arrange: as many loads in flight as allowed, each waiting.
+        let cache = incomplete();
+        let mut gated = Vec::new();
+        for i in 0..flight::MAX_FLIGHTS {
+            let id: &'static str = Box::leak(format!("flood-{i}").into_boxed_str());
+            gated.push(request_gated(&cache, id, async {
+                Ok(Some("doc".to_owned()))
+            }));
+        }
+        for _ in 0..1_000 {
+            if cache.flights.len() == flight::MAX_FLIGHTS {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(cache.flights.len(), flight::MAX_FLIGHTS);
+
+        // Act: one more id.
+        let refused = cache
+            .get_or_load(&uid("one-too-many"), || async {
+                Ok(Some("doc".to_owned()))
+            })
+            .await;
+
+        // Assert: refused at once (the page answers 503), and the others all load.
+        assert!(
+            matches!(&refused, Err(e) if e.contains("too many")),
+            "{refused:?}"
+        );
+        for (request, release) in gated {
+            let _ = release.send(());
+            assert_eq!(found(request).await.body(), b"doc");
+        }
+        assert_eq!(cache.flights.len(), 0);
+        let (again, _) = load_counting(&cache, "one-too-many", "doc").await;
+        assert_eq!(again.body(), b"doc");
     }
 
     // Paused time: a waiter stranded on a dead load would sit out FLIGHT_WAIT, which shows as

@@ -57,6 +57,11 @@ pub struct NatsArgs {
     #[arg(long, env = "ORDERSVC_NATS_CONNECT_TIMEOUT", value_name = "DURATION",
           default_value = DEFAULT_NATS_CONNECT_TIMEOUT, value_parser = parse_duration)]
     pub nats_connect_timeout: Duration,
+    /// Replicas of every stream ordersvc creates (3 on a 3-node cluster, so that a stream
+    /// survives a lost node). An existing stream is used as it is.
+    #[arg(long, env = "ORDERSVC_STREAM_REPLICAS", default_value_t = 1,
+          value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub stream_replicas: u8,
     /// JetStream stream name (created if missing).
     #[arg(long, env = "ORDERSVC_STREAM", default_value = DEFAULT_STREAM)]
     pub stream: String,
@@ -81,6 +86,7 @@ impl std::fmt::Debug for NatsArgs {
             .field("nats_token", &self.nats_token.as_ref().map(|_| "***"))
             .field("nats_tls_ca", &self.nats_tls_ca)
             .field("nats_connect_timeout", &self.nats_connect_timeout)
+            .field("stream_replicas", &self.stream_replicas)
             .field("stream", &self.stream)
             .field("subject", &self.subject)
             .finish()
@@ -272,6 +278,7 @@ mod tests {
             nats_token: Some("s3cret".into()),
             nats_tls_ca: None,
             nats_connect_timeout: Duration::from_secs(1),
+            stream_replicas: 1,
             stream: "S".into(),
             subject: "s".into(),
         };

@@ -232,11 +232,9 @@ async fn order<B>(request: &Request<B>, uid: OrderUid, shared: &Shared) -> Reply
         set(&mut response, header::RETRY_AFTER, "1");
         return response;
     }
-    if cache.is_complete() {
-        return id_error(404, "order not found", uid.as_str());
-    }
-    // With a byte bound, an order not in memory may still be stored: ask PostgreSQL (once per
-    // id, however many requests want it), within a short deadline.
+    // Not in memory is not proof of absence: evicted from a bounded cache, or stored a moment
+    // ago by another replica whose fan-out has not arrived. Ask PostgreSQL (once per id however
+    // many requests want it, a bounded number of ids at once), within a short deadline.
     let (health, store, key) = (
         shared.state.health.clone(),
         shared.store.clone(),

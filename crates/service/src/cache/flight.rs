@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -20,6 +20,16 @@ use crate::order::OrderUid;
 
 /// Longest a request waits for the load of the order it wants.
 pub(super) const FLIGHT_WAIT: Duration = Duration::from_secs(5);
+/// Loads of distinct orders at once. A flood of unknown ids becomes at most this many queries
+/// in flight; the requests beyond it are answered 503 at once (never a false 404) instead of
+/// queueing on PostgreSQL. Far above the HTTP pool's connections, so that a burst of misses waits
+/// for a connection briefly rather than being refused.
+pub(super) const MAX_FLIGHTS: usize = 64;
+/// How long an id PostgreSQL did not have is answered "not found" without asking again: short
+/// enough that an order stored a moment later is found well within a second.
+pub(crate) const NEGATIVE_TTL: Duration = Duration::from_millis(500);
+/// Ids remembered as missing at most; beyond it, none more is remembered until some expire.
+const MISSING_MAX: usize = 65_536;
 
 /// A load's result, once it has one.
 type Outcome = watch::Receiver<Option<Loaded>>;
@@ -43,6 +53,9 @@ impl Flights {
             let mut table = lock(&self.table);
             match table.get(uid) {
                 Some(outcome) => Err(outcome.clone()),
+                None if table.len() >= MAX_FLIGHTS => {
+                    return Err("too many orders are being looked up in PostgreSQL".into())
+                }
                 None => {
                     let (send, outcome) = watch::channel(None);
                     table.insert(uid.clone(), outcome.clone());
@@ -83,6 +96,33 @@ impl Flights {
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
         lock(&self.table).len()
+    }
+}
+
+/// Ids PostgreSQL answered "no such order" for, each for `NEGATIVE_TTL`: the same unknown id
+/// asked again and again becomes one query per `NEGATIVE_TTL`, not one per request.
+#[derive(Debug, Default)]
+pub(super) struct RecentlyMissing {
+    since: Mutex<HashMap<OrderUid, Instant>>,
+}
+
+impl RecentlyMissing {
+    /// Whether `uid` was found missing less than `NEGATIVE_TTL` ago.
+    pub(super) fn contains(&self, uid: &OrderUid) -> bool {
+        lock(&self.since)
+            .get(uid)
+            .is_some_and(|at| at.elapsed() < NEGATIVE_TTL)
+    }
+
+    /// Remembers that PostgreSQL does not have `uid` now.
+    pub(super) fn insert(&self, uid: OrderUid) {
+        let mut since = lock(&self.since);
+        if since.len() >= MISSING_MAX {
+            since.retain(|_, at| at.elapsed() < NEGATIVE_TTL);
+        }
+        if since.len() < MISSING_MAX {
+            since.insert(uid, Instant::now());
+        }
     }
 }
 

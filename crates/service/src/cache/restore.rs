@@ -134,14 +134,11 @@ pub async fn restore(
     loaded += orders.len() as u64;
     tokio::task::block_in_place(|| cache.insert_batch(orders));
     restored.set(i64::try_from(loaded).unwrap_or(i64::MAX));
-    if stopped_early || (cache.len() as u64) < loaded {
-        cache.mark_incomplete();
-    }
     cache.mark_restored();
     info!(
         orders = cache.len(),
         bytes = cache.bytes(),
-        complete = cache.is_complete(),
+        complete = !stopped_early && (cache.len() as u64) >= loaded,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "cache restored; ready"
     );
