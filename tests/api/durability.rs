@@ -28,10 +28,11 @@ fn a_batch_is_acked_only_after_it_is_committed() {
     let watch_until = Instant::now() + WATCH;
     while Instant::now() < watch_until {
         for (uid, _) in &orders {
+            // Not found, or 503 because the lookup in PostgreSQL fails as well: never a 200.
             let (status, _, _) = app.get(&format!("/order/{uid}"));
-            assert_eq!(
-                status, 404,
-                "{uid} is served although it was never committed"
+            assert!(
+                status == 404 || status == 503,
+                "{uid} answered {status} although it was never committed"
             );
         }
         let consumer = app.consumer_info();
@@ -94,7 +95,8 @@ fn readyz_stays_503_for_as_long_as_batches_cannot_be_committed() {
     }
 
     // Assert
-    assert_eq!(app.get("/order/never-committed").0, 404);
+    // The lookup in PostgreSQL fails too (its table is away): 503, not a false 404.
+    assert_eq!(app.get("/order/never-committed").0, 503);
     let ready = answers.iter().filter(|&&status| status == 200).count();
     assert_eq!(
         ready,

@@ -19,6 +19,7 @@ use sqlx::{Connection, PgConnection};
 
 use ordersvc_client::child::{serve_command, OnDrop, ServeProcess, ServeSettings, Stopped};
 use ordersvc_client::publisher::{Outcome, Pipeline};
+use ordersvc_service::changelog;
 
 use crate::proxy::Proxy;
 
@@ -954,6 +955,8 @@ impl Drop for TestApp {
                 let _ = tokio::time::timeout(bounded, pool.close()).await;
             }
             let stream = tokio::time::timeout(bounded, self.js.delete_stream(&self.stream)).await;
+            let changelog = changelog::stream_name(&self.stream, &self.durable);
+            let _ = tokio::time::timeout(bounded, self.js.delete_stream(&changelog)).await;
             // Made only by some tests; usually absent.
             let blocker = format!("BLOCKER_{}", self.suffix);
             let _ = tokio::time::timeout(bounded, self.js.delete_stream(&blocker)).await;

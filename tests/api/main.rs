@@ -17,6 +17,7 @@ mod publish_command;
 mod readers;
 mod readiness;
 mod replay;
+mod replicas;
 mod restart;
 mod secrets;
 mod servers;

@@ -706,13 +706,16 @@ impl Drop for SharedDatabase {
 pub struct SharedStream {
     pub nats_url: String,
     name: String,
+    changelog: String,
 }
 
 impl SharedStream {
-    pub fn named(stream: &str) -> SharedStream {
+    /// The stream of `names`, and the changelog a service on it makes.
+    pub fn of(names: &Names) -> SharedStream {
         SharedStream {
             nats_url: base_nats_url(),
-            name: stream.to_owned(),
+            name: names.stream.clone(),
+            changelog: ordersvc_service::changelog::stream_name(&names.stream, &names.durable),
         }
     }
 }
@@ -724,6 +727,7 @@ impl Drop for SharedStream {
                 .await
                 .map_err(|e| e.to_string())?;
             let js = async_nats::jetstream::new(client);
+            let _ = js.delete_stream(&self.changelog).await;
             match js.delete_stream(&self.name).await {
                 Ok(_) => Ok(()),
                 // Never made: the test failed before.

@@ -46,7 +46,7 @@ fn assert_migrates_and_serves_over_tls(pg: &OwnPostgres, params: &str) {
 
     let names = Names::fresh();
     // Before the service, so that it outlives it and deletes the stream the service made.
-    let stream = SharedStream::named(&names.stream);
+    let stream = SharedStream::of(&names);
     let settings = names.serve_settings(&url, &stream.nats_url);
     let serving = Serving::start(serve_with(&settings, &[]), &names.suffix);
 
@@ -88,7 +88,7 @@ fn assert_migrates_and_serves_over_tls(pg: &OwnPostgres, params: &str) {
 fn assert_refused(pg: &OwnPostgres, url: &str, words: &[&str]) {
     let names = Names::fresh();
     // Only made if the service wrongly got as far as NATS.
-    let stream = SharedStream::named(&names.stream);
+    let stream = SharedStream::of(&names);
     let settings = names.serve_settings(url, &stream.nats_url);
     let check = |what: &str, output: Output| {
         let printed = printed(&output);

@@ -28,13 +28,19 @@ enum Fact {
     Commit,
     Connection,
     Subscription,
+    Fanout,
+    Follow,
+    CatchingUp,
 }
 
-const FACTS: [Fact; 4] = [
+const FACTS: [Fact; 7] = [
     Fact::Database,
     Fact::Commit,
     Fact::Connection,
     Fact::Subscription,
+    Fact::Fanout,
+    Fact::Follow,
+    Fact::CatchingUp,
 ];
 
 impl Fact {
@@ -45,6 +51,9 @@ impl Fact {
             Fact::Commit => format!("cannot commit to PostgreSQL: {problem}"),
             Fact::Connection => format!("NATS unavailable: {problem}"),
             Fact::Subscription => format!("cannot consume the stream: {problem}"),
+            Fact::Fanout => format!("cannot publish committed orders to the changelog: {problem}"),
+            Fact::Follow => format!("cannot follow the changelog: {problem}"),
+            Fact::CatchingUp => problem.to_owned(),
         }
     }
 }
@@ -52,7 +61,7 @@ impl Fact {
 /// Last known state of the service's dependencies: `None` is fine, `Some` says what is wrong.
 #[derive(Debug, Default)]
 pub struct Health {
-    slots: [Mutex<Option<String>>; 4],
+    slots: [Mutex<Option<String>>; 7],
 }
 
 /// The one writer of one fact.
@@ -74,6 +83,14 @@ pub struct Reporters {
     pub connection: Reporter,
     /// Ingest: the stream or its consumer cannot be subscribed to or stopped delivering.
     pub subscription: Reporter,
+    /// Ingest: committed orders cannot be published to the changelog (their messages wait).
+    pub fanout: Reporter,
+    /// The changelog follower: it cannot read the changelog now (reads stay correct: a miss
+    /// asks PostgreSQL).
+    pub follow: Reporter,
+    /// The changelog follower: this replica has not yet applied what the changelog held when it
+    /// (re)started following, or found a gap and is restoring afresh. Reads wait for it too.
+    pub catching_up: Reporter,
 }
 
 impl Health {
@@ -89,6 +106,9 @@ impl Health {
             commit: reporter(Fact::Commit),
             connection: reporter(Fact::Connection),
             subscription: reporter(Fact::Subscription),
+            fanout: reporter(Fact::Fanout),
+            follow: reporter(Fact::Follow),
+            catching_up: reporter(Fact::CatchingUp),
         };
         (health, reporters)
     }
@@ -109,6 +129,17 @@ impl Health {
 
     /// Why the service cannot do its whole job now; empty when it can.
     pub fn readiness(&self, cache: &Cache) -> Vec<String> {
+        self.reasons(cache, &FACTS)
+    }
+
+    /// Why this replica cannot answer reads correctly now (`/readyz/reads`): only the restore
+    /// and catching up with the changelog count. PostgreSQL or NATS being down does not: the
+    /// cache still answers, and a miss that needs PostgreSQL is a 503, never a false 404.
+    pub fn reads_readiness(&self, cache: &Cache) -> Vec<String> {
+        self.reasons(cache, &[Fact::CatchingUp])
+    }
+
+    fn reasons(&self, cache: &Cache, facts: &[Fact]) -> Vec<String> {
         let mut reasons = Vec::new();
         if !cache.is_restored() {
             reasons.push(format!(
@@ -116,7 +147,7 @@ impl Health {
                 cache.len()
             ));
         }
-        for fact in FACTS {
+        for &fact in facts {
             if let Some(problem) = self.read(fact) {
                 reasons.push(fact.reason(&problem));
             }

@@ -101,6 +101,8 @@ pub enum Route<'a> {
     Healthz,
     /// `/readyz`.
     Readyz,
+    /// `/readyz/reads`.
+    ReadyzReads,
     /// `/metrics`.
     Metrics,
     /// `/orders?…`, with its query string.
@@ -129,6 +131,7 @@ impl Route<'_> {
             Route::Page | Route::Script | Route::Style => "page",
             Route::Healthz => "healthz",
             Route::Readyz => "readyz",
+            Route::ReadyzReads => "readyz_reads",
             Route::Metrics => "metrics",
             Route::Orders(_) => "orders",
             Route::Rejected(_) => "rejected",
@@ -147,6 +150,7 @@ pub fn resolve(target: &str) -> Route<'_> {
         "/app.css" => Route::Style,
         "/healthz" => Route::Healthz,
         "/readyz" => Route::Readyz,
+        "/readyz/reads" => Route::ReadyzReads,
         "/metrics" => Route::Metrics,
         "/orders" => Route::Orders(query),
         "/rejected" => Route::Rejected(query),
@@ -188,17 +192,8 @@ async fn answer<B>(route: Route<'_>, request: &Request<B>, shared: &Shared) -> R
         Route::Script => page::script(),
         Route::Style => page::style(),
         Route::Healthz => json_response(200, &json!({ "status": "ok" })),
-        Route::Readyz => {
-            let reasons = state.health.readiness(&state.cache);
-            let (status, word) = if reasons.is_empty() {
-                (200, "ready")
-            } else {
-                (503, "not ready")
-            };
-            // One shape for both answers, so that a client reads `reasons` without a branch.
-            let body = json!({ "status": word, "orders": state.cache.len(), "reasons": reasons });
-            json_response(status, &body)
-        }
+        Route::Readyz => readiness(state.health.readiness(&state.cache), &state.cache),
+        Route::ReadyzReads => readiness(state.health.reads_readiness(&state.cache), &state.cache),
         Route::Metrics => {
             let text = state.metrics.encode(&state.cache, &state.health);
             let mut response = Response::new(Full::new(Bytes::from(text)));
@@ -214,6 +209,20 @@ async fn answer<B>(route: Route<'_>, request: &Request<B>, shared: &Shared) -> R
         Route::Order(Ok(uid)) => order(request, uid, shared).await,
         Route::Order(Err(bad)) => id_error(400, &bad.reason, &bad.id),
     }
+}
+
+/// `/readyz` and `/readyz/reads`: 200 without reasons, 503 with them. One shape for both
+/// answers, so that a client reads `reasons` without a branch.
+fn readiness(reasons: Vec<String>, cache: &Cache) -> Reply {
+    let (status, word) = if reasons.is_empty() {
+        (200, "ready")
+    } else {
+        (503, "not ready")
+    };
+    json_response(
+        status,
+        &json!({ "status": word, "orders": cache.len(), "reasons": reasons }),
+    )
 }
 
 /// `GET /order/{order_uid}`.

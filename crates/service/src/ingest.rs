@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 use crate::batch::{Incoming, Outcome, Written};
 use crate::bus;
 use crate::cache;
+use crate::changelog::Changelog;
 use crate::config::NatsArgs;
 use crate::health::Reporter;
 use crate::metrics::Metrics;
@@ -67,6 +68,10 @@ pub struct Ingest {
     pub commit: Reporter,
     /// Ingest's other fact: the stream cannot be subscribed to, or stopped delivering.
     pub subscription: Reporter,
+    /// Where committed orders go for the other replicas, before their messages are acked.
+    pub changelog: Changelog,
+    /// Ingest's third fact: committed orders cannot be published to the changelog.
+    pub fanout: Reporter,
     /// How long a stop waits for the batch in flight to commit before handing it back.
     pub grace: Duration,
     /// Counters and histograms for `/metrics`.
@@ -361,7 +366,12 @@ impl Ingest {
         }
         self.metrics.batch_size.observe(incoming.len() as f64);
 
-        // Committed: ack every message. A lost ack only means a redelivery, which is idempotent.
+        // Committed; the other replicas must have the orders before the messages may go.
+        if !written.to_cache.is_empty() {
+            self.fan_out(&written.to_cache, &messages, shutdown).await?;
+        }
+
+        // Committed and fanned out: ack every message. A lost ack only means a redelivery, which is idempotent.
         let acks = futures::future::join_all(messages.iter().map(|m| m.ack())).await;
         let failed = acks.iter().filter(|r| r.is_err()).count();
         if failed > 0 {
@@ -394,6 +404,55 @@ impl Ingest {
             self.send_to_cache(written.to_cache).await?;
         }
         Ok(())
+    }
+
+    /// Publishes a committed batch's orders to the changelog, retrying with backoff (and keeping
+    /// the messages in progress) until JetStream stores them, like a commit that fails. On a stop
+    /// meanwhile the messages are handed back: whoever gets them finds the orders stored, and
+    /// fans them out before acking.
+    async fn fan_out(
+        &self,
+        orders: &[(crate::order::OrderUid, String)],
+        messages: &[jetstream::Message],
+        shutdown: &Shutdown,
+    ) -> Result<(), BatchError> {
+        let mut backoff = BACKOFF_MIN;
+        let mut last_progress = Instant::now();
+        loop {
+            let published = tokio::select! {
+                biased;
+                published = self.changelog.publish(orders) => published,
+                _ = self.after_grace(shutdown) => {
+                    warn!("the batch in flight was not fanned out within the shutdown grace period; handing it back");
+                    nak_all(messages).await;
+                    return Err(BatchError::Shutdown);
+                }
+            };
+            match published {
+                Ok(()) => {
+                    if self.fanout.problem().is_some() {
+                        info!("the changelog takes orders again");
+                        self.fanout.set(None);
+                    }
+                    return Ok(());
+                }
+                Err(e) => {
+                    if self.fanout.problem().is_none() {
+                        warn!(error = %format!("{e:#}"), changelog = self.changelog.name(), "cannot publish committed orders to the changelog; retrying");
+                    }
+                    self.fanout.set(Some(format!("{e:#}")));
+                    if sleep_or_shutdown(&mut backoff, shutdown).await {
+                        nak_all(messages).await;
+                        return Err(BatchError::Shutdown);
+                    }
+                    if last_progress.elapsed() >= PROGRESS_EVERY {
+                        let progress = messages.iter().map(|m| m.ack_with(AckKind::Progress));
+                        futures::future::join_all(progress).await;
+                        last_progress = Instant::now();
+                    }
+                }
+            }
+        }
     }
 
     /// Writes a batch. If PostgreSQL refuses it because of a message's data (or, with

@@ -9,6 +9,7 @@
 pub(crate) mod batch;
 pub mod bus;
 pub mod cache;
+pub mod changelog;
 pub mod config;
 pub(crate) mod health;
 pub mod http;

@@ -18,6 +18,7 @@ use tracing::{info, warn};
 
 use crate::bus;
 use crate::cache::{self, Cache, Restored};
+use crate::changelog::{self, Changelog};
 use crate::config::{self, DbArgs, NatsArgs, DEFAULT_DURABLE, DEFAULT_HTTP_ADDR};
 use crate::health::{self, Health, Reporter};
 use crate::http::{AppState, HttpServer, Limits};
@@ -95,6 +96,10 @@ pub struct App {
     /// Ingest's two health facts (the monitor already has its own).
     commit: Reporter,
     subscription: Reporter,
+    /// Ingest's changelog fact, and the follower's two.
+    fanout: Reporter,
+    follow: Reporter,
+    catching_up: Reporter,
     trigger: Trigger,
     shutdown: Shutdown,
 }
@@ -162,6 +167,9 @@ impl App {
             writer,
             commit: reporters.commit,
             subscription: reporters.subscription,
+            fanout: reporters.fanout,
+            follow: reporters.follow,
+            catching_up: reporters.catching_up,
             trigger,
             shutdown,
         })
@@ -183,8 +191,20 @@ impl App {
             let _in_runtime = self.runtime.enter();
             async_nats::jetstream::new(self.client.clone())
         };
+        let changelog = Changelog::new(js.clone(), &self.settings.nats, &self.settings.durable);
+        let follower = Follower {
+            changelog: changelog.clone(),
+            store: self.store.clone(),
+            cache: self.cache.clone(),
+            metrics: self.metrics.clone(),
+            cache_tx: self.cache_tx.clone(),
+            follow: self.follow,
+            catching_up: self.catching_up,
+        };
         let ingest = Ingest {
             js,
+            changelog,
+            fanout: self.fanout,
             nats: self.settings.nats.clone(),
             durable: self.settings.durable.clone(),
             batch_size: usize::from(self.settings.batch_size),
@@ -195,13 +215,12 @@ impl App {
             metrics: self.metrics.clone(),
             grace: budget.batch,
         };
-        let (store, cache, metrics) = (&self.store, &self.cache, &self.metrics);
         let ran = self.runtime.block_on(async {
             let stopping = tokio::spawn(async move {
                 stop.await;
                 trigger.trigger();
             });
-            let ran = restore_then_ingest(store, cache, metrics, ingest, &shutdown).await;
+            let ran = restore_then_ingest(follower, ingest, &shutdown).await;
             // Whatever ended the run, the other tasks (the monitor) stop too: the aborted task
             // drops the trigger, which every `Shutdown` takes as a stop request.
             stopping.abort();
@@ -220,24 +239,24 @@ impl App {
     }
 }
 
-/// The service's work between build and stop: the cache restored from PostgreSQL, then ingest
-/// until a stop is requested (either step ends early on one).
+/// The service's work between build and stop: the cache restored from PostgreSQL (with the
+/// changelog hand-off), then ingest and the changelog follower until a stop is requested (either
+/// step ends early on one).
 async fn restore_then_ingest(
-    store: &Store,
-    cache: &Cache,
-    metrics: &Metrics,
+    follower: Follower,
     ingest: Ingest,
     shutdown: &Shutdown,
 ) -> Result<()> {
-    let restored = cache::restore(store, cache, &metrics.restored_orders, shutdown).await?;
-    if restored == Restored::Stopped {
+    let Some(next) = follower.restore(shutdown).await? else {
         info!("stopped while restoring the cache");
         return Ok(());
-    }
+    };
+    let following = tokio::spawn(follower.run(next, shutdown.clone()));
     // On the runtime's worker thread, not on this one: that is the ingest thread.
-    let totals = tokio::spawn(ingest.run(shutdown.clone()))
-        .await
-        .map_err(|e| eyre!("the ingest task failed: {e}"))??;
+    let ingested = tokio::spawn(ingest.run(shutdown.clone())).await;
+    // Ingest ended (a stop, or a failure that stops the service): the follower goes too.
+    following.abort();
+    let totals = ingested.map_err(|e| eyre!("the ingest task failed: {e}"))??;
     info!(
         received = totals.received,
         stored = totals.stored,
@@ -246,6 +265,89 @@ async fn restore_then_ingest(
         "ingest stopped"
     );
     Ok(())
+}
+
+/// The changelog follower and what a restore afresh needs.
+struct Follower {
+    changelog: Changelog,
+    store: Store,
+    cache: Arc<Cache>,
+    metrics: Arc<Metrics>,
+    cache_tx: Sender<cache::Batch>,
+    follow: Reporter,
+    catching_up: Reporter,
+}
+
+impl Follower {
+    /// Restores the cache from PostgreSQL with the changelog hand-off: the changelog's last
+    /// sequence is read first, so whatever is committed during the restore is in the changelog
+    /// after it. Returns where to follow from, or `None` on a stop.
+    async fn restore(&self, shutdown: &Shutdown) -> Result<Option<u64>> {
+        if self.catching_up.problem().is_none() {
+            self.catching_up
+                .set(Some("catching up with the changelog".to_owned()));
+        }
+        let mut backoff = Duration::from_millis(100);
+        let last = loop {
+            match self.changelog.last_sequence().await {
+                Ok(last) => break last,
+                Err(e) => {
+                    warn!(error = %format!("{e:#}"), "cannot read the changelog before the restore; retrying");
+                    self.follow.set(Some(format!("{e:#}")));
+                    tokio::select! {
+                        _ = shutdown.requested() => return Ok(None),
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        };
+        self.follow.set(None);
+        let restored = cache::restore(
+            &self.store,
+            &self.cache,
+            &self.metrics.restored_orders,
+            shutdown,
+        )
+        .await?;
+        Ok((restored == Restored::Done).then_some(last + 1))
+    }
+
+    /// Follows the changelog from `next` until a stop; after a gap, restores afresh (reads wait
+    /// meanwhile) and follows on from there.
+    async fn run(self, mut next: u64, shutdown: Shutdown) {
+        loop {
+            match self
+                .changelog
+                .follow(
+                    next,
+                    &self.cache_tx,
+                    &self.follow,
+                    &self.catching_up,
+                    &shutdown,
+                )
+                .await
+            {
+                changelog::Stopped::Shutdown => return,
+                changelog::Stopped::Gap(why) => {
+                    warn!(%why, "the changelog has a gap; restoring the cache afresh from PostgreSQL");
+                    self.catching_up
+                        .set(Some(format!("{why}: restoring afresh from PostgreSQL")));
+                    match self.restore(&shutdown).await {
+                        Ok(Some(from)) => next = from,
+                        Ok(None) => return,
+                        Err(e) => {
+                            warn!(error = %format!("{e:#}"), "the restore afresh failed; trying again");
+                            tokio::select! {
+                                _ = shutdown.requested() => return,
+                                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// What is left to stop once ingest has ended: each step within its share of the budget.

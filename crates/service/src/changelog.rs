@@ -1,0 +1,327 @@
+//! The changelog: how every replica of one service gets every committed order, whichever
+//! replica pulled its message.
+//!
+//! Replicas that share a durable consumer split the messages between them, so each one's own
+//! ingest stores only a part of the orders. After a batch commits, and before its messages are
+//! acked, ingest publishes what it hands its own cache (orders stored, or found already stored
+//! with the same content) to a JetStream stream of the service's own: this is `publish`. Every
+//! replica follows that stream into its cache: this is `follow`. The pattern is Kafka Streams'
+//! changelog topics.
+//!
+//! The hand-off at start: the changelog's last sequence S0 is read *before* the restore from
+//! PostgreSQL begins, and the follower starts at S0 + 1, so an order committed during the restore
+//! is in one or the other (or both: inserting into the cache is idempotent). A replica that dies
+//! between commit and publish leaves its messages unacked; whoever gets them next finds the orders
+//! stored, publishes them, then acks.
+//!
+//! The follower checks stream sequences, not only what the consumer delivers: if the changelog no
+//! longer holds the sequence it needs (expired by age, purged, or the stream recreated), that is a
+//! gap, and the replica restores afresh from PostgreSQL before it reads on.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use async_nats::HeaderMap;
+use color_eyre::eyre::{eyre, Result, WrapErr};
+use crossbeam_channel::Sender;
+use futures::StreamExt;
+use tracing::{info, warn};
+
+use crate::bus::MAX_PAYLOAD;
+use crate::cache;
+use crate::config::NatsArgs;
+use crate::health::Reporter;
+use crate::order::OrderUid;
+use crate::shutdown::Shutdown;
+
+/// How long the changelog keeps an order. A replica needs it only from the moment its restore
+/// began until it has caught up; one that was away longer restores afresh anyway.
+const MAX_AGE: Duration = Duration::from_secs(3600);
+/// Publishes of one order_uid within this window are stored once (no longer than `MAX_AGE`).
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// The follower's pull heartbeat: a lost consumer (a NATS node gone) is noticed within two.
+const HEARTBEAT: Duration = Duration::from_secs(2);
+/// Orders per cache batch the follower hands on.
+const FOLLOW_BATCH: usize = 1000;
+/// Backoff between the follower's attempts while NATS is unavailable.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// One service's changelog: a stream named from the service's stream and durable consumer, so
+/// that two services on one stream (two durables) never mix theirs.
+#[derive(Clone)]
+pub struct Changelog {
+    js: jetstream::Context,
+    name: String,
+    subject: String,
+    replicas: usize,
+}
+
+/// Why following stopped.
+pub enum Stopped {
+    /// A stop was requested.
+    Shutdown,
+    /// The changelog does not hold the sequence needed next: restore afresh, then follow on.
+    Gap(String),
+}
+
+impl Changelog {
+    /// The changelog of the service made of `nats.stream` and `durable`.
+    pub fn new(js: jetstream::Context, nats: &NatsArgs, durable: &str) -> Changelog {
+        // Stream and durable names hold no `.`, `*`, `>` or spaces (JetStream refuses them), so
+        // both names below are valid and distinct per (stream, durable).
+        Changelog {
+            js,
+            name: stream_name(&nats.stream, durable),
+            subject: format!("ordersvc.changelog.{}.{durable}", nats.stream),
+            replicas: usize::from(nats.stream_replicas),
+        }
+    }
+
+    /// The stream's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Creates the changelog stream if it does not exist, and returns it.
+    async fn stream(&self) -> Result<stream::Stream> {
+        let config = stream::Config {
+            name: self.name.clone(),
+            subjects: vec![self.subject.clone()],
+            storage: stream::StorageType::File,
+            max_age: MAX_AGE,
+            duplicate_window: DUPLICATE_WINDOW,
+            max_message_size: MAX_PAYLOAD as i32,
+            num_replicas: self.replicas,
+            ..Default::default()
+        };
+        self.js
+            .get_or_create_stream(config)
+            .await
+            .wrap_err_with(|| format!("cannot get or create the changelog stream {}", self.name))
+    }
+
+    /// The sequence of the last order in the changelog (0 when it is empty): S0 of the restore
+    /// hand-off.
+    pub async fn last_sequence(&self) -> Result<u64> {
+        let mut stream = self.stream().await?;
+        let info = stream
+            .info()
+            .await
+            .wrap_err_with(|| format!("cannot read the changelog stream {}", self.name))?;
+        Ok(info.state.last_sequence)
+    }
+
+    /// Publishes committed orders and waits until JetStream has stored every one (with
+    /// `Nats-Msg-Id` = order_uid, so a repeat within the duplicate window is stored once).
+    pub async fn publish(&self, orders: &[(OrderUid, String)]) -> Result<()> {
+        let mut acks = Vec::with_capacity(orders.len());
+        for (uid, document) in orders {
+            let mut headers = HeaderMap::new();
+            headers.insert("Nats-Msg-Id", uid.as_str());
+            let ack = self
+                .js
+                .publish_with_headers(
+                    self.subject.clone(),
+                    headers,
+                    document.clone().into_bytes().into(),
+                )
+                .await
+                .wrap_err("cannot publish to the changelog")?;
+            acks.push(ack);
+        }
+        for ack in
+            futures::future::join_all(acks.into_iter().map(std::future::IntoFuture::into_future))
+                .await
+        {
+            ack.map_err(|e| eyre!("the changelog did not store an order: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Follows the changelog from sequence `next` into the cache until a stop, or until it finds
+    /// a gap. `catching_up` stays set until everything the changelog held when following began
+    /// is in the cache; `follow` reports why the changelog cannot be read meanwhile (the follower
+    /// retries with backoff).
+    pub async fn follow(
+        &self,
+        mut next: u64,
+        cache_tx: &Sender<cache::Batch>,
+        follow: &Reporter,
+        catching_up: &Reporter,
+        shutdown: &Shutdown,
+    ) -> Stopped {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            if shutdown.is_requested() {
+                return Stopped::Shutdown;
+            }
+            match self
+                .follow_once(&mut next, cache_tx, catching_up, follow, shutdown)
+                .await
+            {
+                Ok(stopped) => return stopped,
+                Err(e) => {
+                    warn!(error = %format!("{e:#}"), changelog = %self.name, "cannot follow the changelog; retrying");
+                    follow.set(Some(format!("{e:#}")));
+                    tokio::select! {
+                        _ = shutdown.requested() => return Stopped::Shutdown,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    /// One consumer's worth of following: checks that the changelog still holds `next`, then
+    /// reads on from it. `Err` is a NATS problem to retry; `Ok` a stop or a gap.
+    async fn follow_once(
+        &self,
+        next: &mut u64,
+        cache_tx: &Sender<cache::Batch>,
+        catching_up: &Reporter,
+        follow: &Reporter,
+        shutdown: &Shutdown,
+    ) -> Result<Stopped> {
+        let mut stream = self.stream().await?;
+        let state = stream
+            .info()
+            .await
+            .wrap_err("cannot read the changelog's state")?
+            .state
+            .clone();
+        if let Some(gap) = gap_at_start(*next, state.first_sequence, state.last_sequence) {
+            return Ok(Stopped::Gap(gap));
+        }
+        // Everything up to here was committed before this point: until it is applied, reads
+        // would miss orders that a replica in sync serves from memory.
+        let target = state.last_sequence;
+        if *next > target {
+            catching_up.set(None);
+        }
+        let consumer = stream
+            .create_consumer(consumer::pull::Config {
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: *next,
+                },
+                ack_policy: consumer::AckPolicy::None,
+                // Ephemeral: gone by itself once this replica stops pulling.
+                inactive_threshold: Duration::from_secs(30),
+                memory_storage: true,
+                ..Default::default()
+            })
+            .await
+            .wrap_err("cannot create the changelog consumer")?;
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(FOLLOW_BATCH)
+            .heartbeat(HEARTBEAT)
+            .messages()
+            .await
+            .wrap_err("cannot pull from the changelog")?;
+        follow.set(None);
+        let mut chunks = messages.ready_chunks(FOLLOW_BATCH);
+        loop {
+            let chunk = tokio::select! {
+                biased;
+                _ = shutdown.requested() => return Ok(Stopped::Shutdown),
+                chunk = chunks.next() => chunk,
+            };
+            let Some(chunk) = chunk else {
+                return Err(eyre!("the changelog's message stream ended"));
+            };
+            let mut batch = Vec::with_capacity(chunk.len());
+            for item in chunk {
+                let message = item.wrap_err("the changelog's message stream failed")?;
+                let seq = message
+                    .info()
+                    .map_err(|e| eyre!("a changelog message without its sequence: {e}"))?
+                    .stream_sequence;
+                if seq != *next {
+                    // An ordered read that skips: the sequences in between are gone.
+                    if !batch.is_empty() {
+                        send(cache_tx, std::mem::take(&mut batch)).await?;
+                    }
+                    return Ok(Stopped::Gap(format!(
+                        "the changelog skipped from sequence {} to {seq}",
+                        *next
+                    )));
+                }
+                *next = seq + 1;
+                match entry(&message) {
+                    Some(order) => batch.push(order),
+                    // Only ingest publishes here, and only validated orders: anything else is
+                    // not ours to serve.
+                    None => {
+                        warn!(seq, changelog = %self.name, "ignored a changelog message that is not an order")
+                    }
+                }
+            }
+            if !batch.is_empty() {
+                send(cache_tx, batch).await?;
+            }
+            if *next > target && catching_up.problem().is_some() {
+                info!(changelog = %self.name, "caught up with the changelog");
+                catching_up.set(None);
+            }
+        }
+    }
+}
+
+/// The changelog stream of the service made of `stream` and `durable` (for tools and tests that
+/// clean up after a service).
+pub fn stream_name(stream: &str, durable: &str) -> String {
+    format!("{stream}_{durable}_CHANGELOG")
+}
+
+/// Why the changelog cannot be followed from `next`, given its first and last sequence, if so.
+/// A stream never written to has both at 0; one emptied (by age or a purge) has `first = last + 1`.
+fn gap_at_start(next: u64, first: u64, last: u64) -> Option<String> {
+    if next < first {
+        Some(format!(
+            "the changelog no longer holds sequence {next} (it starts at {first})"
+        ))
+    } else if next > last.saturating_add(1) {
+        Some(format!(
+            "the changelog ends at sequence {last}, before {next}: it was recreated"
+        ))
+    } else {
+        None
+    }
+}
+
+/// The cache entry a changelog message carries: its order_uid (`Nats-Msg-Id`) and document.
+fn entry(message: &jetstream::Message) -> Option<(OrderUid, String)> {
+    let uid = message.headers.as_ref()?.get("Nats-Msg-Id")?.as_str();
+    let uid = OrderUid::parse(uid).ok()?;
+    let document = std::str::from_utf8(&message.payload).ok()?.to_owned();
+    Some((uid, document))
+}
+
+/// Hands a batch to the cache writer without blocking the runtime's thread.
+async fn send(cache_tx: &Sender<cache::Batch>, batch: cache::Batch) -> Result<()> {
+    let tx = cache_tx.clone();
+    tokio::task::spawn_blocking(move || tx.send(batch))
+        .await
+        .map_err(|e| eyre!("the cache hand-off failed: {e}"))?
+        .map_err(|_| eyre!("the cache writer stopped"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gap_at_start_is_seen_when_the_needed_sequence_is_gone_or_the_stream_is_new() {
+        // In order: nothing missing.
+        assert_eq!(gap_at_start(1, 0, 0), None); // never written
+        assert_eq!(gap_at_start(5, 1, 4), None); // at the end
+        assert_eq!(gap_at_start(3, 1, 10), None); // inside
+        assert_eq!(gap_at_start(11, 11, 10), None); // emptied by age exactly up to here
+                                                    // Gaps.
+        assert!(gap_at_start(3, 5, 10).is_some()); // 3 and 4 expired or purged
+        assert!(gap_at_start(10, 11, 10).is_some()); // emptied past where we were
+        assert!(gap_at_start(20, 1, 10).is_some()); // the stream was recreated
+    }
+}
