@@ -822,6 +822,14 @@ impl TestApp {
         name
     }
 
+    /// Deletes the service's changelog stream (the service recreates it).
+    pub fn delete_changelog(&self) {
+        let name = changelog::stream_name(&self.stream, &self.durable);
+        self.rt
+            .block_on(self.js.delete_stream(&name))
+            .expect("cannot delete the changelog stream");
+    }
+
     /// Deletes a stream made by `take_subject_with_another_stream`.
     pub fn delete_other_stream(&self, name: &str) {
         self.rt

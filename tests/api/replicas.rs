@@ -75,3 +75,60 @@ fn two_replicas_share_the_ingest_and_each_serves_every_order_from_memory() {
         }
     }
 }
+
+/// Waits until `get`'s cache holds `n` orders.
+#[track_caller]
+fn wait_until_cached(name: &str, get: Get, n: u64) {
+    let deadline = Instant::now() + EVENTUALLY;
+    while cached(get) < n {
+        assert!(
+            Instant::now() < deadline,
+            "replica {name} holds only {} of {n} orders in memory",
+            cached(get)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_replica_whose_changelog_was_recreated_restores_afresh_and_ends_complete() {
+    // Arrange: two replicas in step, then the changelog is deleted under them, so that what they
+    // follow from no longer exists (the stream comes back empty, its sequences from 1).
+    let app = spawn_app();
+    let second = Serving::start(app.serve_command::<&str>(&[]), &app.suffix);
+    let (a, b): (Get, Get) = (&|path| app.get(path), &|path| second.get(path));
+    let before = generated_orders(&format!("gap-a-{}", app.suffix), 300);
+    app.publish_many(with_ids(&before));
+    wait_until_cached("A", a, 300);
+    wait_until_cached("B", b, 300);
+    app.delete_changelog();
+
+    // Act: more orders, which reach the other replica only through the recreated changelog.
+    let after = generated_orders(&format!("gap-b-{}", app.suffix), 300);
+    app.publish_many(with_ids(&after));
+    app.wait_until(|app| app.orders_count() == 600, "600 orders stored");
+
+    // Assert: each replica saw the gap, restored afresh, and holds and serves all 600.
+    for (name, get) in [("A", a), ("B", b)] {
+        wait_until_cached(name, get, 600);
+        let logs = if name == "A" {
+            app.logs()
+        } else {
+            second.logs()
+        };
+        assert!(
+            logs_say_restored_afresh(&logs),
+            "replica {name} never restored afresh"
+        );
+        for (uid, order) in before.iter().chain(&after) {
+            let (status, _, body) = get(&format!("/order/{uid}"));
+            assert_eq!((status, &body), (200, order), "replica {name}, {uid}");
+        }
+        assert_eq!(get("/readyz/reads").0, 200, "replica {name}");
+    }
+}
+
+fn logs_say_restored_afresh(logs: &[String]) -> bool {
+    logs.iter()
+        .any(|line| line.contains("restoring the cache afresh"))
+}

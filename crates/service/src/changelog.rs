@@ -57,6 +57,15 @@ pub struct Changelog {
     replicas: usize,
 }
 
+/// Where a replica is in the changelog: the next sequence it needs, in which incarnation of
+/// the stream (a deleted and recreated stream starts its sequences again, so a sequence alone
+/// cannot tell whether it is still the same history).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Position {
+    next: u64,
+    created: time::OffsetDateTime,
+}
+
 /// Why following stopped.
 pub enum Stopped {
     /// A stop was requested.
@@ -101,15 +110,18 @@ impl Changelog {
             .wrap_err_with(|| format!("cannot get or create the changelog stream {}", self.name))
     }
 
-    /// The sequence of the last order in the changelog (0 when it is empty): S0 of the restore
-    /// hand-off.
-    pub async fn last_sequence(&self) -> Result<u64> {
+    /// Just after the last order in the changelog: where a replica follows from once it has
+    /// restored from PostgreSQL (the hand-off's S0 + 1, read before the restore begins).
+    pub async fn end(&self) -> Result<Position> {
         let mut stream = self.stream().await?;
         let info = stream
             .info()
             .await
             .wrap_err_with(|| format!("cannot read the changelog stream {}", self.name))?;
-        Ok(info.state.last_sequence)
+        Ok(Position {
+            next: info.state.last_sequence + 1,
+            created: info.created,
+        })
     }
 
     /// Publishes committed orders and waits until JetStream has stored every one (with
@@ -145,7 +157,7 @@ impl Changelog {
     /// retries with backoff).
     pub async fn follow(
         &self,
-        mut next: u64,
+        mut position: Position,
         cache_tx: &Sender<cache::Batch>,
         follow: &Reporter,
         catching_up: &Reporter,
@@ -157,7 +169,7 @@ impl Changelog {
                 return Stopped::Shutdown;
             }
             match self
-                .follow_once(&mut next, cache_tx, catching_up, follow, shutdown)
+                .follow_once(&mut position, cache_tx, catching_up, follow, shutdown)
                 .await
             {
                 Ok(stopped) => return stopped,
@@ -178,19 +190,25 @@ impl Changelog {
     /// reads on from it. `Err` is a NATS problem to retry; `Ok` a stop or a gap.
     async fn follow_once(
         &self,
-        next: &mut u64,
+        position: &mut Position,
         cache_tx: &Sender<cache::Batch>,
         catching_up: &Reporter,
         follow: &Reporter,
         shutdown: &Shutdown,
     ) -> Result<Stopped> {
         let mut stream = self.stream().await?;
-        let state = stream
+        let info = stream
             .info()
             .await
             .wrap_err("cannot read the changelog's state")?
-            .state
             .clone();
+        if info.created != position.created {
+            return Ok(Stopped::Gap(
+                "the changelog was deleted and made again".to_owned(),
+            ));
+        }
+        let state = info.state;
+        let next = &mut position.next;
         if let Some(gap) = gap_at_start(*next, state.first_sequence, state.last_sequence) {
             return Ok(Stopped::Gap(gap));
         }

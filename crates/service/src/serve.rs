@@ -282,15 +282,15 @@ impl Follower {
     /// Restores the cache from PostgreSQL with the changelog hand-off: the changelog's last
     /// sequence is read first, so whatever is committed during the restore is in the changelog
     /// after it. Returns where to follow from, or `None` on a stop.
-    async fn restore(&self, shutdown: &Shutdown) -> Result<Option<u64>> {
+    async fn restore(&self, shutdown: &Shutdown) -> Result<Option<changelog::Position>> {
         if self.catching_up.problem().is_none() {
             self.catching_up
                 .set(Some("catching up with the changelog".to_owned()));
         }
         let mut backoff = Duration::from_millis(100);
-        let last = loop {
-            match self.changelog.last_sequence().await {
-                Ok(last) => break last,
+        let end = loop {
+            match self.changelog.end().await {
+                Ok(end) => break end,
                 Err(e) => {
                     warn!(error = %format!("{e:#}"), "cannot read the changelog before the restore; retrying");
                     self.follow.set(Some(format!("{e:#}")));
@@ -310,12 +310,12 @@ impl Follower {
             shutdown,
         )
         .await?;
-        Ok((restored == Restored::Done).then_some(last + 1))
+        Ok((restored == Restored::Done).then_some(end))
     }
 
     /// Follows the changelog from `next` until a stop; after a gap, restores afresh (reads wait
     /// meanwhile) and follows on from there.
-    async fn run(self, mut next: u64, shutdown: Shutdown) {
+    async fn run(self, mut next: changelog::Position, shutdown: Shutdown) {
         loop {
             match self
                 .changelog
