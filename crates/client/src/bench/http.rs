@@ -26,7 +26,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::client::{Client, Target};
-use super::report::{self, HttpSummary};
+use super::report::{self, HttpSummary, TargetSummary};
 use super::{parse_ratio, DEFAULT_URL};
 use crate::generate::Rng;
 use ordersvc_service::config;
@@ -333,6 +333,15 @@ fn attack(
             .map_err(|_| eyre!("a connection thread panicked"))?;
         total.merge(tally);
     }
+    let targets = vec![TargetSummary {
+        url: target.url().to_owned(),
+        connections,
+        requests: total.requests,
+        successes: total.successes,
+        latencies: total.latencies.clone(),
+        status_codes: total.status_codes.clone(),
+        errors: total.errors.clone(),
+    }];
     let last_send = total.last_send.unwrap_or(start);
     let last_done = total.last_done.unwrap_or(last_send).max(last_send);
     Ok(HttpSummary {
@@ -348,6 +357,7 @@ fn attack(
         bytes_in: total.bytes_in,
         status_codes: total.status_codes,
         errors: total.errors,
+        targets,
     })
 }
 
