@@ -392,6 +392,25 @@ pub fn with_ids(orders: &[(String, Vec<u8>)]) -> impl Iterator<Item = (Option<&s
         .map(|(uid, message)| (Some(uid.as_str()), message.as_slice()))
 }
 
+/// A directory under the system's temporary one, removed when dropped (also on a panic).
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    /// `ordersvc-test-{suffix}`: give it the `TestApp`'s suffix, so that tests running at the
+    /// same time do not share it.
+    pub fn new(suffix: &str) -> TempDir {
+        let path = std::env::temp_dir().join(format!("ordersvc-test-{suffix}"));
+        std::fs::create_dir_all(&path).expect("cannot create a temporary directory");
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// testdata/model.json with another order_uid (and nothing else changed).
 pub fn model_with_uid(uid: &str) -> Vec<u8> {
     let model = String::from_utf8(testdata("model.json")).expect("model.json is UTF-8");

@@ -1,4 +1,5 @@
 mod bad_messages;
+mod bench_http;
 mod bounded_cache;
 mod browser;
 mod connections;

@@ -1,6 +1,6 @@
 //! `ordersvc publish`: files, stdin, JSON Lines, and the embedded samples reach the service.
 
-use crate::helpers::{model_with_uid, run_successfully, spawn_app, testdata, TestApp};
+use crate::helpers::{model_with_uid, run_successfully, spawn_app, testdata, TempDir, TestApp};
 
 /// Runs `ordersvc publish ARGS` (feeding it `stdin`), checks that it succeeded, and returns the
 /// summary line it printed.
@@ -8,23 +8,6 @@ fn publish(app: &TestApp, args: &[&str], stdin: &[u8]) -> String {
     let mut command = app.publish_command();
     command.args(args);
     run_successfully(command, stdin).trim_end().to_owned()
-}
-
-/// A directory under the system's temporary one, removed when dropped (also on a panic).
-struct TempDir(std::path::PathBuf);
-
-impl TempDir {
-    fn new(suffix: &str) -> TempDir {
-        let path = std::env::temp_dir().join(format!("ordersvc-test-{suffix}"));
-        std::fs::create_dir_all(&path).expect("cannot create a temporary directory");
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// The invalid samples and the kind each is rejected as.

@@ -3,6 +3,7 @@
 //! - `bench http` is a load generator for `GET /order/{id}` (our own Vegeta: open-loop constant
 //!   rate with latency counted from the moment each request was due, or closed-loop maximum
 //!   throughput), with its own minimal HTTP/1.1 client so that the client's cost stays small.
+//!   It can spread its connections over several replicas and report each one beside the totals.
 //! - `bench ingest` publishes generated orders and measures how soon they are stored and
 //!   servable: while the service runs (live), or as a backlog that a freshly started service drains.
 //!
@@ -13,6 +14,7 @@ mod client;
 mod http;
 mod ingest;
 mod report;
+mod targets;
 
 use clap::{Args, Subcommand};
 use color_eyre::eyre::Result;

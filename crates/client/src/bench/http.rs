@@ -9,6 +9,10 @@
 //!
 //! Which id request `i` asks for is a pure function of the seed and `i`, so a run is repeatable
 //! whatever thread happens to send which request.
+//!
+//! With several `--url`s the connections are dealt out over them (see `targets`); each
+//! connection's counts are kept with its target, so the report has a line per target beside the
+//! totals.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -26,7 +30,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::client::{Client, Target};
-use super::report::{self, HttpSummary};
+use super::report::{self, HttpSummary, TargetSummary};
+use super::targets;
 use super::{parse_ratio, DEFAULT_URL};
 use crate::generate::Rng;
 use ordersvc_service::config;
@@ -48,9 +53,11 @@ const THREAD_STACK: usize = 256 * 1024;
 /// Settings of `ordersvc bench http`.
 #[derive(Args, Clone, Debug)]
 pub struct HttpArgs {
-    /// Base URL of the service.
-    #[arg(long, env = "ORDERSVC_BENCH_URL", default_value = DEFAULT_URL)]
-    pub url: String,
+    /// Base URL of the service. Several (replicas) as a comma-separated list or by repeating
+    /// the flag: the connections are dealt out over them round-robin and the report breaks the
+    /// numbers down per URL. Without --ids, ids are read from the first one.
+    #[arg(long, env = "ORDERSVC_BENCH_URL", default_value = DEFAULT_URL, value_delimiter = ',', value_name = "URL[,URL...]")]
+    pub url: Vec<String>,
     /// Requests per second (open loop: each request has a due time and its latency counts from
     /// it), or `max` (closed loop: every connection sends back to back).
     #[arg(long, env = "ORDERSVC_BENCH_RATE", default_value = "max")]
@@ -58,7 +65,7 @@ pub struct HttpArgs {
     /// How long to send requests: e.g. 500ms, 10s, 2m (a bare number is seconds).
     #[arg(long, env = "ORDERSVC_BENCH_DURATION", default_value = "30s", value_parser = config::parse_duration)]
     pub duration: Duration,
-    /// Keep-alive connections, each driven by its own thread.
+    /// Keep-alive connections, each driven by its own thread (in all, over every URL).
     #[arg(long, env = "ORDERSVC_BENCH_CONNECTIONS", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=4096))]
     pub connections: u16,
     /// File of order ids to request, one per line. Without it, ids are read from the service's
@@ -144,12 +151,15 @@ pub(crate) fn is_success(pick: Pick, status: u16) -> bool {
 
 /// Runs the benchmark and prints the report.
 pub fn run(args: HttpArgs) -> Result<()> {
-    let target = Target::parse(&args.url)?;
+    let targets = targets::parse(&args.url)?;
+    let shares = targets::split(usize::from(args.connections), targets.len())?;
+    // `targets::parse` returns at least one.
+    let first = &targets[0];
     let seed = args.seed.unwrap_or_else(crate::generate::random_seed);
     let ids = match &args.ids {
         Some(path) => read_ids(path)?,
-        None => fetch_ids(&target, args.max_ids, args.timeout)
-            .wrap_err_with(|| format!("cannot read order ids from {}/orders", target.url()))?,
+        None => fetch_ids(first, args.max_ids, args.timeout)
+            .wrap_err_with(|| format!("cannot read order ids from {}/orders", first.url()))?,
     };
     if ids.is_empty() && args.miss_ratio < 1.0 {
         bail!(
@@ -157,26 +167,36 @@ pub fn run(args: HttpArgs) -> Result<()> {
              `ordersvc bench ingest`) or pass --ids FILE, or use --miss-ratio 1"
         );
     }
-    let hits: Vec<Box<[u8]>> = ids
-        .iter()
-        .map(|id| target.get(&format!("/order/{id}")))
-        .collect();
-    let misses: Vec<Box<[u8]>> = (0..MISS_IDS)
+    let miss_ids: Vec<String> = (0..MISS_IDS)
         .map(|n| {
             let mut rng = Rng::for_item(seed, n, STREAM_MISS_IDS);
-            target.get(&format!("/order/bench-miss-{:016x}", rng.next_u64()))
+            format!("bench-miss-{:016x}", rng.next_u64())
         })
         .collect();
-    Client::new(target.addr(), args.timeout)
-        .connect()
-        .wrap_err_with(|| format!("cannot connect to the service at {}", target.url()))?;
+    let requests = targets
+        .iter()
+        .map(|target| Requests::new(target, &ids, &miss_ids))
+        .collect();
+    // Every target is tried before the run, so that a wrong URL fails at once, by name.
+    for target in &targets {
+        Client::new(target.addr(), args.timeout)
+            .connect()
+            .wrap_err_with(|| format!("cannot connect to the service at {}", target.url()))?;
+    }
 
     let mode = match args.rate {
         Rate::Max => "closed loop at maximum rate".to_owned(),
         Rate::PerSecond(n) => format!("open loop at {n} requests/s"),
     };
+    let over = match shares.as_slice() {
+        [_] => String::new(),
+        shares => {
+            let shares: Vec<String> = shares.iter().map(usize::to_string).collect();
+            format!(" ({} over {} URLs)", shares.join("/"), targets.len())
+        }
+    };
     eprintln!(
-        "bench http: {} for {}, {} connections, {} ids, miss ratio {}, seed {seed}",
+        "bench http: {} for {}, {} connections{over}, {} ids, miss ratio {}, seed {seed}",
         mode,
         report::duration(args.duration),
         args.connections,
@@ -191,16 +211,17 @@ pub fn run(args: HttpArgs) -> Result<()> {
         duration: args.duration,
         seed,
         miss_ratio: args.miss_ratio,
-        hits,
-        misses,
+        requests,
         next: AtomicU64::new(0),
         start: OnceLock::new(),
     });
-    let summary = attack(&plan, &target, usize::from(args.connections), args.timeout)?;
+    let summary = attack(&plan, &targets, &shares, args.timeout)?;
     if args.json {
         let mut value = summary.json();
         value["settings"] = json!({
-            "url": target.url(),
+            // As with one URL: the first one, where ids are read from; `urls` has them all.
+            "url": first.url(),
+            "urls": targets.iter().map(Target::url).collect::<Vec<_>>(),
             "rate": match args.rate { Rate::Max => json!("max"), Rate::PerSecond(n) => json!(n) },
             "latency_from": match args.rate { Rate::Max => "send", Rate::PerSecond(_) => "due" },
             "duration_s": args.duration.as_secs_f64(),
@@ -222,12 +243,31 @@ struct Plan {
     duration: Duration,
     seed: u64,
     miss_ratio: f64,
-    hits: Vec<Box<[u8]>>,
-    misses: Vec<Box<[u8]>>,
+    /// The requests, per target in `--url` order.
+    requests: Vec<Requests>,
     /// The index of the next request to send, shared by all connections.
     next: AtomicU64,
     /// Set by the first thread past the start line, once every connection is open.
     start: OnceLock<Instant>,
+}
+
+/// The pre-formatted requests for one target: the same ids for every target, but each with its
+/// own `Host` header. Formatted once, before the run, so that sending costs one write.
+struct Requests {
+    /// `GET /order/{id}` for each known id.
+    hits: Vec<Box<[u8]>>,
+    /// `GET /order/{id}` for each unknown id.
+    misses: Vec<Box<[u8]>>,
+}
+
+impl Requests {
+    fn new(target: &Target, ids: &[String], miss_ids: &[String]) -> Requests {
+        let get = |id: &String| target.get(&format!("/order/{id}"));
+        Requests {
+            hits: ids.iter().map(get).collect(),
+            misses: miss_ids.iter().map(get).collect(),
+        }
+    }
 }
 
 /// One connection's counts; merged into the report at the end.
@@ -268,37 +308,41 @@ impl Tally {
         *self.errors.entry(key).or_default() += 1;
     }
 
-    fn merge(&mut self, other: Tally) {
+    /// Adds `other`'s counts (borrowed: one connection's tally counts in its target and in the
+    /// totals).
+    fn merge(&mut self, other: &Tally) {
         // Both histograms have the same bounds, so adding cannot fail.
         let _ = self.latencies.add(&other.latencies);
         let _ = self.send_lag.add(&other.send_lag);
         self.requests += other.requests;
         self.successes += other.successes;
         self.bytes_in += other.bytes_in;
-        for (code, n) in other.status_codes {
+        for (&code, &n) in &other.status_codes {
             *self.status_codes.entry(code).or_default() += n;
         }
-        for (error, n) in other.errors {
-            *self.errors.entry(error).or_default() += n;
+        for (error, &n) in &other.errors {
+            *self.errors.entry(error.clone()).or_default() += n;
         }
         self.last_send = self.last_send.max(other.last_send);
         self.last_done = self.last_done.max(other.last_done);
     }
 }
 
-/// Starts the connections, waits for them, and sums up.
+/// Starts the connections (`shares[t]` of them to target `t`), waits for them, and sums up.
 fn attack(
     plan: &Arc<Plan>,
-    target: &Target,
-    connections: usize,
+    targets: &[Target],
+    shares: &[usize],
     timeout: Duration,
 ) -> Result<HttpSummary> {
+    let connections: usize = shares.iter().sum();
     // Every thread connects first, then all start together: connecting is not part of the run.
     let ready = Arc::new(Barrier::new(connections + 1));
     let mut threads = Vec::with_capacity(connections);
     for n in 0..connections {
         let (plan, ready) = (plan.clone(), ready.clone());
-        let mut client = Client::new(target.addr(), timeout);
+        let t = targets::target_of(n, targets.len());
+        let mut client = Client::new(targets[t].addr(), timeout);
         let thread = std::thread::Builder::new()
             .name(format!("bench-{n}"))
             .stack_size(THREAD_STACK)
@@ -308,8 +352,8 @@ fn attack(
                 let _ = client.connect();
                 ready.wait();
                 let start = *plan.start.get_or_init(Instant::now);
-                connection(&plan, start, &mut client, &mut tally);
-                tally
+                connection(&plan, &plan.requests[t], start, &mut client, &mut tally);
+                (t, tally)
             })
             .wrap_err("cannot start a connection thread")?;
         threads.push(thread);
@@ -326,13 +370,28 @@ fn attack(
     }
     bar.finish_and_clear();
 
-    let mut total = Tally::new();
+    let mut tallies = Vec::with_capacity(connections);
     for thread in threads {
         let tally = thread
             .join()
             .map_err(|_| eyre!("a connection thread panicked"))?;
-        total.merge(tally);
+        tallies.push(tally);
     }
+    let (total, per_target) = sum_up(tallies, targets.len());
+    let targets = targets
+        .iter()
+        .zip(shares)
+        .zip(per_target)
+        .map(|((target, &connections), tally)| TargetSummary {
+            url: target.url().to_owned(),
+            connections,
+            requests: tally.requests,
+            successes: tally.successes,
+            latencies: tally.latencies,
+            status_codes: tally.status_codes,
+            errors: tally.errors,
+        })
+        .collect();
     let last_send = total.last_send.unwrap_or(start);
     let last_done = total.last_done.unwrap_or(last_send).max(last_send);
     Ok(HttpSummary {
@@ -348,11 +407,38 @@ fn attack(
         bytes_in: total.bytes_in,
         status_codes: total.status_codes,
         errors: total.errors,
+        targets,
     })
 }
 
-/// One connection's loop: take the next request, send it when due, record it.
-fn connection(plan: &Plan, start: Instant, client: &mut Client, tally: &mut Tally) {
+/// Sums the connections' tallies, each given with its target's index: the totals, and one
+/// tally per target (of `targets`). Every tally counts in exactly one target and in the
+/// totals, so the targets add up to the totals.
+fn sum_up(
+    tallies: impl IntoIterator<Item = (usize, Tally)>,
+    targets: usize,
+) -> (Tally, Vec<Tally>) {
+    let mut total = Tally::new();
+    let mut per_target: Vec<Tally> = (0..targets).map(|_| Tally::new()).collect();
+    for (t, tally) in tallies {
+        total.merge(&tally);
+        // The index comes from `targets::target_of`, which is always below `targets`.
+        if let Some(target) = per_target.get_mut(t) {
+            target.merge(&tally);
+        }
+    }
+    (total, per_target)
+}
+
+/// One connection's loop: take the next request, send it (from `requests`, its target's) when
+/// due, record it.
+fn connection(
+    plan: &Plan,
+    requests: &Requests,
+    start: Instant,
+    client: &mut Client,
+    tally: &mut Tally,
+) {
     let end = start + plan.duration;
     loop {
         let i = plan.next.fetch_add(1, Ordering::Relaxed);
@@ -382,12 +468,12 @@ fn connection(plan: &Plan, start: Instant, client: &mut Client, tally: &mut Tall
             plan.seed,
             i,
             plan.miss_ratio,
-            plan.hits.len(),
-            plan.misses.len(),
+            requests.hits.len(),
+            requests.misses.len(),
         );
         let request = match target {
-            Pick::Hit(n) => &plan.hits[n],
-            Pick::Miss(n) => &plan.misses[n],
+            Pick::Hit(n) => &requests.hits[n],
+            Pick::Miss(n) => &requests.misses[n],
         };
         let sent = Instant::now();
         let result = client.request(request, None);
@@ -597,13 +683,98 @@ mod tests {
         b.error("x".into());
         b.error("y".into());
         report::record(&mut b.latencies, Duration::from_micros(300));
-        a.merge(b);
+        a.merge(&b);
         assert_eq!(a.requests, 5);
         assert_eq!(a.status_codes[&200], 3);
         assert_eq!(a.errors["x"], 2);
         assert_eq!(a.errors["y"], 1);
         assert_eq!(a.latencies.len(), 2);
         assert_eq!(a.latencies.max(), 300);
+    }
+
+    fn tally(requests: u64, successes: u64, code: u16, latency_us: u64) -> Tally {
+        let mut t = Tally::new();
+        t.requests = requests;
+        t.successes = successes;
+        t.status_codes.insert(code, requests);
+        if successes < requests {
+            t.errors.insert(
+                format!("status {code} for a known id"),
+                requests - successes,
+            );
+        }
+        for _ in 0..requests {
+            report::record(&mut t.latencies, Duration::from_micros(latency_us));
+        }
+        t
+    }
+
+    #[test]
+    fn each_connection_counts_in_its_target_and_the_targets_add_up_to_the_totals() {
+        // Connections 0 and 2 on the first target, 1 on the second: as `target_of` deals them.
+        let tallies = vec![
+            (0, tally(10, 10, 200, 100)),
+            (1, tally(4, 0, 503, 9_000)),
+            (0, tally(6, 6, 200, 300)),
+        ];
+        let (total, targets) = sum_up(tallies, 2);
+        assert_eq!(targets.len(), 2);
+        assert_eq!((targets[0].requests, targets[0].successes), (16, 16));
+        assert_eq!((targets[1].requests, targets[1].successes), (4, 0));
+        assert_eq!(targets[0].status_codes, BTreeMap::from([(200, 16)]));
+        assert_eq!(targets[1].status_codes, BTreeMap::from([(503, 4)]));
+        assert!(targets[0].errors.is_empty());
+        assert_eq!(targets[1].errors["status 503 for a known id"], 4);
+        // The slow target's latencies stay its own.
+        assert_eq!(targets[0].latencies.max(), 300);
+        assert!(targets[1].latencies.min() >= 8_990);
+        assert_eq!(
+            total.requests,
+            targets.iter().map(|t| t.requests).sum::<u64>()
+        );
+        assert_eq!(total.successes, 16);
+        assert_eq!(total.status_codes, BTreeMap::from([(200, 16), (503, 4)]));
+        assert_eq!(total.latencies.len(), 20);
+    }
+
+    #[test]
+    fn a_target_without_requests_is_still_reported_with_zeros() {
+        let (total, targets) = sum_up(vec![(0, tally(3, 3, 200, 100))], 2);
+        assert_eq!(total.requests, 3);
+        assert_eq!(targets[1].requests, 0);
+        assert!(targets[1].latencies.is_empty());
+    }
+
+    /// `HttpArgs` on a command line of its own.
+    fn parse_args(args: &[&str]) -> HttpArgs {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            http: HttpArgs,
+        }
+        let argv = std::iter::once("bench-http").chain(args.iter().copied());
+        <Cli as clap::Parser>::try_parse_from(argv)
+            .expect("valid arguments")
+            .http
+    }
+
+    #[test]
+    fn several_urls_are_a_comma_separated_list_or_a_repeated_flag() {
+        let one = parse_args(&["--url", "http://127.0.0.1:18081"]);
+        assert_eq!(one.url, ["http://127.0.0.1:18081"]);
+        let listed = parse_args(&["--url", "http://127.0.0.1:18081,http://127.0.0.1:18082"]);
+        let repeated = parse_args(&[
+            "--url",
+            "http://127.0.0.1:18081",
+            "--url=http://127.0.0.1:18082",
+        ]);
+        assert_eq!(
+            listed.url,
+            ["http://127.0.0.1:18081", "http://127.0.0.1:18082"]
+        );
+        assert_eq!(repeated.url, listed.url);
+        let both = parse_args(&["--url", "http://a:1,http://b:2", "--url", "http://c:3"]);
+        assert_eq!(both.url, ["http://a:1", "http://b:2", "http://c:3"]);
     }
 
     #[test]

@@ -159,6 +159,112 @@ pub(crate) struct HttpSummary {
     pub status_codes: BTreeMap<u16, u64>,
     /// Distinct errors and how often each happened.
     pub errors: BTreeMap<String, u64>,
+    /// The same counts per target, in `--url` order; they add up to the totals above.
+    pub targets: Vec<TargetSummary>,
+}
+
+/// What one target of `bench http` got: its share of the totals, so that a slow or failing
+/// replica shows on its own line instead of disappearing into the average.
+#[derive(Clone, Debug)]
+pub(crate) struct TargetSummary {
+    /// The target's base URL.
+    pub url: String,
+    /// Connections dealt to it.
+    pub connections: usize,
+    /// Requests its connections sent, and how many of them succeeded.
+    pub requests: u64,
+    pub successes: u64,
+    /// Latencies in microseconds.
+    pub latencies: Histogram<u64>,
+    /// Responses by status code (0: no response).
+    pub status_codes: BTreeMap<u16, u64>,
+    /// Distinct errors and how often each happened.
+    pub errors: BTreeMap<String, u64>,
+}
+
+impl TargetSummary {
+    /// Share of its requests that succeeded.
+    pub(crate) fn success_ratio(&self) -> f64 {
+        ratio(self.successes, self.requests)
+    }
+
+    /// Its lines of the text report; `n` counts from 1.
+    fn text(&self, n: usize, out: &mut String) {
+        line(
+            out,
+            &format!("Target {n}"),
+            "[url, connections]",
+            &format!("{}, {}", self.url, self.connections),
+        );
+        line(
+            out,
+            "  Requests",
+            "[total, successes, ratio]",
+            &format!(
+                "{}, {}, {:.2}%",
+                self.requests,
+                self.successes,
+                self.success_ratio() * 100.0
+            ),
+        );
+        let l = Latencies::of(&self.latencies);
+        let values = [l.p50, l.p99, l.max].map(|v| micros(v as f64));
+        line(out, "  Latencies", "[50, 99, max]", &values.join(", "));
+        line(
+            out,
+            "  Codes",
+            "[code:count]",
+            &codes_text(&self.status_codes),
+        );
+        if !self.errors.is_empty() {
+            let errors: Vec<String> = self
+                .errors
+                .iter()
+                .map(|(error, count)| format!("{error} (×{count})"))
+                .collect();
+            line(out, "  Errors", "[error (×count)]", &errors.join("; "));
+        }
+    }
+
+    /// The same numbers as a JSON object.
+    fn json(&self) -> Value {
+        json!({
+            "url": self.url,
+            "connections": self.connections,
+            "requests": self.requests,
+            "successes": self.successes,
+            "success_ratio": self.success_ratio(),
+            "latencies_us": Latencies::of(&self.latencies).json(),
+            "status_codes": codes_json(&self.status_codes),
+            "errors": errors_json(&self.errors),
+        })
+    }
+}
+
+/// Status codes as `200:900  404:90`.
+fn codes_text(codes: &BTreeMap<u16, u64>) -> String {
+    let codes: Vec<String> = codes
+        .iter()
+        .map(|(code, count)| format!("{code}:{count}"))
+        .collect();
+    codes.join("  ")
+}
+
+/// Status codes as a JSON object keyed by the code.
+fn codes_json(codes: &BTreeMap<u16, u64>) -> Value {
+    let codes: serde_json::Map<String, Value> = codes
+        .iter()
+        .map(|(code, count)| (code.to_string(), json!(count)))
+        .collect();
+    Value::Object(codes)
+}
+
+/// An error set as a JSON array of `{error, count}`.
+fn errors_json(errors: &BTreeMap<String, u64>) -> Value {
+    errors
+        .iter()
+        .map(|(error, count)| json!({ "error": error, "count": count }))
+        .collect()
 }
 
 impl HttpSummary {
@@ -236,31 +342,29 @@ impl HttpSummary {
             "[ratio]",
             &format!("{:.2}%", self.success_ratio() * 100.0),
         );
-        let codes: Vec<String> = self
-            .status_codes
-            .iter()
-            .map(|(code, count)| format!("{code}:{count}"))
-            .collect();
-        line(&mut out, "Status Codes", "[code:count]", &codes.join("  "));
+        line(
+            &mut out,
+            "Status Codes",
+            "[code:count]",
+            &codes_text(&self.status_codes),
+        );
         out.push_str("Error Set:\n");
         for (error, count) in &self.errors {
             let _ = writeln!(out, "{error} (×{count})");
+        }
+        // With one target the breakdown would only repeat the totals: the report stays as it was.
+        if self.targets.len() > 1 {
+            for (n, target) in self.targets.iter().enumerate() {
+                target.text(n + 1, &mut out);
+            }
         }
         out
     }
 
     /// The same numbers as one JSON object (latencies in microseconds, durations in seconds).
+    /// `targets` is there for one target too, so that a reader needs no special case.
     pub(crate) fn json(&self) -> Value {
-        let codes: serde_json::Map<String, Value> = self
-            .status_codes
-            .iter()
-            .map(|(code, count)| (code.to_string(), json!(count)))
-            .collect();
-        let errors: Vec<Value> = self
-            .errors
-            .iter()
-            .map(|(error, count)| json!({ "error": error, "count": count }))
-            .collect();
+        let targets: Vec<Value> = self.targets.iter().map(TargetSummary::json).collect();
         json!({
             "requests": self.requests,
             "rate": round2(self.rate()),
@@ -270,8 +374,9 @@ impl HttpSummary {
             "send_lag_us": self.send_lag.as_ref().map(|h| Latencies::of(h).json()),
             "bytes_in": { "total": self.bytes_in, "mean": round2(self.mean_bytes_in()) },
             "success_ratio": self.success_ratio(),
-            "status_codes": codes,
-            "errors": errors,
+            "status_codes": codes_json(&self.status_codes),
+            "errors": errors_json(&self.errors),
+            "targets": targets,
         })
     }
 }
@@ -548,6 +653,60 @@ mod tests {
             bytes_in: 850_000,
             status_codes: BTreeMap::from([(0, 10), (200, 900), (404, 90)]),
             errors: BTreeMap::from([("connect: Connection refused (os error 111)".to_owned(), 10)]),
+            targets: vec![target(
+                "http://127.0.0.1:8080",
+                64,
+                (1000, 990),
+                1..=1000,
+                &[(0, 10), (200, 900), (404, 90)],
+            )],
+        }
+    }
+
+    fn target(
+        url: &str,
+        connections: usize,
+        (requests, successes): (u64, u64),
+        latencies: impl IntoIterator<Item = u64>,
+        codes: &[(u16, u64)],
+    ) -> TargetSummary {
+        let errors = codes
+            .iter()
+            .filter(|(code, _)| *code == 0)
+            .map(|(_, n)| ("connect: Connection refused (os error 111)".to_owned(), *n))
+            .collect();
+        TargetSummary {
+            url: url.to_owned(),
+            connections,
+            requests,
+            successes,
+            latencies: histogram_of(latencies),
+            status_codes: codes.iter().copied().collect(),
+            errors,
+        }
+    }
+
+    /// Two replicas: a healthy one, and one that is 5 times slower and refused some connections.
+    /// (Latencies below 2048 µs, which the histogram holds exactly.)
+    fn two_targets() -> HttpSummary {
+        HttpSummary {
+            targets: vec![
+                target(
+                    "http://127.0.0.1:18081",
+                    32,
+                    (600, 600),
+                    1..=600,
+                    &[(200, 540), (404, 60)],
+                ),
+                target(
+                    "http://127.0.0.1:18082",
+                    32,
+                    (400, 390),
+                    (1..=400).map(|us| us * 5),
+                    &[(0, 10), (200, 360), (404, 30)],
+                ),
+            ],
+            ..summary()
         }
     }
 
@@ -589,6 +748,47 @@ connect: Connection refused (os error 111) (×10)
         assert_eq!(j["success_ratio"], 0.99);
         assert_eq!(j["errors"][0]["count"], 10);
         assert_eq!(j["send_lag_us"]["max"], 30);
+    }
+
+    #[test]
+    fn with_several_targets_the_text_report_ends_with_a_block_per_target() {
+        let text = two_targets().text();
+        let (totals, breakdown) = text.split_once("Target 1").expect("a block per target");
+        assert_eq!(
+            totals,
+            summary().text(),
+            "the totals are laid out as before"
+        );
+        let expected = "\
+Target 1      [url, connections]                      http://127.0.0.1:18081, 32
+  Requests    [total, successes, ratio]               600, 600, 100.00%
+  Latencies   [50, 99, max]                           300µs, 594µs, 600µs
+  Codes       [code:count]                            200:540  404:60
+Target 2      [url, connections]                      http://127.0.0.1:18082, 32
+  Requests    [total, successes, ratio]               400, 390, 97.50%
+  Latencies   [50, 99, max]                           1.000ms, 1.980ms, 2.000ms
+  Codes       [code:count]                            0:10  200:360  404:30
+  Errors      [error (×count)]                        connect: Connection refused (os error 111) (×10)
+";
+        assert_eq!(format!("Target 1{breakdown}"), expected);
+    }
+
+    #[test]
+    fn the_json_report_lists_every_target_with_its_own_numbers() {
+        let j = two_targets().json();
+        let targets = j["targets"].as_array().expect("an array");
+        assert_eq!(targets.len(), 2);
+        assert_eq!(targets[0]["url"], "http://127.0.0.1:18081");
+        assert_eq!(targets[0]["connections"], 32);
+        assert_eq!(targets[0]["requests"], 600);
+        assert_eq!(targets[0]["success_ratio"], 1.0);
+        assert_eq!(targets[0]["errors"], json!([]));
+        assert_eq!(targets[1]["successes"], 390);
+        assert_eq!(targets[1]["latencies_us"]["p99"], 1980);
+        assert_eq!(targets[1]["status_codes"]["0"], 10);
+        assert_eq!(targets[1]["errors"][0]["count"], 10);
+        // One target: the same `targets` array, with the totals' numbers.
+        assert_eq!(summary().json()["targets"][0]["requests"], 1000);
     }
 
     fn ingest(mode: &'static str) -> IngestSummary {
