@@ -1,6 +1,8 @@
 mod bad_messages;
 mod bounded_cache;
 mod browser;
+mod cluster;
+mod cluster_harness;
 mod connections;
 mod duplicates;
 mod durability;
