@@ -2,6 +2,8 @@ mod bad_messages;
 mod bench_http;
 mod bounded_cache;
 mod browser;
+mod cluster;
+mod cluster_harness;
 mod connections;
 mod duplicates;
 mod durability;

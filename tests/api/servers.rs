@@ -51,6 +51,21 @@ pub fn free_port() -> u16 {
     crate::helpers::closed_port()
 }
 
+/// `count` distinct free TCP ports on 127.0.0.1: all are bound at once before any is let go, so
+/// none is handed out twice (unlike `count` calls of `free_port`). The same caveat holds: another
+/// process may take one before the server binds it.
+pub fn free_ports(count: usize) -> Vec<u16> {
+    let listeners: Vec<std::net::TcpListener> = (0..count)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0").expect("cannot bind a port on 127.0.0.1")
+        })
+        .collect();
+    listeners
+        .iter()
+        .map(|listener| listener.local_addr().expect("a bound address").port())
+        .collect()
+}
+
 /// A directory of the test's own under the system's temporary directory; dropping it removes it
 /// with everything in it.
 #[derive(Debug)]
@@ -141,7 +156,8 @@ fn new_ca(name: &str) -> (String, CertifiedIssuer<'static, KeyPair>) {
     (ca.pem(), ca)
 }
 
-fn write(path: &Path, contents: &str) {
+/// Writes a file of the test's own; panics naming it if it cannot.
+pub fn write(path: &Path, contents: &str) {
     fs::write(path, contents).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
 }
 
@@ -616,7 +632,7 @@ impl Drop for OwnNats {
 }
 
 /// Debian's nats-server (the 2.9 the service is built for), else whichever is on the PATH.
-fn nats_server_program() -> PathBuf {
+pub fn nats_server_program() -> PathBuf {
     let debian = PathBuf::from("/usr/sbin/nats-server");
     if debian.exists() {
         debian
