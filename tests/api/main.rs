@@ -4,6 +4,7 @@ mod bounded_cache;
 mod browser;
 mod cluster;
 mod cluster_harness;
+mod cluster_replicas;
 mod connections;
 mod duplicates;
 mod durability;

@@ -132,3 +132,41 @@ fn logs_say_restored_afresh(logs: &[String]) -> bool {
     logs.iter()
         .any(|line| line.contains("restoring the cache afresh"))
 }
+
+#[test]
+fn orders_of_a_replica_that_died_between_commit_and_fan_out_reach_every_other_replica() {
+    // Arrange: replicas A and C, and B, which aborts right after its first commit, before it
+    // publishes to the changelog or acks (a test hook).
+    let app = spawn_app();
+    let third = Serving::start(app.serve_command::<&str>(&[]), &app.suffix);
+    let mut doomed = app.serve_command::<&str>(&[]);
+    doomed
+        .env("ORDERSVC_TEST_ABORT_BEFORE_FANOUT", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut doomed = doomed.spawn().expect("cannot start replica B");
+    let (a, c): (Get, Get) = (&|path| app.get(path), &|path| third.get(path));
+    // B must be consuming before the orders come, so that it pulls a batch of them.
+    app.wait_until(
+        |app| app.consumer_info().num_waiting >= 3,
+        "three replicas pulling from the consumer",
+    );
+    let orders = generated_orders(&format!("abort-{}", app.suffix), 2_000);
+
+    // Act
+    app.publish_many(with_ids(&orders));
+    let status = doomed.wait().expect("replica B ends");
+
+    // Assert: B died of its hook; its batch is stored, and it reaches A and C anyway (once
+    // redelivered after the ack wait, whoever gets it finds it stored, fans it out, then acks).
+    assert!(!status.success(), "replica B did not abort: {status}");
+    app.wait_until(|app| app.orders_count() == 2_000, "2,000 orders stored");
+    wait_until_cached("A", a, 2_000);
+    wait_until_cached("C", c, 2_000);
+    for (name, get) in [("A", a), ("C", c)] {
+        for (uid, order) in &orders {
+            let (status, _, body) = get(&format!("/order/{uid}"));
+            assert_eq!((status, &body), (200, order), "replica {name}, {uid}");
+        }
+    }
+}

@@ -367,6 +367,7 @@ impl Ingest {
         self.metrics.batch_size.observe(incoming.len() as f64);
 
         // Committed; the other replicas must have the orders before the messages may go.
+        crash_here_if_testing();
         if !written.to_cache.is_empty() {
             self.fan_out(&written.to_cache, &messages, shutdown).await?;
         }
@@ -528,6 +529,17 @@ impl Ingest {
                 Err(TrySendError::Disconnected(_)) => return Err(BatchError::CacheGone),
             }
         }
+    }
+}
+
+/// The fault the replica tests inject: with `ORDERSVC_TEST_ABORT_BEFORE_FANOUT` set, the process
+/// aborts (no unwinding, no acks, no cleanup, as `kill -9` would) right after its first commit,
+/// before the fan-out. For tests only; nothing reads it otherwise.
+fn crash_here_if_testing() {
+    static ABORT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *ABORT.get_or_init(|| std::env::var_os("ORDERSVC_TEST_ABORT_BEFORE_FANOUT").is_some()) {
+        eprintln!("ORDERSVC_TEST_ABORT_BEFORE_FANOUT: aborting between commit and fan-out");
+        std::process::abort();
     }
 }
 
