@@ -849,6 +849,19 @@ impl TestApp {
             .expect("cannot delete the changelog stream");
     }
 
+    /// Purges the service's changelog stream: it keeps its sequence numbers but no message.
+    pub fn purge_changelog(&self) {
+        let name = changelog::stream_name(&self.stream, &self.durable);
+        self.rt
+            .block_on(async {
+                let stream = self.js.get_stream(&name).await?;
+                stream.purge().await.map(|_| ()).map_err(Into::into)
+            })
+            .unwrap_or_else(|e: Box<dyn std::error::Error + Send + Sync>| {
+                panic!("cannot purge the changelog stream: {e}")
+            });
+    }
+
     /// Deletes a stream made by `take_subject_with_another_stream`.
     pub fn delete_other_stream(&self, name: &str) {
         self.rt
@@ -1198,5 +1211,14 @@ impl Serving {
     /// Every line the service has logged so far.
     pub fn logs(&self) -> Vec<String> {
         self.logs.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, ...) to the service with kill(1).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .expect("cannot run kill");
+        assert!(status.success(), "kill -{signal} failed");
     }
 }

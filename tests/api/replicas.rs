@@ -170,3 +170,34 @@ fn orders_of_a_replica_that_died_between_commit_and_fan_out_reach_every_other_re
         }
     }
 }
+
+#[test]
+fn a_replica_behind_a_purge_of_the_changelog_restores_afresh_and_ends_complete() {
+    // Arrange: replica B frozen (SIGSTOP) while A stores orders and fans them out, then the
+    // changelog is purged: what B needs next is gone.
+    let app = spawn_app();
+    let second = Serving::start(app.serve_command::<&str>(&[]), &app.suffix);
+    let (a, b): (Get, Get) = (&|path| app.get(path), &|path| second.get(path));
+    second.signal("STOP");
+    let orders = generated_orders(&format!("purge-{}", app.suffix), 500);
+    app.publish_many(with_ids(&orders));
+    // A alone is pulling: it stores them all and publishes them to the changelog.
+    app.wait_until(|app| app.orders_count() == 500, "500 orders stored");
+    wait_until_cached("A", a, 500);
+    app.purge_changelog();
+
+    // Act
+    second.signal("CONT");
+
+    // Assert: B finds the gap, restores afresh, and holds and serves every order.
+    wait_until_cached("B", b, 500);
+    assert!(
+        logs_say_restored_afresh(&second.logs()),
+        "replica B never restored afresh"
+    );
+    for (uid, order) in &orders {
+        let (status, _, body) = b(&format!("/order/{uid}"));
+        assert_eq!((status, &body), (200, order), "replica B, {uid}");
+    }
+    assert_eq!(b("/readyz/reads").0, 200);
+}
