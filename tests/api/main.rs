@@ -18,6 +18,7 @@ mod orders_list;
 mod page;
 mod proxy;
 mod publish_command;
+mod publish_failover;
 mod readers;
 mod readiness;
 mod replay;

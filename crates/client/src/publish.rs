@@ -11,7 +11,7 @@ use color_eyre::eyre::{bail, Result, WrapErr};
 use serde::Deserialize;
 
 use crate::generate;
-use crate::publisher::{self, Outcome, Pipeline, PublishSummary};
+use crate::publisher::{self, Outcome, Pipeline, PublishSummary, RetryArgs};
 use crate::samples::SAMPLES;
 use ordersvc_service::bus;
 use ordersvc_service::config::NatsArgs;
@@ -36,6 +36,9 @@ pub struct PublishArgs {
     /// Publish acks awaited at once (the pipelining window).
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub in_flight: u32,
+    /// How long each message may be retried.
+    #[command(flatten)]
+    pub retry: RetryArgs,
     /// Publish N generated valid orders (1 to 20 items, ids `bench-<seed>-<n>`) instead of files.
     #[arg(long, value_name = "N", conflicts_with_all = ["files", "lines"])]
     pub generate: Option<u64>,
@@ -71,10 +74,7 @@ pub fn run(args: PublishArgs) -> Result<()> {
             runtime.block_on(publish(&args, messages.len() as u64, messages))?
         }
     };
-    println!(
-        "published {}, duplicates dropped by the server {}, failed {}",
-        summary.published, summary.duplicates, summary.failed
-    );
+    println!("{summary}");
     if summary.failed > 0 {
         bail!("{} message(s) could not be published", summary.failed);
     }
@@ -122,7 +122,8 @@ async fn publish(
 ) -> Result<PublishSummary> {
     let client = bus::connect(&args.nats, "ordersvc publish").await?;
     let js = jetstream::new(client);
-    bus::ensure_stream(&js, &args.nats).await?;
+    let stream = bus::ensure_stream(&js, &args.nats).await?;
+    let last_sequence = stream.cached_info().state.last_sequence;
     let progress = publisher::progress_bar(count, PROGRESS_FROM);
     let report = |outcome: Outcome<String>| {
         if let Err(failure) = &outcome.result {
@@ -130,7 +131,9 @@ async fn publish(
         }
     };
     let mut pipeline = Pipeline::new(js, &args.nats.subject, args.in_flight as usize, report)
-        .with_progress(progress.clone());
+        .with_progress(progress.clone())
+        .with_publish_timeout(args.retry.publish_timeout)
+        .with_last_sequence_before(last_sequence);
     for (label, payload) in messages {
         let id = message_id(&payload);
         pipeline
@@ -187,6 +190,9 @@ mod tests {
             files: vec![file],
             lines: true,
             in_flight: 1,
+            retry: RetryArgs {
+                publish_timeout: std::time::Duration::from_secs(1),
+            },
             generate: None,
             seed: None,
         };

@@ -12,7 +12,7 @@ use futures::StreamExt;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::publisher::{self, Outcome, Pipeline, Watermark};
+use crate::publisher::{self, Outcome, Pipeline, RetryArgs, Watermark};
 use ordersvc_service::bus;
 use ordersvc_service::config::{DbArgs, NatsArgs};
 use ordersvc_service::order::Order;
@@ -42,6 +42,9 @@ pub struct ReplayArgs {
     /// Publish acks awaited at once (the pipelining window).
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub in_flight: u32,
+    /// How long each order may be retried.
+    #[command(flatten)]
+    pub retry: RetryArgs,
 }
 
 fn parse_date(s: &str) -> Result<OffsetDateTime, String> {
@@ -111,10 +114,13 @@ async fn replay(args: ReplayArgs) -> Result<()> {
     } else {
         let client = bus::connect(&args.nats, "ordersvc replay-from-db").await?;
         let js = jetstream::new(client);
-        bus::ensure_stream(&js, &args.nats).await?;
+        let stream = bus::ensure_stream(&js, &args.nats).await?;
+        let last_sequence = stream.cached_info().state.last_sequence;
         Some(
             Pipeline::new(js, &args.nats.subject, args.in_flight as usize, on_outcome)
-                .with_progress(progress.clone()),
+                .with_progress(progress.clone())
+                .with_publish_timeout(args.retry.publish_timeout)
+                .with_last_sequence_before(last_sequence),
         )
     };
 
@@ -186,10 +192,7 @@ async fn replay(args: ReplayArgs) -> Result<()> {
         timing.publishing.as_secs_f64()
     );
     if let Some(summary) = summary {
-        println!(
-            "published {}, duplicates dropped by the server {}, failed {}",
-            summary.published, summary.duplicates, summary.failed
-        );
+        println!("{summary}");
         if summary.failed > 0 || was_interrupted {
             match resume.last() {
                 Some(uid) => {

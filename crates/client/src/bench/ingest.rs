@@ -33,7 +33,7 @@ use super::report::{self, IngestSummary};
 use super::{parse_ratio, DEFAULT_URL};
 use crate::child::{self, OnDrop, ServeProcess, ServeSettings, Stopped};
 use crate::generate::{self, Rng};
-use crate::publisher::{Outcome, Pipeline};
+use crate::publisher::{Outcome, Pipeline, RetryArgs};
 use ordersvc_service::bus;
 use ordersvc_service::config::{self, DbArgs, NatsArgs, DEFAULT_DURABLE};
 
@@ -76,7 +76,8 @@ pub struct IngestArgs {
     #[arg(long, env = "ORDERSVC_BENCH_INVALID_RATIO", default_value = "0", value_parser = parse_ratio)]
     pub invalid_ratio: f64,
     /// Share of messages (0 to 1) that repeat an earlier valid order, without `Nats-Msg-Id`, so that
-    /// the service's own duplicate detection sees them.
+    /// the service's own duplicate detection sees them. Without an id, a repeat whose ack was lost
+    /// can be stored twice by its retry.
     #[arg(long, env = "ORDERSVC_BENCH_DUPLICATE_RATIO", default_value = "0", value_parser = parse_ratio)]
     pub duplicate_ratio: f64,
     /// live: the service is running and ingests while this publishes; backlog: publish everything
@@ -93,6 +94,9 @@ pub struct IngestArgs {
     /// Publish acks awaited at once (the pipelining window).
     #[arg(long, env = "ORDERSVC_BENCH_IN_FLIGHT", default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub in_flight: u32,
+    /// How long each message may be retried.
+    #[command(flatten)]
+    pub retry: RetryArgs,
     /// Give up when no watched order has become visible for this long (and, in backlog mode,
     /// when the service is not ready within it). E.g. 60s, 2m (a bare number is seconds).
     #[arg(long, env = "ORDERSVC_BENCH_STALL_TIMEOUT", default_value = "60s", value_parser = config::parse_duration)]
@@ -443,6 +447,7 @@ fn summary(
         acked: published.acked,
         failed: published.failed,
         server_duplicates: published.server_duplicates,
+        retried: published.retried,
         publish_time: published
             .last_ack_at
             .saturating_duration_since(published.first_at),
@@ -491,6 +496,7 @@ struct Published {
     acked: u64,
     failed: u64,
     server_duplicates: u64,
+    retried: u64,
     errors: BTreeMap<String, u64>,
 }
 
@@ -505,7 +511,8 @@ async fn publish(
 ) -> Result<Published> {
     let client = bus::connect(&args.nats, "ordersvc bench ingest").await?;
     let js = jetstream::new(client.clone());
-    bus::ensure_stream(&js, &args.nats).await?;
+    let stream = bus::ensure_stream(&js, &args.nats).await?;
+    let last_sequence = stream.cached_info().state.last_sequence;
 
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     let on_outcome = |outcome: Outcome<Option<Sample>>| match outcome.result {
@@ -520,7 +527,9 @@ async fn publish(
     };
     let first_at = Instant::now();
     let mut pipeline = Pipeline::new(js, &args.nats.subject, args.in_flight as usize, on_outcome)
-        .with_progress(bar.clone());
+        .with_progress(bar.clone())
+        .with_publish_timeout(args.retry.publish_timeout)
+        .with_last_sequence_before(last_sequence);
     let mut valid_so_far: Vec<u64> = Vec::new();
     for (n, &kind) in (0u64..).zip(&plan.kinds) {
         let mut payload = Vec::with_capacity(4096);
@@ -569,6 +578,7 @@ async fn publish(
         acked: counts.acked(),
         failed: counts.failed,
         server_duplicates: counts.duplicates,
+        retried: counts.retried,
         errors,
     })
 }
@@ -816,6 +826,9 @@ mod tests {
             seed: None,
             sample_every: every,
             in_flight: 1,
+            retry: RetryArgs {
+                publish_timeout: Duration::from_secs(1),
+            },
             stall_timeout: Duration::from_secs(1),
             serve_args: Vec::new(),
             json: false,

@@ -398,6 +398,8 @@ pub(crate) struct IngestSummary {
     pub server_duplicates: u64,
     /// Messages that were not acknowledged.
     pub failed: u64,
+    /// Messages sent more than once (a publish or ack failed in a way that can pass).
+    pub retried: u64,
     /// From the first publish to the last ack.
     pub publish_time: Duration,
     /// Live: from the first publish to the last valid order visible over HTTP.
@@ -478,6 +480,9 @@ impl IngestSummary {
                 self.publish_rate()
             ),
         );
+        if self.retried > 0 {
+            line(&mut out, "Retried", "[messages]", &self.retried.to_string());
+        }
         if self.mode == "live" {
             line(
                 &mut out,
@@ -551,6 +556,7 @@ impl IngestSummary {
             "messages": { "total": self.messages, "valid": self.valid, "invalid": self.invalid, "duplicates": self.duplicates },
             "publish": {
                 "acked": self.acked, "dropped_repeats": self.server_duplicates, "failed": self.failed,
+                "retried": self.retried,
                 "time_s": self.publish_time.as_secs_f64(), "rate": round2(self.publish_rate()),
             },
             "visible": { "watched": self.sampled, "seen": self.seen, "missing": self.missing },
@@ -802,6 +808,7 @@ Target 2      [url, connections]                      http://127.0.0.1:18082, 32
             acked: 1000,
             server_duplicates: 0,
             failed: 0,
+            retried: 0,
             publish_time: Duration::from_millis(250),
             end_to_end: Some(Duration::from_millis(500)),
             spawn_to_ready: Some(Duration::from_millis(300)),
@@ -843,6 +850,7 @@ Target 2      [url, connections]                      http://127.0.0.1:18082, 32
         );
         assert!(text.contains("Ack→visible   [min, mean, 50, 90, 95, 99, 99.9, max]  1.000ms, 1.500ms, 1.500ms, 2.000ms, 2.000ms, 2.000ms, 2.000ms, 2.000ms\n"), "{text}");
         assert!(!text.contains("Drain"), "{text}");
+        assert!(!text.contains("Retried"), "{text}");
         let j = ingest("live").json();
         assert_eq!(j["end_to_end"]["orders_per_s"], 1800.0);
         assert_eq!(j["ack_to_visible_us"]["p50"], 1500);
@@ -860,5 +868,19 @@ Target 2      [url, connections]                      http://127.0.0.1:18082, 32
         let j = ingest("backlog").json();
         assert_eq!(j["drain"]["orders_per_s"], 9000.0);
         assert_eq!(j["spawn_to_ready_s"], 0.3);
+    }
+
+    #[test]
+    fn the_ingest_report_shows_retries_when_there_were_some() {
+        let s = IngestSummary {
+            retried: 12,
+            ..ingest("live")
+        };
+        let text = s.text();
+        assert!(
+            text.contains("Retried       [messages]                              12\n"),
+            "{text}"
+        );
+        assert_eq!(s.json()["publish"]["retried"], 12);
     }
 }
