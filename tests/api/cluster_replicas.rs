@@ -268,3 +268,55 @@ fn a_replica_started_while_the_others_ingest_is_ready_for_reads_only_with_what_w
     service.wait_until(|| service.stored() == 10_000, "10,000 orders stored");
     service.assert_every_replica_serves(&orders);
 }
+
+/// New orders a replica stored itself, from its `/metrics`.
+fn stored_by(replica: &Serving) -> f64 {
+    let text = String::from_utf8(replica.get("/metrics").2).expect("the metrics are UTF-8");
+    text.lines()
+        .filter(|line| {
+            line.starts_with("ordersvc_messages_total{") && line.contains("outcome=\"stored\"")
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn three_replicas_on_a_fresh_cluster_each_take_a_share_of_the_ingest() {
+    // Arrange: the first replica creates the R3 stream and the consumer while the cluster is
+    // still electing their leaders; a pull request sent then can be lost for good.
+    let service = Service::start(3);
+    let mut orders = Vec::new();
+
+    // Act: orders in lots of 500 until every replica has stored some (bounded).
+    let shares =
+        |service: &Service| -> Vec<f64> { (0..3).map(|i| stored_by(service.replica(i))).collect() };
+    for lot in 0..40 {
+        let more = generated_orders(&format!("share{lot}-{}", service.names.suffix), 500);
+        let published = publish_through(&service.cluster.url(0), &service.names.subject, &more);
+        assert!(published.is_ok(), "{published:?}");
+        orders.extend(more);
+        let total = orders.len() as i64;
+        service.wait_until(|| service.stored() == total, "every lot stored");
+        if shares(&service).iter().all(|&n| n > 0.0) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // Assert: each replica pulled a share (a lost pull is noticed by its missing heartbeats and
+    // the subscription made again), and all hold and serve everything.
+    let shares = shares(&service);
+    assert!(
+        shares.iter().all(|&n| n > 0.0),
+        "stored by each replica: {shares:?}"
+    );
+    assert_eq!(
+        shares.iter().sum::<f64>(),
+        orders.len() as f64,
+        "{shares:?}"
+    );
+    service.assert_every_replica_serves(&orders);
+    for i in 0..3 {
+        assert_eq!(service.replica(i).get("/readyz").0, 200, "replica {i}");
+    }
+}

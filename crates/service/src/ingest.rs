@@ -31,8 +31,9 @@ use crate::store::Store;
 /// Backoff between retries while PostgreSQL or NATS is unavailable.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// The pull stream's idle heartbeat: a silent server is noticed within two of these.
-const HEARTBEAT: Duration = Duration::from_secs(5);
+/// The pull stream's idle heartbeat: a silent server, or a pull request it lost (a consumer
+/// leader elected meanwhile), is noticed within two of these, and the subscription rebuilt.
+const HEARTBEAT: Duration = Duration::from_secs(2);
 /// While a batch is being retried, how often its messages are reported in progress (well within
 /// the consumer's ack wait, so the server never redelivers them to someone else meanwhile).
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
@@ -236,12 +237,17 @@ impl Ingest {
                             }
                         }
                     }
-                    // The stream itself recovers from a missed heartbeat (e.g. a NATS restart).
+                    // No heartbeat: the server holds no pull request of ours any more (one sent
+                    // while the consumer had no leader, on a cluster, is lost for good). The
+                    // pull stream does not always recover by itself: subscribe again.
                     Next::StreamFailed(e)
                         if e.kind() == pull::MessagesErrorKind::MissingHeartbeat =>
                     {
-                        warn!("missed heartbeats from NATS");
+                        warn!("missed heartbeats from NATS; subscribing again");
                         self.subscription.set(Some("missed heartbeats".into()));
+                        subscription.release().await;
+                        sleep_or_shutdown(&mut backoff, &shutdown).await;
+                        break;
                     }
                     Next::StreamFailed(e) => {
                         warn!(error = %e, "the message stream failed; subscribing again");
