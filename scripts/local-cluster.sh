@@ -6,6 +6,7 @@
 #   scripts/local-cluster.sh status             each node and replica: pid, port, alive, health
 #   scripts/local-cluster.sh kill-node N        SIGKILL NATS node N (1-3), like a crash
 #   scripts/local-cluster.sh start-node N       start node N again on its data; wait until it rejoined
+#                                               and is a current peer of every stream again
 #   scripts/local-cluster.sh kill-replica N     SIGKILL replica N, like a crash
 #   scripts/local-cluster.sh start-replica N    start replica N again; wait until /readyz is 200
 #   scripts/local-cluster.sh down [--purge]     stop the replicas, then the nodes; --purge also
@@ -260,6 +261,46 @@ wait_node() {
     echo "NATS node $n ready"
 }
 
+# Waits until node N is a current peer of every stream it belongs to, as each stream's leader
+# sees it: /healthz?js-server-only (wait_node) is 200 as soon as the node is current with the
+# meta leader, seconds before it has caught up with the streams it missed. Needs jq; without it
+# only wait_node's wait is done.
+wait_node_current() {
+    local n=$1 i view views behind deadline
+    command -v jq >/dev/null || {
+        echo "NATS node $n: no jq to check that its streams caught up; \`status\` shows it"
+        return 0
+    }
+    deadline=$((SECONDS + TIMEOUT))
+    while :; do
+        views=()
+        for i in $(seq 1 "$(node_count)"); do
+            view=$(curl -fsS --max-time 2 "http://127.0.0.1:$(nth "$MONITOR_PORTS" "$i")/jsz?accounts=true&streams=true" 2>/dev/null) || continue
+            views+=("{\"self\":\"local-n$i\",\"jsz\":$view}")
+        done
+        # Streams whose leader lists node N as a peer that is not current, or that have no
+        # leader yet (an election after the node's absence); none means caught up.
+        if ((${#views[@]} == 0)); then
+            behind="(no node answers)"
+        else
+            behind=$(printf '%s\n' "${views[@]}" | jq -rs --arg me "local-n$n" '
+                [.[] | .self as $self | .jsz.account_details // [] | .[] | .stream_detail // [] | .[]
+                 | . + {self: $self}] | group_by(.name) | .[]
+                 | (map(select(.cluster.leader == .self)) | first) as $led
+                 | if $led == null then .[0].name
+                   elif ([$led.cluster.replicas // [] | .[] | select(.name == $me and (.current | not))]
+                         | length) > 0 then $led.name
+                   else empty end' | paste -sd ' ')
+        fi
+        [[ -z $behind ]] && break
+        if ((SECONDS >= deadline)); then
+            die "NATS node $n is up but not yet current in: $behind after ${TIMEOUT}s (see \`status\`)"
+        fi
+        sleep 0.5
+    done
+    echo "NATS node $n current in every stream"
+}
+
 # Records whether the database exists before any replica creates it, so that --purge drops
 # only a database `up` made.
 note_database() {
@@ -505,6 +546,7 @@ cmd_start_node() {
     [[ -d $(node_dir "$n") ]] || die "node $n has never run here: use up"
     spawn_node "$n"
     wait_node "$n"
+    wait_node_current "$n"
 }
 
 cmd_kill_replica() {
