@@ -485,23 +485,34 @@ jetstream_summary() {
     local n views=() jsz down=""
     for n in $(seq 1 "$(node_count)"); do
         node_pid "$n" >/dev/null || down+=" local-n$n "
-        jsz=$(curl -fsS --max-time 2 "http://127.0.0.1:$(nth "$MONITOR_PORTS" "$n")/jsz?accounts=true&streams=true" 2>/dev/null) || continue
+        jsz=$(curl -fsS --max-time 2 "http://127.0.0.1:$(nth "$MONITOR_PORTS" "$n")/jsz?accounts=true&streams=true&consumers=true" 2>/dev/null) || continue
         views+=("{\"self\":\"local-n$n\",\"jsz\":$jsz}")
     done
     if ((${#views[@]} == 0)); then
         echo "JetStream: no node answers"
     elif command -v jq >/dev/null; then
         # A leader that is down is what a follower still believes before its election timeout.
+        # Replicated consumers are the durable ones (ingest's); the changelog followers' are
+        # ephemeral R1 consumers, each on one node, and are not listed.
         printf '%s\n' "${views[@]}" | jq -rs --arg down "$down" '
-            "JetStream meta leader: \([.[].jsz.meta_cluster.leader // empty][0] // "none")",
+            def mark: . as $who | if ($down | contains(" \($who) ")) then " (down: an election is due)" else "" end;
+            ([.[].jsz.meta_cluster.leader // empty][0] // "none") as $meta
+            | "JetStream meta leader: \($meta)\($meta | mark)",
             ([.[] | .self as $self | .jsz.account_details // [] | .[] | .stream_detail // [] | .[]
               | . + {self: $self}]
              | group_by(.name) | .[]
              | (map(select(.cluster.leader == .self)) + .)[0]
              | (.cluster.leader // "none") as $leader
-             | "stream \(.name): leader \($leader)\(if ($down | contains(" \($leader) ")) then " (down: an election is due)" else "" end), \(.state.messages) messages, other replicas: \(
+             | "stream \(.name): leader \($leader)\($leader | mark), \(.state.messages) messages, other replicas: \(
                  [.cluster.replicas // [] | .[] | "\(.name)\(if .current then "" else " (not current)" end)"]
-                 | if length == 0 then "none" else join(", ") end)")'
+                 | if length == 0 then "none" else join(", ") end)"),
+            ([.[] | .self as $self | .jsz.account_details // [] | .[] | .stream_detail // [] | .[]
+              | .name as $stream | .consumer_detail // [] | .[]
+              | select((.cluster.replicas // []) | length > 0) | . + {self: $self, stream: $stream}]
+             | group_by([.stream, .name]) | .[]
+             | (map(select(.cluster.leader == .self)) + .)[0]
+             | (.cluster.leader // "none") as $leader
+             | "consumer \(.stream) > \(.name): leader \($leader)\($leader | mark), \(.num_pending) pending, \(.num_ack_pending) unacked")'
     else
         echo "JetStream meta leader: $(sed -n 's/.*"meta_cluster":{[^}]*"leader":"\([^"]*\)".*/\1/p' <<<"${views[0]}")"
     fi
@@ -522,8 +533,9 @@ cmd_status() {
     for n in $(seq 1 "$(replica_count)"); do
         port=$(nth "$HTTP_PORTS" "$n")
         if pid=$(replica_pid "$n"); then alive=alive; else pid=-; alive=down; fi
-        printf 'replica %s  pid %-8s http 127.0.0.1:%s  %-5s  readyz: %s\n' \
-            "$n" "$pid" "$port" "$alive" "$(http_line "http://127.0.0.1:$port/readyz")"
+        printf 'replica %s  pid %-8s http 127.0.0.1:%s  %-5s  readyz/reads: %s  readyz: %s\n' \
+            "$n" "$pid" "$port" "$alive" "$(http_code "http://127.0.0.1:$port/readyz/reads")" \
+            "$(http_line "http://127.0.0.1:$port/readyz")"
     done
     jetstream_summary
 }
