@@ -161,6 +161,19 @@ live_pid() {
 node_pid() { live_pid "$(node_dir "$1")/nats.pid" "$(node_dir "$1")/nats.conf"; }
 replica_pid() { live_pid "$(replica_dir "$1")/serve.pid" "--http-addr 127.0.0.1:$(nth "$HTTP_PORTS" "$1")"; }
 
+# Waits (at most 5 s) until the process just started in the background has become the program
+# whose command line holds `marker`: until its exec, /proc/PID/cmdline is still this script's,
+# and live_pid would take it for a stale pid file. An exit before that is left to the caller's
+# wait, which reports it with the log.
+await_exec() {
+    local pid=$1 marker=$2 cmdline deadline=$((SECONDS + 5))
+    while alive "$pid" && ((SECONDS < deadline)); do
+        cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 0
+        [[ $cmdline == *"$marker"* ]] && return 0
+        sleep 0.05
+    done
+}
+
 # Whether something accepts connections on 127.0.0.1:PORT.
 listening() {
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
@@ -238,6 +251,7 @@ spawn_node() {
     # script has no job control, so setsid does not fork and $! is the server's pid.
     setsid "$NATS_SERVER" -c "$dir/nats.conf" </dev/null >>"$dir/nats.log" 2>&1 &
     echo $! >"$dir/nats.pid"
+    await_exec $! "$dir/nats.conf"
 }
 
 # Waits until node N is current with a JetStream meta leader (what /healthz?js-server-only
@@ -359,6 +373,7 @@ spawn_replica() {
         --nats-url "$(nats_urls)" --stream-replicas "$(node_count)" \
         --http-addr "127.0.0.1:$port" </dev/null >>"$dir/serve.log" 2>&1 &
     echo $! >"$dir/serve.pid"
+    await_exec $! "--http-addr 127.0.0.1:$port"
 }
 
 wait_replica() {
