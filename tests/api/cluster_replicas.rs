@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use sqlx::{Connection, PgConnection};
 
 use crate::cluster::{publish_through, NatsCluster};
-use crate::helpers::{generated_orders, serve_with, Reply, Serving};
+use crate::helpers::{cached_orders, generated_orders, serve_with, stored_here, Serving};
 use crate::servers::{Names, SharedDatabase};
 
 /// How long the service may take to store and spread everything after a fault.
@@ -105,7 +105,7 @@ impl Service {
         for (i, replica) in self.replicas.iter().enumerate() {
             let Some(replica) = replica else { continue };
             self.wait_until(
-                || cached(&replica.get("/readyz")) >= n,
+                || cached_orders(&replica.get("/readyz")) >= n,
                 &format!("replica {i} to hold {n} orders in memory"),
             );
             for (uid, order) in orders {
@@ -115,14 +115,6 @@ impl Service {
             assert_eq!(replica.get("/readyz/reads").0, 200, "replica {i}");
         }
     }
-}
-
-/// The cache count in a `/readyz` answer.
-fn cached(readyz: &Reply) -> u64 {
-    serde_json::from_slice::<serde_json::Value>(&readyz.2)
-        .ok()
-        .and_then(|json| json["orders"].as_u64())
-        .unwrap_or(0)
 }
 
 /// Publishes `orders` through node `via` in a thread of its own (retrying through elections,
@@ -264,7 +256,7 @@ fn a_replica_started_while_the_others_ingest_is_ready_for_reads_only_with_what_w
     // flight a second), and in the end it holds everything.
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(service.replica(2).get("/readyz/reads").0, 200);
-    let held = cached(&service.replica(2).get("/readyz"));
+    let held = cached_orders(&service.replica(2).get("/readyz"));
     assert!(
         held >= stored_before,
         "ready with {held} orders in memory, {stored_before} stored before it started"
@@ -275,17 +267,6 @@ fn a_replica_started_while_the_others_ingest_is_ready_for_reads_only_with_what_w
     service.assert_every_replica_serves(&orders);
 }
 
-/// New orders a replica stored itself, from its `/metrics`.
-fn stored_by(replica: &Serving) -> f64 {
-    let text = String::from_utf8(replica.get("/metrics").2).expect("the metrics are UTF-8");
-    text.lines()
-        .filter(|line| {
-            line.starts_with("ordersvc_messages_total{") && line.contains("outcome=\"stored\"")
-        })
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[test]
 fn three_replicas_on_a_fresh_cluster_each_take_a_share_of_the_ingest() {
     // Arrange: the first replica creates the R3 stream and the consumer while the cluster is
@@ -294,8 +275,11 @@ fn three_replicas_on_a_fresh_cluster_each_take_a_share_of_the_ingest() {
     let mut orders = Vec::new();
 
     // Act: orders in lots of 500 until every replica has stored some (bounded).
-    let shares =
-        |service: &Service| -> Vec<f64> { (0..3).map(|i| stored_by(service.replica(i))).collect() };
+    let shares = |service: &Service| -> Vec<f64> {
+        (0..3)
+            .map(|i| stored_here(&service.replica(i).get("/metrics")))
+            .collect()
+    };
     for lot in 0..40 {
         let more = generated_orders(&format!("share{lot}-{}", service.names.suffix), 500);
         let published = publish_through(&service.cluster.url(0), &service.names.subject, &more);

@@ -347,6 +347,25 @@ pub fn run_to_end(mut command: Command, stdin: &[u8]) -> Output {
     }
 }
 
+/// The count of orders in a replica's cache, from its `/readyz` answer (0 if it has none).
+pub fn cached_orders(readyz: &Reply) -> u64 {
+    serde_json::from_slice::<serde_json::Value>(&readyz.2)
+        .ok()
+        .and_then(|json| json["orders"].as_u64())
+        .unwrap_or(0)
+}
+
+/// New orders a replica stored itself, from its `/metrics` answer.
+pub fn stored_here(metrics: &Reply) -> f64 {
+    let text = std::str::from_utf8(&metrics.2).expect("the metrics are UTF-8");
+    text.lines()
+        .filter(|line| {
+            line.starts_with("ordersvc_messages_total{") && line.contains("outcome=\"stored\"")
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Both outputs of a run, for messages and for looking for secrets.
 pub fn printed(output: &Output) -> String {
     format!(

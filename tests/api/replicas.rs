@@ -4,7 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::helpers::{generated_orders, spawn_app, with_ids, Reply, Serving};
+use crate::helpers::{
+    cached_orders, generated_orders, spawn_app, stored_here, with_ids, Reply, Serving,
+};
 
 /// How long a replica may take to hold every order in memory.
 const EVENTUALLY: Duration = Duration::from_secs(60);
@@ -14,23 +16,12 @@ type Get<'a> = &'a dyn Fn(&str) -> Reply;
 
 /// `/readyz`'s count of orders in a replica's cache.
 fn cached(get: Get) -> u64 {
-    let (_, _, body) = get("/readyz");
-    let json: serde_json::Value = serde_json::from_slice(&body).expect("/readyz answers JSON");
-    json["orders"]
-        .as_u64()
-        .expect("/readyz has its orders count")
+    cached_orders(&get("/readyz"))
 }
 
-/// New orders a replica stored itself, from its `/metrics`.
+/// New orders a replica stored itself.
 fn stored_by(get: Get) -> f64 {
-    let (_, _, body) = get("/metrics");
-    let text = String::from_utf8(body).expect("the metrics are UTF-8");
-    text.lines()
-        .filter(|line| {
-            line.starts_with("ordersvc_messages_total{") && line.contains("outcome=\"stored\"")
-        })
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    stored_here(&get("/metrics"))
 }
 
 #[test]
