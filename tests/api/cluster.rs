@@ -572,13 +572,17 @@ pub fn publish_through(
                     let publish = PublishMessage::build()
                         .payload(payload.clone().into())
                         .message_id(id.as_str());
-                    acks.push((index, js.send_publish(subject.to_owned(), publish).await));
+                    let sent = js.send_publish(subject.to_owned(), publish).await;
+                    acks.push(async move {
+                        match sent {
+                            Ok(ack) => (index, ack.await.map(drop).map_err(|e| e.to_string())),
+                            Err(e) => (index, Err(e.to_string())),
+                        }
+                    });
                 }
-                for (index, sent) in acks {
-                    let acked = match sent {
-                        Ok(ack) => ack.await.map(drop).map_err(|e| e.to_string()),
-                        Err(e) => Err(e.to_string()),
-                    };
+                // Together: an ack's timeout starts when it is awaited, so awaiting them one
+                // by one turns a window the server dropped during an election into minutes.
+                for (index, acked) in futures::future::join_all(acks).await {
                     if let Err(e) = acked {
                         last_error = e;
                         failed.push(index);

@@ -631,8 +631,12 @@ impl Drop for OwnNats {
     }
 }
 
-/// Debian's nats-server (the 2.9 the service is built for), else whichever is on the PATH.
+/// `$NATS_SERVER` if set (as for scripts/local-cluster.sh), else Debian's nats-server (the 2.9
+/// the service is built for), else whichever is on the PATH.
 pub fn nats_server_program() -> PathBuf {
+    if let Some(program) = std::env::var_os("NATS_SERVER").filter(|p| !p.is_empty()) {
+        return PathBuf::from(program);
+    }
     let debian = PathBuf::from("/usr/sbin/nats-server");
     if debian.exists() {
         debian
