@@ -249,35 +249,16 @@ impl Changelog {
             let Some(chunk) = chunk else {
                 return Err(eyre!("the changelog's message stream ended"));
             };
-            let mut batch = Vec::with_capacity(chunk.len());
-            for item in chunk {
-                let message = item.wrap_err("the changelog's message stream failed")?;
-                let seq = message
-                    .info()
-                    .map_err(|e| eyre!("a changelog message without its sequence: {e}"))?
-                    .stream_sequence;
-                if seq != *next {
-                    // An ordered read that skips: the sequences in between are gone.
-                    if !batch.is_empty() {
-                        send(cache_tx, std::mem::take(&mut batch)).await?;
-                    }
-                    return Ok(Stopped::Gap(format!(
-                        "the changelog skipped from sequence {} to {seq}",
-                        *next
-                    )));
-                }
-                *next = seq + 1;
-                match entry(&message) {
-                    Some(order) => batch.push(order),
-                    // Only ingest publishes here, and only validated orders: anything else is
-                    // not ours to serve.
-                    None => {
-                        warn!(seq, changelog = %self.name, "ignored a changelog message that is not an order")
-                    }
-                }
-            }
+            let (batch, end) = read_chunk(chunk, next, &self.name);
+            // Before anything else: `next` is already past these orders, so a batch dropped here
+            // would never be read again (the next consumer starts at `next`).
             if !batch.is_empty() {
                 send(cache_tx, batch).await?;
+            }
+            match end {
+                None => {}
+                Some(ChunkEnd::Gap(gap)) => return Ok(Stopped::Gap(gap)),
+                Some(ChunkEnd::Failed(e)) => return Err(e),
             }
             if *next > target && catching_up.problem().is_some() {
                 info!(changelog = %self.name, "caught up with the changelog");
@@ -285,6 +266,70 @@ impl Changelog {
             }
         }
     }
+}
+
+/// What cut a chunk short.
+enum ChunkEnd {
+    /// The changelog skipped sequences: they are gone.
+    Gap(String),
+    /// The pull stream failed (a missed heartbeat, a lost connection): follow again from `next`.
+    Failed(color_eyre::Report),
+}
+
+/// A pulled changelog message, as the follower reads it.
+trait Pulled {
+    /// Its stream sequence.
+    fn sequence(&self) -> Result<u64>;
+    /// The order it carries, if it carries one.
+    fn order(&self) -> Option<(OrderUid, String)>;
+}
+
+impl Pulled for jetstream::Message {
+    fn sequence(&self) -> Result<u64> {
+        self.info()
+            .map(|info| info.stream_sequence)
+            .map_err(|e| eyre!("a changelog message without its sequence: {e}"))
+    }
+
+    fn order(&self) -> Option<(OrderUid, String)> {
+        entry(self)
+    }
+}
+
+/// Reads one pulled chunk from `next` on: the orders it holds up to the first gap or error, with
+/// `next` moved past each message read, and what ended it early, if anything did. The caller
+/// must hand those orders on whatever the end.
+fn read_chunk<M: Pulled, E: std::error::Error + Send + Sync + 'static>(
+    chunk: Vec<std::result::Result<M, E>>,
+    next: &mut u64,
+    changelog: &str,
+) -> (cache::Batch, Option<ChunkEnd>) {
+    let mut batch = Vec::with_capacity(chunk.len());
+    for item in chunk {
+        let read = item
+            .wrap_err("the changelog's message stream failed")
+            .and_then(|message| Ok((message.sequence()?, message)));
+        let (seq, message) = match read {
+            Ok(read) => read,
+            Err(e) => return (batch, Some(ChunkEnd::Failed(e))),
+        };
+        if seq != *next {
+            // An ordered read that skips: the sequences in between are gone.
+            let gap = format!("the changelog skipped from sequence {} to {seq}", *next);
+            return (batch, Some(ChunkEnd::Gap(gap)));
+        }
+        *next = seq + 1;
+        match message.order() {
+            Some(order) => batch.push(order),
+            // Only ingest publishes here, and only validated orders: anything else is not ours
+            // to serve.
+            None => warn!(
+                seq,
+                changelog, "ignored a changelog message that is not an order"
+            ),
+        }
+    }
+    (batch, None)
 }
 
 /// The changelog stream of the service made of `stream` and `durable` (for tools and tests that
@@ -329,6 +374,64 @@ async fn send(cache_tx: &Sender<cache::Batch>, batch: cache::Batch) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pulled message: its sequence, and the order_uid it carries (none: not an order).
+    struct Fake(u64, Option<&'static str>);
+
+    impl Pulled for Fake {
+        fn sequence(&self) -> Result<u64> {
+            Ok(self.0)
+        }
+
+        fn order(&self) -> Option<(OrderUid, String)> {
+            let uid = OrderUid::parse(self.1?).ok()?;
+            Some((uid, format!("{{\"seq\":{}}}", self.0)))
+        }
+    }
+
+    fn fake(seq: u64, uid: &'static str) -> Result<Fake, std::io::Error> {
+        Ok(Fake(seq, Some(uid)))
+    }
+
+    fn uids(batch: &cache::Batch) -> Vec<&str> {
+        batch.iter().map(|(uid, _)| uid.as_str()).collect()
+    }
+
+    #[test]
+    fn a_chunk_read_in_order_moves_past_every_message_and_yields_its_orders() {
+        let mut next = 7;
+        let chunk = vec![fake(7, "a"), Ok(Fake(8, None)), fake(9, "c")];
+        let (batch, end) = read_chunk(chunk, &mut next, "test");
+        assert_eq!(uids(&batch), ["a", "c"]);
+        assert!(end.is_none());
+        assert_eq!(next, 10);
+    }
+
+    #[test]
+    fn a_chunk_that_fails_midway_still_yields_the_orders_read_before_the_failure() {
+        // A missed heartbeat behind two orders: `next` moves past them, so the caller must get
+        // them now; the next consumer starts after them.
+        let mut next = 1;
+        let heartbeat = std::io::Error::other("missed idle heartbeat");
+        let chunk = vec![fake(1, "a"), fake(2, "b"), Err(heartbeat), fake(3, "c")];
+        let (batch, end) = read_chunk(chunk, &mut next, "test");
+        assert_eq!(uids(&batch), ["a", "b"]);
+        assert!(matches!(end, Some(ChunkEnd::Failed(_))));
+        assert_eq!(next, 3);
+    }
+
+    #[test]
+    fn a_chunk_that_skips_a_sequence_yields_what_came_before_and_names_the_gap() {
+        let mut next = 4;
+        let chunk = vec![fake(4, "a"), fake(6, "c")];
+        let (batch, end) = read_chunk(chunk, &mut next, "test");
+        assert_eq!(uids(&batch), ["a"]);
+        let Some(ChunkEnd::Gap(gap)) = end else {
+            panic!("no gap");
+        };
+        assert!(gap.contains("from sequence 5 to 6"), "{gap}");
+        assert_eq!(next, 5);
+    }
 
     #[test]
     fn a_gap_at_start_is_seen_when_the_needed_sequence_is_gone_or_the_stream_is_new() {
