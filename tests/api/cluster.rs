@@ -302,6 +302,36 @@ impl NatsCluster {
         self.nodes[leader].child.is_some().then_some(leader)
     }
 
+    /// Which running node is the JetStream meta leader (which creates and places streams), as
+    /// the first running node that names one says; `None` during an election.
+    pub fn meta_leader(&self) -> Option<usize> {
+        self.running().find_map(|i| {
+            let url = format!("http://127.0.0.1:{}/jsz", self.nodes[i].monitor_port);
+            let body = self.http.get(&url).call().ok()?.into_string().ok()?;
+            let jsz: Value = serde_json::from_str(&body).ok()?;
+            let leader = self.node_named(jsz["meta_cluster"]["leader"].as_str()?)?;
+            self.nodes[leader].child.is_some().then_some(leader)
+        })
+    }
+
+    /// Asks `stream`'s leader to step down (another peer is elected), and waits for the new one.
+    pub fn step_down_stream(&self, stream: &str) -> usize {
+        let leader = self.wait_for_stream_leader(stream);
+        self.request_via(
+            leader,
+            &format!("$JS.API.STREAM.LEADER.STEPDOWN.{stream}"),
+            String::new(),
+            REQUEST_TIMEOUT,
+        )
+        .unwrap_or_else(|e| panic!("stream {stream}'s leader does not step down: {e}"));
+        self.wait_until(
+            || self.stream_leader(stream).is_some_and(|l| l != leader),
+            &format!("a new leader of stream {stream}"),
+            || self.stream_state(stream).map(|s| format!("{s:?}")),
+        );
+        self.wait_for_stream_leader(stream)
+    }
+
     /// Waits (bounded by `ELECTION_DEADLINE`) until a running node leads `stream`, and returns it.
     pub fn wait_for_stream_leader(&self, stream: &str) -> usize {
         let mut leader = None;

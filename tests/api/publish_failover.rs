@@ -1,6 +1,7 @@
 //! `ordersvc publish` against a 3-node JetStream cluster whose stream leader is SIGKILLed in the
 //! middle of a run: the command rides out the election by sending again what failed, with the
-//! same `Nats-Msg-Id`, and the stream ends with every order exactly once.
+//! same `Nats-Msg-Id`, and the stream ends with every order exactly once. Started just after
+//! the leaders died, it waits for new ones.
 
 use std::io::Read;
 use std::process::{Child, ExitStatus, Stdio};
@@ -224,4 +225,65 @@ fn publish_rides_out_the_sigkill_of_the_stream_leader_and_stores_every_order_onc
         "node {leader} current again; all done at {:.1?}",
         started.elapsed()
     );
+}
+
+#[test]
+fn publish_started_just_after_the_meta_and_stream_leader_dies_waits_for_the_election() {
+    // Arrange: an R3 stream led by the meta leader, which then dies: for some seconds nobody
+    // answers for the stream (seen in README's walkthrough: "jetstream request timed out").
+    let mut cluster = NatsCluster::start(3);
+    let names = Names::fresh();
+    let meta = wait_for(|| cluster.meta_leader(), "a meta leader");
+    cluster.create_stream_via(meta, &names.stream, &names.subject, 3);
+    cluster.wait_for_current_peers(&names.stream, 3);
+    let mut leader = cluster.wait_for_stream_leader(&names.stream);
+    for _ in 0..20 {
+        if leader == meta {
+            break;
+        }
+        leader = cluster.step_down_stream(&names.stream);
+    }
+    assert_eq!(
+        leader, meta,
+        "the stream's leadership never came to the meta leader"
+    );
+    cluster.kill(leader);
+
+    // Act: the command starts at once, through the nodes left.
+    let survivors: Vec<String> = (0..3)
+        .filter(|&i| i != leader)
+        .map(|i| cluster.url(i))
+        .collect();
+    let run = PublishRun::start(&survivors.join(","), &names);
+    let finished = run.wait();
+
+    // Assert: it waited for the elections instead of giving up on its first lookup.
+    let shown = format!(
+        "{}\nstdout: {}\nstderr (the end): {}",
+        finished.status,
+        finished.stdout,
+        tail(&finished.stderr)
+    );
+    assert!(
+        finished.status.success(),
+        "ordersvc publish failed: {shown}"
+    );
+    let expected = format!("published {ORDERS}, duplicates dropped by the server 0, failed 0");
+    assert!(finished.stdout.contains(&expected), "{shown}");
+    assert_eq!(cluster.stream_messages(&names.stream), ORDERS);
+}
+
+/// Polls `what` (bounded by `RUN_DEADLINE`) until it gives something.
+fn wait_for<T>(mut what: impl FnMut() -> Option<T>, waiting_for: &str) -> T {
+    let deadline = Instant::now() + RUN_DEADLINE;
+    loop {
+        if let Some(found) = what() {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {waiting_for} within {RUN_DEADLINE:?}"
+        );
+        std::thread::sleep(POLL);
+    }
 }

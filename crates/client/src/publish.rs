@@ -122,7 +122,7 @@ async fn publish(
 ) -> Result<PublishSummary> {
     let client = bus::connect(&args.nats, "ordersvc publish").await?;
     let js = jetstream::new(client);
-    let stream = bus::ensure_stream(&js, &args.nats).await?;
+    let stream = bus::ensure_stream_within(&js, &args.nats, args.retry.publish_timeout).await?;
     let last_sequence = stream.cached_info().state.last_sequence;
     let progress = publisher::progress_bar(count, PROGRESS_FROM);
     let report = |outcome: Outcome<String>| {

@@ -114,7 +114,7 @@ async fn replay(args: ReplayArgs) -> Result<()> {
     } else {
         let client = bus::connect(&args.nats, "ordersvc replay-from-db").await?;
         let js = jetstream::new(client);
-        let stream = bus::ensure_stream(&js, &args.nats).await?;
+        let stream = bus::ensure_stream_within(&js, &args.nats, args.retry.publish_timeout).await?;
         let last_sequence = stream.cached_info().state.last_sequence;
         Some(
             Pipeline::new(js, &args.nats.subject, args.in_flight as usize, on_outcome)

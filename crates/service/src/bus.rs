@@ -37,13 +37,52 @@ fn stream_config(args: &NatsArgs) -> stream::Config {
 
 /// Creates the stream if it does not exist (an existing one is used as it is).
 pub async fn ensure_stream(js: &jetstream::Context, args: &NatsArgs) -> Result<stream::Stream> {
-    let config = stream_config(args);
-    let stream = js
-        .get_or_create_stream(config)
-        .await
-        .wrap_err_with(|| format!("cannot get or create the JetStream stream {}", args.stream))?;
+    ensure_stream_within(js, args, Duration::ZERO).await
+}
+
+/// `ensure_stream`, asked again with backoff while JetStream cannot answer yet, for up to
+/// `patience`: on a cluster, the stream's leader (which answers for it) or the meta leader (which
+/// creates it) may be in the middle of an election, which takes 4 to 10 s on nats-server 2.9.
+/// For the producers, which have nothing to retry with otherwise; ingest retries by itself.
+pub async fn ensure_stream_within(
+    js: &jetstream::Context,
+    args: &NatsArgs,
+    patience: Duration,
+) -> Result<stream::Stream> {
+    let deadline = tokio::time::Instant::now() + patience;
+    let mut backoff = LOOKUP_BACKOFF_MIN;
+    let stream = loop {
+        match js.get_or_create_stream(stream_config(args)).await {
+            Ok(stream) => break stream,
+            Err(e) if is_transient(&e) && tokio::time::Instant::now() + backoff < deadline => {
+                tracing::warn!(stream = %args.stream, error = %e, "JetStream cannot answer for the stream yet; asking again");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(LOOKUP_BACKOFF_MAX);
+            }
+            Err(e) => {
+                return Err(e).wrap_err_with(|| {
+                    format!("cannot get or create the JetStream stream {}", args.stream)
+                })
+            }
+        }
+    };
     warn_if_replicas_differ(&stream, args.stream_replicas);
     Ok(stream)
+}
+
+/// Backoff between two lookups of the stream by `ensure_stream_within`.
+const LOOKUP_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const LOOKUP_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Whether a failed stream lookup can pass by itself: no answer in time, no responder, or
+/// JetStream saying it is unavailable for now (503: no leader, no quorum yet).
+fn is_transient(e: &jetstream::context::CreateStreamError) -> bool {
+    use jetstream::context::CreateStreamErrorKind as Kind;
+    match e.kind() {
+        Kind::TimedOut | Kind::JetStreamUnavailable => true,
+        Kind::JetStream(error) => error.code() == 503,
+        _ => false,
+    }
 }
 
 /// An existing stream keeps its replica count (changing it is an operator's decision, with
@@ -82,4 +121,34 @@ pub async fn ensure_consumer(
         .get_or_create_consumer(durable, config)
         .await
         .wrap_err_with(|| format!("cannot get or create the durable consumer {durable}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_nats::jetstream::context::{CreateStreamError, CreateStreamErrorKind as Kind};
+
+    fn api_error(json: &str) -> CreateStreamError {
+        let error: jetstream::Error = serde_json::from_str(json).expect("an API error");
+        CreateStreamError::new(Kind::JetStream(error))
+    }
+
+    #[test]
+    fn a_stream_lookup_is_asked_again_only_when_jetstream_cannot_answer_yet() {
+        // An election under way: no answer, no responder, or "temporarily unavailable".
+        assert!(is_transient(&CreateStreamError::new(Kind::TimedOut)));
+        assert!(is_transient(&CreateStreamError::new(
+            Kind::JetStreamUnavailable
+        )));
+        assert!(is_transient(&api_error(
+            r#"{"code":503,"err_code":10008,"description":"JetStream system temporarily unavailable"}"#
+        )));
+        // A real answer: asking again would get the same one.
+        assert!(!is_transient(&api_error(
+            r#"{"code":400,"err_code":10058,"description":"stream name already in use with a different configuration"}"#
+        )));
+        assert!(!is_transient(&CreateStreamError::new(
+            Kind::InvalidStreamName
+        )));
+    }
 }

@@ -511,7 +511,7 @@ async fn publish(
 ) -> Result<Published> {
     let client = bus::connect(&args.nats, "ordersvc bench ingest").await?;
     let js = jetstream::new(client.clone());
-    let stream = bus::ensure_stream(&js, &args.nats).await?;
+    let stream = bus::ensure_stream_within(&js, &args.nats, args.retry.publish_timeout).await?;
     let last_sequence = stream.cached_info().state.last_sequence;
 
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
@@ -589,7 +589,7 @@ async fn publish(
 async fn pending_messages(args: &IngestArgs) -> Result<u64> {
     let client = bus::connect(&args.nats, "ordersvc bench ingest").await?;
     let js = jetstream::new(client);
-    let mut stream = bus::ensure_stream(&js, &args.nats).await?;
+    let mut stream = bus::ensure_stream_within(&js, &args.nats, args.retry.publish_timeout).await?;
     if let Ok(info) = stream.consumer_info(&args.durable).await {
         return Ok(info.num_pending + info.num_ack_pending as u64);
     }
