@@ -127,6 +127,25 @@ impl PublishRun {
     }
 }
 
+impl Finished {
+    /// Asserts that the run succeeded with every order published and none failed; returns its
+    /// summary line, and the run's output to show in a failed assertion.
+    #[track_caller]
+    fn published_all(&self) -> (&str, String) {
+        let shown = format!(
+            "{}\nstdout: {}\nstderr (the end): {}",
+            self.status,
+            self.stdout,
+            tail(&self.stderr)
+        );
+        assert!(self.status.success(), "ordersvc publish failed: {shown}");
+        let summary = self.stdout.lines().last().unwrap_or_default();
+        let expected = format!("published {ORDERS}, duplicates dropped by the server 0, failed 0");
+        assert!(summary.starts_with(&expected), "{shown}");
+        (summary, shown)
+    }
+}
+
 impl Drop for PublishRun {
     fn drop(&mut self) {
         // Never panics: this also runs while a failed test unwinds.
@@ -182,19 +201,8 @@ fn publish_rides_out_the_sigkill_of_the_stream_leader_and_stores_every_order_onc
 
     // Assert: success, nothing failed, and every order stored once (the ids are all distinct,
     // so a retry whose lost first attempt was stored counts as published, not as a repeat).
-    let shown = format!(
-        "{}\nstdout: {}\nstderr (the end): {}",
-        finished.status,
-        finished.stdout,
-        tail(&finished.stderr)
-    );
-    assert!(
-        finished.status.success(),
-        "ordersvc publish failed: {shown}"
-    );
-    let summary = finished.stdout.lines().last().unwrap_or_default();
+    let (summary, shown) = finished.published_all();
     let expected = format!("published {ORDERS}, duplicates dropped by the server 0, failed 0");
-    assert!(summary.starts_with(&expected), "{shown}");
     // Retries are the proof that the leader died during the run, not after it.
     let retried: u64 = summary
         .strip_prefix(&format!("{expected}, retried "))
@@ -258,18 +266,7 @@ fn publish_started_just_after_the_meta_and_stream_leader_dies_waits_for_the_elec
     let finished = run.wait();
 
     // Assert: it waited for the elections instead of giving up on its first lookup.
-    let shown = format!(
-        "{}\nstdout: {}\nstderr (the end): {}",
-        finished.status,
-        finished.stdout,
-        tail(&finished.stderr)
-    );
-    assert!(
-        finished.status.success(),
-        "ordersvc publish failed: {shown}"
-    );
-    let expected = format!("published {ORDERS}, duplicates dropped by the server 0, failed 0");
-    assert!(finished.stdout.contains(&expected), "{shown}");
+    finished.published_all();
     assert_eq!(cluster.stream_messages(&names.stream), ORDERS);
 }
 
