@@ -1,5 +1,6 @@
 mod bad_messages;
 mod bench_http;
+mod bench_ingest;
 mod bounded_cache;
 mod browser;
 mod cluster;

@@ -92,7 +92,13 @@ pub fn random_seed() -> u64 {
 /// The order_uid of order `n` under `seed`: `bench-<seed>-<n, 10 digits>`, at most 37 characters
 /// of `[A-Za-z0-9_-]`, unique per `(seed, n)`.
 pub fn uid(seed: u64, n: u64) -> String {
-    format!("bench-{seed}-{n:010}")
+    format!("{}{n:010}", uid_prefix(seed))
+}
+
+/// What every order_uid of `seed` starts with, and no other seed's does (the seed ends at the
+/// dash).
+pub fn uid_prefix(seed: u64) -> String {
+    format!("bench-{seed}-")
 }
 
 /// Appends order `n` of `seed`, compact JSON that passes `Order::parse`, to `out`.

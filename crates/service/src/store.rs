@@ -18,6 +18,10 @@ use crate::batch::{self, Incoming, Rejected, Written};
 use crate::config::redact_url as redact;
 use crate::order::Order;
 
+mod reference;
+
+pub use reference::CopyTimed;
+
 /// The migrations under `migrations/`, embedded in the binary.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
 

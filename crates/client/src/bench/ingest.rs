@@ -36,6 +36,7 @@ use crate::generate::{self, Rng};
 use crate::publisher::{Outcome, Pipeline, RetryArgs};
 use ordersvc_service::bus;
 use ordersvc_service::config::{self, DbArgs, NatsArgs, DEFAULT_DURABLE};
+use ordersvc_service::store::{CopyTimed, Store};
 
 /// Random stream of the kind of each message.
 const STREAM_KIND: u64 = 20;
@@ -105,6 +106,11 @@ pub struct IngestArgs {
     /// `--serve-arg=--batch-size=2000`.
     #[arg(long = "serve-arg", value_name = "ARG", allow_hyphen_values = true)]
     pub serve_args: Vec<String>,
+    /// Backlog mode: after the drain, time PostgreSQL's own binary `COPY` of the rows this run
+    /// stored into a scratch table of the same schema (dropped afterwards), and print the drain
+    /// rate's ratio to it.
+    #[arg(long, env = "ORDERSVC_BENCH_REFERENCE_COPY")]
+    pub reference_copy: bool,
     /// Print the report as one JSON object instead of text.
     #[arg(long, env = "ORDERSVC_BENCH_JSON")]
     pub json: bool,
@@ -372,12 +378,38 @@ impl Run<'_> {
             Ok(status) => summary.error(format!("the service stopped with {status}")),
             Err(e) => summary.error(format!("stopping the service: {e:#}")),
         }
+        if self.args.reference_copy {
+            let copy = self
+                .runtime
+                .block_on(reference_copy(self.args, self.plan))?;
+            if copy.rows != self.plan.valid {
+                summary.error(format!(
+                    "the reference COPY found {} stored orders of this run, not {}",
+                    copy.rows, self.plan.valid
+                ));
+            }
+            summary.reference_copy = Some(copy);
+        }
         Ok(summary)
     }
 }
 
+/// Times PostgreSQL's own COPY of the orders this run stored (their ids start with its seed's
+/// prefix), on the service's database, once the service has stopped.
+async fn reference_copy(args: &IngestArgs, plan: &Plan) -> Result<CopyTimed> {
+    let store = Store::connect(&args.db.database_url).await?;
+    let timed = store
+        .time_reference_copy(&generate::uid_prefix(plan.seed))
+        .await;
+    store.close().await;
+    timed
+}
+
 /// Runs the benchmark and prints the report.
 pub fn run(args: IngestArgs) -> Result<()> {
+    if args.reference_copy && args.mode != Mode::Backlog {
+        bail!("--reference-copy needs --mode backlog: it compares a drain with COPY");
+    }
     let target = Target::parse(&args.url)?;
     let seed = args.seed.unwrap_or_else(crate::generate::random_seed);
     let plan = Plan::new(seed, &args)?;
@@ -461,6 +493,7 @@ fn summary(
         latencies: visibility.latencies,
         errors,
         service_log: None,
+        reference_copy: None,
     };
     fill(&mut s);
     s
@@ -831,6 +864,7 @@ mod tests {
             },
             stall_timeout: Duration::from_secs(1),
             serve_args: Vec::new(),
+            reference_copy: false,
             json: false,
         }
     }

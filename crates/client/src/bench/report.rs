@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
+use ordersvc_service::store::CopyTimed;
 use serde_json::{json, Value};
 
 /// Largest latency the histograms hold, in microseconds (one hour); larger values are clamped.
@@ -420,6 +421,8 @@ pub(crate) struct IngestSummary {
     pub errors: BTreeMap<String, u64>,
     /// Backlog: where the started service logged.
     pub service_log: Option<PathBuf>,
+    /// Backlog with `--reference-copy`: PostgreSQL's own COPY of the rows this run stored.
+    pub reference_copy: Option<CopyTimed>,
 }
 
 impl IngestSummary {
@@ -446,6 +449,19 @@ impl IngestSummary {
     /// Backlog: pending messages (all kinds, earlier ones too) per second of draining.
     pub(crate) fn drain_messages_rate(&self) -> Option<f64> {
         Some(per_second(self.pending_at_start?, self.drain?))
+    }
+
+    /// Backlog with `--reference-copy`: rows per second of PostgreSQL's own COPY.
+    pub(crate) fn reference_copy_rate(&self) -> Option<f64> {
+        self.reference_copy
+            .map(|copy| per_second(copy.rows, copy.time))
+    }
+
+    /// Backlog with `--reference-copy`: the drain's orders per second over the COPY's rows per
+    /// second, the figure the ingest target is set in.
+    pub(crate) fn drain_to_copy(&self) -> Option<f64> {
+        let copy = self.reference_copy_rate()?;
+        (copy > 0.0).then(|| self.drain_orders_rate().unwrap_or(0.0) / copy)
     }
 
     /// The report in Vegeta's text layout.
@@ -516,6 +532,20 @@ impl IngestSummary {
                 "[pending, time, orders/s, messages/s]",
                 &or_na(drain),
             );
+            if let Some(copy) = self.reference_copy {
+                line(
+                    &mut out,
+                    "COPY",
+                    "[rows, time, rows/s, drain ÷ COPY]",
+                    &format!(
+                        "{}, {}, {:.2}, {:.3}",
+                        copy.rows,
+                        duration(copy.time),
+                        self.reference_copy_rate().unwrap_or(0.0),
+                        self.drain_to_copy().unwrap_or(0.0)
+                    ),
+                );
+            }
         }
         line(
             &mut out,
@@ -578,6 +608,14 @@ impl IngestSummary {
             });
             value["service_log"] =
                 json!(self.service_log.as_ref().map(|p| p.display().to_string()));
+            if let Some(copy) = self.reference_copy {
+                value["reference_copy"] = json!({
+                    "rows": copy.rows,
+                    "time_s": copy.time.as_secs_f64(),
+                    "rows_per_s": self.reference_copy_rate().map(round2),
+                    "drain_to_copy": self.drain_to_copy().map(|r| (r * 1000.0).round() / 1000.0),
+                });
+            }
         }
         value
     }
@@ -820,7 +858,32 @@ Target 2      [url, connections]                      http://127.0.0.1:18082, 32
             latencies: histogram_of([1000, 1500, 2000]),
             errors: BTreeMap::new(),
             service_log: Some(PathBuf::from("/tmp/serve.log")),
+            reference_copy: None,
         }
+    }
+
+    #[test]
+    fn the_backlog_report_sets_the_drain_beside_the_reference_copy() {
+        // 900 orders drained in 100 ms (9,000/s); COPY took 900 rows in 75 ms (12,000/s).
+        let s = IngestSummary {
+            reference_copy: Some(CopyTimed {
+                rows: 900,
+                time: Duration::from_millis(75),
+            }),
+            ..ingest("backlog")
+        };
+        assert_eq!(s.reference_copy_rate(), Some(12_000.0));
+        assert_eq!(s.drain_to_copy(), Some(0.75));
+        let text = s.text();
+        assert!(
+            text.contains("COPY          [rows, time, rows/s, drain ÷ COPY]      900, 75.000ms, 12000.00, 0.750\n"),
+            "{text}"
+        );
+        let j = s.json();
+        assert_eq!(j["reference_copy"]["rows_per_s"], 12_000.0);
+        assert_eq!(j["reference_copy"]["drain_to_copy"], 0.75);
+        assert!(!ingest("backlog").text().contains("COPY"));
+        assert!(ingest("backlog").json().get("reference_copy").is_none());
     }
 
     #[test]

@@ -1,0 +1,146 @@
+//! PostgreSQL's own bulk load of rows that ordersvc stored, timed: the yardstick that
+//! `bench ingest --mode backlog --reference-copy` sets beside the drain rate, in the same run, on
+//! the same rows, into a table of the same schema.
+
+use std::time::{Duration, Instant};
+
+use color_eyre::eyre::{bail, Result, WrapErr};
+use futures::TryStreamExt;
+use sqlx::PgConnection;
+
+use super::Store;
+
+/// Bytes of COPY data sent per message: one per row would cost a flush each, which a bulk
+/// loader (psql among them) does not pay.
+const SEND_CHUNK: usize = 1024 * 1024;
+
+/// What the reference COPY did.
+#[derive(Debug, Clone, Copy)]
+pub struct CopyTimed {
+    /// Rows copied.
+    pub rows: u64,
+    /// From the `COPY … FROM STDIN` statement to its completion (committed: autocommit).
+    pub time: Duration,
+}
+
+impl Store {
+    /// Exports the stored orders whose order_uid starts with `uid_prefix` (untimed, into
+    /// memory), then times a binary `COPY` of them into a scratch table made `LIKE orders
+    /// INCLUDING ALL` (the same primary key, index, check constraint and lz4 compression), which
+    /// is dropped afterwards, also when the copy fails.
+    pub async fn time_reference_copy(&self, uid_prefix: &str) -> Result<CopyTimed> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .wrap_err("cannot connect to PostgreSQL for the reference COPY")?;
+        let table = format!("ordersvc_bench_copy_{}", std::process::id());
+        sqlx::raw_sql(&format!(
+            "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (LIKE orders INCLUDING ALL)"
+        ))
+        .execute(&mut *conn)
+        .await
+        .wrap_err_with(|| format!("cannot create the scratch table {table}"))?;
+        let timed = match same_compression(&mut conn, &table).await {
+            Ok(()) => export_and_copy(&mut conn, uid_prefix, &table).await,
+            Err(e) => Err(e),
+        };
+        let dropped = sqlx::raw_sql(&format!("DROP TABLE IF EXISTS {table}"))
+            .execute(&mut *conn)
+            .await
+            .wrap_err_with(|| format!("cannot drop the scratch table {table}"));
+        let timed = timed?;
+        dropped?;
+        Ok(timed)
+    }
+}
+
+/// Makes sure the scratch table compresses documents as `orders` does (lz4 where the build has
+/// it): with another method the COPY would measure the compressor, not the bulk load.
+async fn same_compression(conn: &mut PgConnection, table: &str) -> Result<()> {
+    let methods: (String, String) = sqlx::query_as(
+        "SELECT a.attcompression::text, b.attcompression::text
+           FROM pg_attribute a, pg_attribute b
+          WHERE a.attrelid = 'orders'::regclass AND a.attname = 'document'
+            AND b.attrelid = $1::regclass AND b.attname = 'document'",
+    )
+    .bind(table)
+    .fetch_one(&mut *conn)
+    .await
+    .wrap_err("cannot read the documents' compression")?;
+    if methods.0 != methods.1 {
+        bail!(
+            "the scratch table compresses documents with {:?}, orders with {:?}",
+            methods.1,
+            methods.0
+        );
+    }
+    Ok(())
+}
+
+async fn export_and_copy(
+    conn: &mut PgConnection,
+    uid_prefix: &str,
+    table: &str,
+) -> Result<CopyTimed> {
+    let export = format!(
+        "COPY (SELECT * FROM orders WHERE starts_with(order_uid, {})) TO STDOUT (FORMAT binary)",
+        quote_literal(uid_prefix)
+    );
+    let mut data: Vec<Vec<u8>> = Vec::new();
+    {
+        let mut rows = conn
+            .copy_out_raw(&export)
+            .await
+            .wrap_err("cannot export the stored orders")?;
+        let mut chunk = Vec::with_capacity(SEND_CHUNK);
+        while let Some(bytes) = rows
+            .try_next()
+            .await
+            .wrap_err("cannot export the stored orders")?
+        {
+            chunk.extend_from_slice(&bytes);
+            if chunk.len() >= SEND_CHUNK {
+                data.push(std::mem::replace(
+                    &mut chunk,
+                    Vec::with_capacity(SEND_CHUNK),
+                ));
+            }
+        }
+        data.push(chunk);
+    }
+
+    let started = Instant::now();
+    let mut copy = conn
+        .copy_in_raw(&format!("COPY {table} FROM STDIN (FORMAT binary)"))
+        .await
+        .wrap_err("cannot start the reference COPY")?;
+    for chunk in &data {
+        if let Err(e) = copy.send(chunk.as_slice()).await {
+            // Ends the COPY, so that the connection can drop the scratch table.
+            let _ = copy.abort("the reference COPY failed").await;
+            return Err(e).wrap_err("the reference COPY failed");
+        }
+    }
+    let rows = copy.finish().await.wrap_err("the reference COPY failed")?;
+    Ok(CopyTimed {
+        rows,
+        time: started.elapsed(),
+    })
+}
+
+/// `text` as an SQL string literal (COPY takes no bind parameters).
+fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_literal_doubles_its_quotes() {
+        assert_eq!(quote_literal("bench-7-"), "'bench-7-'");
+        assert_eq!(quote_literal("a'b"), "'a''b'");
+    }
+}

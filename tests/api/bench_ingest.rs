@@ -1,0 +1,90 @@
+//! `ordersvc bench ingest --mode backlog --reference-copy`: the drain is set beside PostgreSQL's
+//! own COPY of the very rows it stored, and the scratch table of that COPY is gone afterwards.
+
+use serde_json::Value;
+use sqlx::{Connection, PgConnection};
+
+use crate::helpers::{closed_port, ordersvc, run_successfully};
+use crate::servers::{Names, SharedDatabase, SharedStream};
+
+/// Messages published; every one a valid order.
+const ORDERS: u64 = 600;
+
+/// Tables of the database whose name starts with `prefix`.
+fn tables_named(database_url: &str, prefix: &str) -> i64 {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    rt.block_on(async {
+        let mut conn = PgConnection::connect(database_url)
+            .await
+            .expect("cannot connect to the test database");
+        let count: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pg_tables WHERE starts_with(tablename, $1)")
+                .bind(prefix)
+                .fetch_one(&mut conn)
+                .await
+                .expect("cannot count tables");
+        conn.close().await.ok();
+        count
+    })
+}
+
+#[test]
+fn a_backlog_run_with_reference_copy_times_copy_of_the_rows_it_stored_and_drops_its_table() {
+    // Arrange: a database and a stream of the test's own, nothing consuming.
+    let names = Names::fresh();
+    let db = SharedDatabase::named(&names.suffix);
+    let stream = SharedStream::of(&names);
+    let url = format!("http://127.0.0.1:{}", closed_port());
+    let orders = ORDERS.to_string();
+
+    // Act
+    let stdout = run_successfully(
+        ordersvc(&[
+            "bench",
+            "ingest",
+            "--mode",
+            "backlog",
+            "--reference-copy",
+            "--orders",
+            &orders,
+            "--seed",
+            "11",
+            "--sample-every",
+            "50",
+            "--url",
+            &url,
+            "--database-url",
+            &db.url,
+            "--nats-url",
+            &stream.nats_url,
+            "--stream",
+            &names.stream,
+            "--subject",
+            &names.subject,
+            "--durable",
+            &names.durable,
+            "--json",
+        ]),
+        b"",
+    );
+
+    // Assert: COPY took exactly this run's rows, and a ratio is reported from both rates.
+    let report: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("the report is not JSON ({e}): {stdout}"));
+    let copy = &report["reference_copy"];
+    assert_eq!(copy["rows"], ORDERS, "{report}");
+    let rate = |v: &Value| {
+        v.as_f64()
+            .unwrap_or_else(|| panic!("not a number: {report}"))
+    };
+    let expected = rate(&report["drain"]["orders_per_s"]) / rate(&copy["rows_per_s"]);
+    assert!(
+        (rate(&copy["drain_to_copy"]) - expected).abs() < 0.01,
+        "{report}"
+    );
+    assert_eq!(report["errors"], serde_json::json!([]), "{report}");
+    assert_eq!(tables_named(&db.url, "ordersvc_bench_copy_"), 0);
+}
