@@ -1,10 +1,11 @@
-//! `ordersvc bench ingest --mode backlog --reference-copy`: the drain is set beside PostgreSQL's
-//! own COPY of the very rows it stored, and the scratch table of that COPY is gone afterwards.
+//! `ordersvc bench ingest`: with `--mode backlog --reference-copy`, the drain is set beside
+//! PostgreSQL's own COPY of the very rows it stored, and the scratch table of that COPY is gone
+//! afterwards; with `--mode live --rate`, a step per rate, each watched on every replica.
 
 use serde_json::Value;
 use sqlx::{Connection, PgConnection};
 
-use crate::helpers::{closed_port, ordersvc, run_successfully};
+use crate::helpers::{closed_port, ordersvc, run_successfully, spawn_app, Serving};
 use crate::servers::{Names, SharedDatabase, SharedStream};
 
 /// Messages published; every one a valid order.
@@ -87,4 +88,68 @@ fn a_backlog_run_with_reference_copy_times_copy_of_the_rows_it_stored_and_drops_
     );
     assert_eq!(report["errors"], serde_json::json!([]), "{report}");
     assert_eq!(tables_named(&db.url, "ordersvc_bench_copy_"), 0);
+}
+
+#[test]
+fn a_live_run_at_fixed_rates_reports_a_step_per_rate_with_orders_visible_on_every_replica() {
+    // Arrange: two replicas of one service.
+    let app = spawn_app();
+    let second = Serving::start(app.serve_command::<&str>(&[]), &app.suffix);
+    let urls = format!("http://{},http://{}", app.addr, second.addr);
+    let orders = 300u64;
+
+    // Act: two steps, 300 messages each at 500/s and at 1,000/s.
+    let stdout = run_successfully(
+        ordersvc(&[
+            "bench",
+            "ingest",
+            "--mode",
+            "live",
+            "--rate",
+            "500,1000",
+            "--orders",
+            &orders.to_string(),
+            "--seed",
+            "21",
+            "--sample-every",
+            "10",
+            "--url",
+            &urls,
+            "--nats-url",
+            &app.nats_url,
+            "--stream",
+            &app.stream,
+            "--subject",
+            &app.subject,
+            "--durable",
+            &app.durable,
+            "--json",
+        ]),
+        b"",
+    );
+
+    // Assert
+    let report: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("the report is not JSON ({e}): {stdout}"));
+    let steps = report["steps"].as_array().expect("a steps array");
+    assert_eq!(steps.len(), 2, "{report}");
+    for (step, (rate, seed)) in steps.iter().zip([(500.0, 21), (1000.0, 22)]) {
+        assert_eq!(step["rate"], rate, "{report}");
+        assert_eq!(step["seed"], seed, "{report}");
+        assert_eq!(step["acked"], orders, "{report}");
+        assert_eq!(step["seen"], step["watched"], "{report}");
+        assert!(step["backlog_at_end"].is_u64(), "{report}");
+        // Open loop: the last message is not due before (orders - 1) / rate.
+        let took = step["publish_time_s"].as_f64().expect("a publish time");
+        assert!(took >= (orders - 1) as f64 / rate, "{report}");
+        assert!(
+            step["due_to_visible_us"]["max"].as_u64() > Some(0),
+            "{report}"
+        );
+    }
+    // Visible on every replica means both hold both steps' orders.
+    for uid in ["bench-21-0000000299", "bench-22-0000000299"] {
+        assert_eq!(app.get(&format!("/order/{uid}")).0, 200);
+        assert_eq!(second.get(&format!("/order/{uid}")).0, 200);
+    }
 }

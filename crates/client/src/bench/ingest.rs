@@ -29,7 +29,8 @@ use hdrhistogram::Histogram;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::client::{Client, ClientError, Target};
-use super::report::{self, IngestSummary};
+use super::report::{self, IngestSummary, RateStep};
+use super::targets;
 use super::{parse_ratio, DEFAULT_URL};
 use crate::child::{self, OnDrop, ServeProcess, ServeSettings, Stopped};
 use crate::generate::{self, Rng};
@@ -68,8 +69,10 @@ pub struct IngestArgs {
     #[arg(long, env = "ORDERSVC_DURABLE", default_value = DEFAULT_DURABLE)]
     pub durable: String,
     /// Base URL of the service, to see orders appear (backlog mode starts the service there).
-    #[arg(long, env = "ORDERSVC_BENCH_URL", default_value = DEFAULT_URL)]
-    pub url: String,
+    /// Live mode takes several (replicas of one service), comma-separated: an order counts as
+    /// visible once every one of them serves it.
+    #[arg(long, env = "ORDERSVC_BENCH_URL", default_value = DEFAULT_URL, value_delimiter = ',', value_name = "URL[,URL...]")]
+    pub url: Vec<String>,
     /// Messages to publish (valid, invalid and duplicates together).
     #[arg(long, env = "ORDERSVC_BENCH_ORDERS", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
     pub orders: u64,
@@ -85,6 +88,13 @@ pub struct IngestArgs {
     /// first (nothing may consume the stream meanwhile), then start the service and time the drain.
     #[arg(long, env = "ORDERSVC_BENCH_MODE", value_enum, default_value_t = Mode::Live)]
     pub mode: Mode,
+    /// Live mode: publish open loop at this many messages per second, each message due at its
+    /// own time and its latency counted from then (scheduled → visible), so that neither a slow
+    /// publisher nor a stalled service can hide. A list (`--rate 5000,10000`) runs one step of
+    /// --orders messages per rate, seeds `seed`, `seed + 1`, ..., and prints the latency-vs-load
+    /// curve with the consumer's backlog at the end of each step.
+    #[arg(long, env = "ORDERSVC_BENCH_INGEST_RATE", value_delimiter = ',', value_parser = parse_rate, value_name = "R[,R...]")]
+    pub rate: Vec<f64>,
     /// Seed of the generated orders (their ids are `bench-<seed>-<n>`): the same seed gives the
     /// same messages. A fresh one is chosen when not given; ids must not be stored already.
     #[arg(long, env = "ORDERSVC_BENCH_SEED")]
@@ -217,67 +227,47 @@ impl Plan {
     }
 }
 
-/// A watched order: the request that fetches it and the instant its latency counts from.
+/// A watched order: the path that fetches it and the instant its latency counts from.
 struct Sample {
-    request: Box<[u8]>,
+    path: String,
     since: Instant,
     last: bool,
+}
+
+/// When message `n` is due, publishing at `rate` messages per second from `start`.
+pub(crate) fn due(start: Instant, n: u64, rate: f64) -> Instant {
+    start + Duration::from_secs_f64(n as f64 / rate)
+}
+
+/// A `--rate` value: messages per second, above 0.
+fn parse_rate(text: &str) -> Result<f64, String> {
+    let rate: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of messages per second"))?;
+    if rate.is_finite() && rate > 0.0 && rate <= 10_000_000.0 {
+        Ok(rate)
+    } else {
+        Err(format!(
+            "{text} is not a rate between 0 and 10,000,000 per second"
+        ))
+    }
 }
 
 /// What both modes work from.
 struct Run<'a> {
     args: &'a IngestArgs,
     plan: &'a Plan,
-    /// The service's address, for the watcher and the readiness checks.
-    target: &'a Target,
+    /// The service's addresses (one in backlog mode), for the watcher and the readiness checks.
+    targets: &'a [Target],
     /// The publisher's runtime (the caller's thread runs it).
     runtime: &'a tokio::runtime::Runtime,
 }
 
 impl Run<'_> {
     fn live(&self) -> Result<IngestSummary> {
-        let mut client = Client::new(self.target.addr(), REQUEST_TIMEOUT);
-        let (status, body) = get(&mut client, self.target, "/readyz").wrap_err_with(|| {
-            format!(
-                "the service at {} does not answer: start `ordersvc serve` first, or use --mode backlog",
-                self.target.url()
-            )
-        })?;
-        if status != 200 {
-            bail!(
-                "the service at {} is not ready ({status}): {body}",
-                self.target.url()
-            );
-        }
-        refuse_stored_ids(&mut client, self.target, self.plan)?;
-
-        let bars = bars();
-        let published_bar = bars.add(bar(self.args.orders, "published"));
-        let visible_bar = bars.add(bar(self.plan.samples, "watched orders visible"));
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let addr = self.target.addr();
-        let stall = self.args.stall_timeout;
-        let watcher = std::thread::Builder::new()
-            .name("bench-watch".into())
-            .spawn(move || watch(addr, &rx, stall, &visible_bar))
-            .wrap_err("cannot start the watcher thread")?;
-        let published = self.runtime.block_on(publish(
-            self.args,
-            self.plan,
-            self.target,
-            &published_bar,
-            |sample| {
-                // The watcher only ends once this sender is gone, so it cannot have hung up.
-                let _ = tx.send(sample);
-            },
-        ));
-        drop(tx);
-        let visibility = watcher
-            .join()
-            .map_err(|_| eyre!("the watcher thread panicked"))?;
-        bars.clear().ok();
-        let published = published?;
-
+        self.check_ready()?;
+        let (published, visibility, _) = self.live_step(self.plan, None)?;
         let end_to_end = visibility
             .last_seen_at
             .map(|at| at.saturating_duration_since(published.first_at));
@@ -286,28 +276,126 @@ impl Run<'_> {
         }))
     }
 
+    /// Live mode at each `--rate` in turn: one step of the plan's size per rate, each with a seed
+    /// of its own so that no step finds another's orders stored.
+    fn live_at_rates(&self) -> Result<Vec<RateStep>> {
+        self.check_ready()?;
+        let mut steps = Vec::with_capacity(self.args.rate.len());
+        for (k, &rate) in (0u64..).zip(&self.args.rate) {
+            let plan = Plan::new(self.plan.seed.wrapping_add(k), self.args)?;
+            eprintln!(
+                "step {} of {}: {} messages at {rate}/s, seed {}",
+                k + 1,
+                self.args.rate.len(),
+                self.args.orders,
+                plan.seed
+            );
+            let (published, visibility, backlog) = self.live_step(&plan, Some(rate))?;
+            let mut errors = published.errors;
+            for (e, n) in visibility.errors {
+                *errors.entry(e).or_default() += n;
+            }
+            steps.push(RateStep {
+                rate,
+                seed: plan.seed,
+                acked: published.acked,
+                failed: published.failed,
+                publish_time: published
+                    .last_ack_at
+                    .saturating_duration_since(published.first_at),
+                sampled: plan.samples,
+                seen: visibility.seen,
+                latencies: visibility.latencies,
+                backlog_at_end: backlog,
+                errors,
+            });
+        }
+        Ok(steps)
+    }
+
+    /// Every target answers `/readyz` 200, and the plan's first order is not stored yet.
+    fn check_ready(&self) -> Result<()> {
+        for target in self.targets {
+            let mut client = Client::new(target.addr(), REQUEST_TIMEOUT);
+            let (status, body) = get(&mut client, target, "/readyz").wrap_err_with(|| {
+                format!(
+                    "the service at {} does not answer: start `ordersvc serve` first, or use --mode backlog",
+                    target.url()
+                )
+            })?;
+            if status != 200 {
+                bail!(
+                    "the service at {} is not ready ({status}): {body}",
+                    target.url()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes `plan` to the running service (at `rate` messages per second, or as fast as
+    /// acks allow) while a watcher waits for its samples on every target. Returns what was
+    /// published, what became visible, and (at a fixed rate) the consumer's backlog once the
+    /// last message was acked.
+    fn live_step(
+        &self,
+        plan: &Plan,
+        rate: Option<f64>,
+    ) -> Result<(Published, Visibility, Option<u64>)> {
+        let mut client = Client::new(self.targets[0].addr(), REQUEST_TIMEOUT);
+        refuse_stored_ids(&mut client, &self.targets[0], plan)?;
+        let bars = bars();
+        let published_bar = bars.add(bar(self.args.orders, "published"));
+        let visible_bar = bars.add(bar(plan.samples, "watched orders visible"));
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let targets = self.targets.to_vec();
+        let stall = self.args.stall_timeout;
+        let watcher = std::thread::Builder::new()
+            .name("bench-watch".into())
+            .spawn(move || watch(&targets, &rx, stall, &visible_bar))
+            .wrap_err("cannot start the watcher thread")?;
+        let published = self.runtime.block_on(async {
+            let published = publish(self.args, plan, rate, &published_bar, |sample| {
+                // The watcher only ends once this sender is gone, so it cannot have hung up.
+                let _ = tx.send(sample);
+            })
+            .await?;
+            let backlog = match rate {
+                Some(_) => Some(pending_messages(self.args).await?),
+                None => None,
+            };
+            Ok::<_, color_eyre::Report>((published, backlog))
+        });
+        drop(tx);
+        let visibility = watcher
+            .join()
+            .map_err(|_| eyre!("the watcher thread panicked"))?;
+        bars.clear().ok();
+        let (published, backlog) = published?;
+        Ok((published, visibility, backlog))
+    }
+
     fn backlog(&self) -> Result<IngestSummary> {
         // The service is started at --url: nothing may be there yet, and nothing should be consuming.
-        let mut client = Client::new(self.target.addr(), REQUEST_TIMEOUT);
+        let target = &self.targets[0];
+        let mut client = Client::new(target.addr(), REQUEST_TIMEOUT);
         match client.connect() {
             Err(ClientError::Connect(_)) => {}
             _ => bail!(
                 "something already answers at {}: backlog mode starts its own service there, and the \
                  backlog must wait unconsumed. Stop that service (or give another --url, and a fresh \
                  --stream or --durable)",
-                self.target.url()
+                target.url()
             ),
         }
         let bars = bars();
         let published_bar = bars.add(bar(self.args.orders, "published"));
         let mut samples = Vec::with_capacity(usize::try_from(self.plan.samples).unwrap_or(0));
-        let published = self.runtime.block_on(publish(
-            self.args,
-            self.plan,
-            self.target,
-            &published_bar,
-            |s| samples.push(s),
-        ))?;
+        let published =
+            self.runtime
+                .block_on(publish(self.args, self.plan, None, &published_bar, |s| {
+                    samples.push(s)
+                }))?;
         let pending = self.runtime.block_on(pending_messages(self.args))?;
         if pending < published.acked.saturating_sub(published.server_duplicates) {
             eprintln!(
@@ -320,7 +408,7 @@ impl Run<'_> {
         let log =
             std::env::temp_dir().join(format!("ordersvc-bench-serve-{}.log", std::process::id()));
         let spawned_at = Instant::now();
-        let mut service = spawn_service(self.args, self.target.addr(), &log)?;
+        let mut service = spawn_service(self.args, target.addr(), &log)?;
         let ready_at = loop {
             if let Some(status) = service
                 .exited()
@@ -335,7 +423,7 @@ impl Run<'_> {
             // The client's own error, not `get`'s report: a report captures a backtrace when
             // RUST_BACKTRACE is set, which took up to a second here on every refused probe,
             // and the drain would be timed from too late.
-            let probe = client.request(&self.target.get("/readyz"), None);
+            let probe = client.request(&target.get("/readyz"), None);
             if probe.is_ok_and(|reply| reply.status == 200) {
                 break Instant::now();
             }
@@ -356,7 +444,7 @@ impl Run<'_> {
         drop(tx);
         let visible_bar = bars.add(bar(self.plan.samples, "watched orders visible"));
         let visibility = watch(
-            self.target.addr(),
+            std::slice::from_ref(target),
             &rx,
             self.args.stall_timeout,
             &visible_bar,
@@ -410,7 +498,13 @@ pub fn run(args: IngestArgs) -> Result<()> {
     if args.reference_copy && args.mode != Mode::Backlog {
         bail!("--reference-copy needs --mode backlog: it compares a drain with COPY");
     }
-    let target = Target::parse(&args.url)?;
+    if !args.rate.is_empty() && args.mode != Mode::Live {
+        bail!("--rate needs --mode live: a backlog is published as fast as it can be");
+    }
+    let targets = targets::parse(&args.url)?;
+    if targets.len() > 1 && args.mode != Mode::Live {
+        bail!("backlog mode starts one service, at one --url");
+    }
     let seed = args.seed.unwrap_or_else(crate::generate::random_seed);
     let plan = Plan::new(seed, &args)?;
     eprintln!(
@@ -431,9 +525,33 @@ pub fn run(args: IngestArgs) -> Result<()> {
     let run = Run {
         args: &args,
         plan: &plan,
-        target: &target,
+        targets: &targets,
         runtime: &runtime,
     };
+    if !args.rate.is_empty() {
+        let urls: Vec<&str> = targets.iter().map(Target::url).collect();
+        let steps = run.live_at_rates()?;
+        if args.json {
+            println!("{}", report::rate_curve_json(&steps, &urls));
+        } else {
+            print!("{}", report::rate_curve_text(&steps, &urls));
+        }
+        let missing: u64 = steps
+            .iter()
+            .map(|s| s.sampled - s.seen.min(s.sampled))
+            .sum();
+        let failed: u64 = steps.iter().map(|s| s.failed).sum();
+        if missing > 0 {
+            bail!(
+                "{missing} watched orders did not become visible (none appeared for {})",
+                report::duration(args.stall_timeout)
+            );
+        }
+        if failed > 0 {
+            bail!("{failed} message(s) could not be published");
+        }
+        return Ok(());
+    }
     let summary = match args.mode {
         Mode::Live => run.live()?,
         Mode::Backlog => run.backlog()?,
@@ -538,7 +656,7 @@ struct Published {
 async fn publish(
     args: &IngestArgs,
     plan: &Plan,
-    target: &Target,
+    rate: Option<f64>,
     bar: &ProgressBar,
     mut on_sample: impl FnMut(Sample),
 ) -> Result<Published> {
@@ -551,8 +669,11 @@ async fn publish(
     let on_outcome = |outcome: Outcome<Option<Sample>>| match outcome.result {
         Ok(_) => {
             if let Some(mut sample) = outcome.tag {
-                // Latency counts from the ack: the order cannot be visible before it is stored.
-                sample.since = outcome.at;
+                // Latency counts from the ack (the order cannot be visible before it is stored),
+                // or at a fixed rate from when the message was due.
+                if rate.is_none() {
+                    sample.since = outcome.at;
+                }
                 on_sample(sample);
             }
         }
@@ -565,6 +686,14 @@ async fn publish(
         .with_last_sequence_before(last_sequence);
     let mut valid_so_far: Vec<u64> = Vec::new();
     for (n, &kind) in (0u64..).zip(&plan.kinds) {
+        let due_at = match rate {
+            Some(rate) => {
+                let at = due(first_at, n, rate);
+                tokio::time::sleep_until(at.into()).await;
+                at
+            }
+            None => Instant::now(),
+        };
         let mut payload = Vec::with_capacity(4096);
         let mut msg_id = None;
         let mut sample = None;
@@ -579,8 +708,8 @@ async fn publish(
                     plan.last_valid,
                 ) {
                     sample = Some(Sample {
-                        request: target.get(&format!("/order/{uid}")),
-                        since: Instant::now(),
+                        path: format!("/order/{uid}"),
+                        since: due_at,
                         last: n == plan.last_valid,
                     });
                 }
@@ -641,29 +770,43 @@ struct Visibility {
     errors: BTreeMap<String, u64>,
 }
 
-/// Asks for each sample until it answers 200, oldest first; returns when every sample has been
-/// seen and the channel is closed, or when nothing has become visible for `stall`.
+/// A sample being watched, and the targets that have served it so far.
+struct Watched {
+    sample: Sample,
+    seen_by: Vec<bool>,
+}
+
+/// Asks every target for each sample until all of them answer 200, oldest first; returns when
+/// every sample has been seen and the channel is closed, or when nothing has become visible for
+/// `stall`. A sample's latency ends when the last target serves it.
 fn watch(
-    addr: SocketAddr,
+    targets: &[Target],
     rx: &Receiver<Sample>,
     stall: Duration,
     bar: &ProgressBar,
 ) -> Visibility {
-    let mut client = Client::new(addr, REQUEST_TIMEOUT);
+    let mut clients: Vec<Client> = targets
+        .iter()
+        .map(|t| Client::new(t.addr(), REQUEST_TIMEOUT))
+        .collect();
     let mut out = Visibility {
         latencies: report::histogram(),
         seen: 0,
         last_seen_at: None,
         errors: BTreeMap::new(),
     };
-    let mut pending: VecDeque<Sample> = VecDeque::new();
+    let watched = |sample| Watched {
+        sample,
+        seen_by: vec![false; targets.len()],
+    };
+    let mut pending: VecDeque<Watched> = VecDeque::new();
     let mut open = true;
     let mut progress_at = Instant::now();
     loop {
         while open {
             match rx.try_recv() {
                 Ok(sample) => {
-                    pending.push_back(sample);
+                    pending.push_back(watched(sample));
                     progress_at = Instant::now();
                 }
                 Err(TryRecvError::Empty) => break,
@@ -676,7 +819,7 @@ fn watch(
             }
             match rx.recv_timeout(Duration::from_millis(50)) {
                 Ok(sample) => {
-                    pending.push_back(sample);
+                    pending.push_back(watched(sample));
                     progress_at = Instant::now();
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -687,40 +830,32 @@ fn watch(
         let mut not_yet = 0;
         let mut i = 0;
         while i < pending.len() && not_yet < LOOKAHEAD {
-            match client.request(&pending[i].request, None) {
-                Ok(reply) if reply.status == 200 => {
-                    let now = Instant::now();
-                    if let Some(sample) = pending.remove(i) {
-                        report::record(
-                            &mut out.latencies,
-                            now.saturating_duration_since(sample.since),
-                        );
-                        out.seen += 1;
-                        if sample.last {
-                            out.last_seen_at = Some(now);
-                        }
-                    }
-                    progress_at = now;
-                    bar.inc(1);
+            let entry = &mut pending[i];
+            let everywhere = (0..targets.len()).all(|t| {
+                entry.seen_by[t] || {
+                    let request = targets[t].get(&entry.sample.path);
+                    entry.seen_by[t] = probe(&mut clients[t], &request, &mut out.errors);
+                    entry.seen_by[t]
                 }
-                // Not stored yet (404), or the cache is still loading (503).
-                Ok(reply) if reply.status == 404 || reply.status == 503 => {
-                    not_yet += 1;
-                    i += 1;
-                }
-                Ok(reply) => {
-                    *out.errors
-                        .entry(format!("status {} for a published order", reply.status))
-                        .or_default() += 1;
-                    not_yet += 1;
-                    i += 1;
-                }
-                Err(e) => {
-                    *out.errors.entry(format!("watching: {e}")).or_default() += 1;
-                    not_yet += 1;
-                    i += 1;
+            });
+            if !everywhere {
+                not_yet += 1;
+                i += 1;
+                continue;
+            }
+            let now = Instant::now();
+            if let Some(done) = pending.remove(i) {
+                report::record(
+                    &mut out.latencies,
+                    now.saturating_duration_since(done.sample.since),
+                );
+                out.seen += 1;
+                if done.sample.last {
+                    out.last_seen_at = Some(now);
                 }
             }
+            progress_at = now;
+            bar.inc(1);
         }
         if not_yet > 0 {
             if progress_at.elapsed() > stall {
@@ -731,6 +866,25 @@ fn watch(
     }
     bar.finish();
     out
+}
+
+/// Whether one target serves a watched order yet; what is neither a 200 nor a "not yet" (404,
+/// or 503 while the cache loads) is counted in `errors`.
+fn probe(client: &mut Client, request: &[u8], errors: &mut BTreeMap<String, u64>) -> bool {
+    match client.request(request, None) {
+        Ok(reply) if reply.status == 200 => true,
+        Ok(reply) if reply.status == 404 || reply.status == 503 => false,
+        Ok(reply) => {
+            *errors
+                .entry(format!("status {} for a published order", reply.status))
+                .or_default() += 1;
+            false
+        }
+        Err(e) => {
+            *errors.entry(format!("watching: {e}")).or_default() += 1;
+            false
+        }
+    }
 }
 
 /// Starts the `ordersvc serve` of backlog mode, logging to `log`; dropped, it gets SIGTERM.
@@ -851,7 +1005,8 @@ mod tests {
                 database_url: String::new(),
             },
             durable: String::new(),
-            url: DEFAULT_URL.into(),
+            url: vec![DEFAULT_URL.into()],
+            rate: Vec::new(),
             orders,
             invalid_ratio: 0.0,
             duplicate_ratio: 0.0,
@@ -927,6 +1082,26 @@ mod tests {
             Some(a.db.database_url.as_str())
         );
         assert_eq!(env("NATS_URL").as_deref(), Some(a.nats.nats_url.as_str()));
+    }
+
+    #[test]
+    fn at_a_fixed_rate_messages_are_due_at_even_intervals_from_the_start() {
+        let start = Instant::now();
+        assert_eq!(due(start, 0, 1000.0), start);
+        assert_eq!(due(start, 1, 1000.0) - start, Duration::from_millis(1));
+        assert_eq!(due(start, 2500, 5000.0) - start, Duration::from_millis(500));
+        assert_eq!(due(start, 3, 3.0) - start, Duration::from_secs(1));
+        // However far behind the publisher is, a message's due time does not move.
+        assert_eq!(due(start, 30_000, 10_000.0) - start, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn a_rate_is_a_positive_number_of_messages_per_second() {
+        assert_eq!(parse_rate("5000"), Ok(5000.0));
+        assert_eq!(parse_rate(" 2.5 "), Ok(2.5));
+        for bad in ["0", "-1", "abc", "inf", "NaN", "", "20000000"] {
+            assert!(parse_rate(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -621,6 +621,105 @@ impl IngestSummary {
     }
 }
 
+/// One step of `bench ingest --mode live --rate R,...`: messages published open loop at `rate`.
+pub(crate) struct RateStep {
+    /// Messages per second asked for.
+    pub rate: f64,
+    /// The step's seed (its ids are `bench-<seed>-<n>`).
+    pub seed: u64,
+    /// Publish acks received, and messages that were never acknowledged.
+    pub acked: u64,
+    pub failed: u64,
+    /// From the first message's due time to the last ack.
+    pub publish_time: Duration,
+    /// Watched orders, and how many every target served.
+    pub sampled: u64,
+    pub seen: u64,
+    /// From each watched message's due time until every target served it, in microseconds.
+    pub latencies: Histogram<u64>,
+    /// Messages pending or unacked for the consumer once the last publish was acked: a backlog
+    /// that grows from step to step is a rate the service does not keep up with.
+    pub backlog_at_end: Option<u64>,
+    /// Distinct errors and how often each happened.
+    pub errors: BTreeMap<String, u64>,
+}
+
+impl RateStep {
+    /// Acknowledged messages per second actually published.
+    pub(crate) fn sent_rate(&self) -> f64 {
+        per_second(self.acked, self.publish_time)
+    }
+}
+
+/// The latency-vs-load curve of a `--rate` run, one block per step.
+pub(crate) fn rate_curve_text(steps: &[RateStep], urls: &[&str]) -> String {
+    let mut out = String::new();
+    line(
+        &mut out,
+        "Run",
+        "[mode, URLs]",
+        &format!("live at fixed rates, {}", urls.join(" ")),
+    );
+    for step in steps {
+        let backlog = step
+            .backlog_at_end
+            .map_or_else(|| "n/a".to_owned(), |b| b.to_string());
+        line(
+            &mut out,
+            &format!("Rate {}/s", step.rate),
+            "[sent/s, failed, seen/watched, backlog]",
+            &format!(
+                "{:.2}, {}, {}/{}, {backlog}",
+                step.sent_rate(),
+                step.failed,
+                step.seen,
+                step.sampled
+            ),
+        );
+        let l = Latencies::of(&step.latencies);
+        line(&mut out, "  Due→visible", LATENCY_HEADER, &l.row());
+    }
+    out.push_str("Error Set:\n");
+    let mut errors: BTreeMap<&str, u64> = BTreeMap::new();
+    for step in steps {
+        for (error, count) in &step.errors {
+            *errors.entry(error).or_default() += count;
+        }
+    }
+    for (error, count) in errors {
+        let _ = writeln!(out, "{error} (×{count})");
+    }
+    out
+}
+
+/// The same curve as one JSON object (latencies in microseconds).
+pub(crate) fn rate_curve_json(steps: &[RateStep], urls: &[&str]) -> Value {
+    let steps: Vec<Value> = steps
+        .iter()
+        .map(|step| {
+            let errors: Vec<Value> = step
+                .errors
+                .iter()
+                .map(|(error, count)| json!({ "error": error, "count": count }))
+                .collect();
+            json!({
+                "rate": step.rate,
+                "seed": step.seed,
+                "acked": step.acked,
+                "failed": step.failed,
+                "publish_time_s": step.publish_time.as_secs_f64(),
+                "sent_per_s": round2(step.sent_rate()),
+                "watched": step.sampled,
+                "seen": step.seen,
+                "backlog_at_end": step.backlog_at_end,
+                "due_to_visible_us": Latencies::of(&step.latencies).json(),
+                "errors": errors,
+            })
+        })
+        .collect();
+    json!({ "mode": "live", "urls": urls, "steps": steps })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -931,6 +1030,57 @@ Target 2      [url, connections]                      http://127.0.0.1:18082, 32
         let j = ingest("backlog").json();
         assert_eq!(j["drain"]["orders_per_s"], 9000.0);
         assert_eq!(j["spawn_to_ready_s"], 0.3);
+    }
+
+    fn step(rate: f64, backlog: u64, latencies: &[u64]) -> RateStep {
+        RateStep {
+            rate,
+            seed: 40,
+            acked: 10_000,
+            failed: 0,
+            publish_time: Duration::from_secs(2),
+            sampled: 100,
+            seen: 100,
+            latencies: histogram_of(latencies.iter().copied()),
+            backlog_at_end: Some(backlog),
+            errors: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn the_rate_curve_has_a_block_per_step_with_latencies_from_the_due_time() {
+        let mut slow = step(10_000.0, 4_000, &[2_000, 150_000, 900_000]);
+        slow.errors.insert("watching: timed out".into(), 2);
+        let steps = [step(5_000.0, 0, &[1_000, 2_000, 3_000]), slow];
+        let text = rate_curve_text(&steps, &["http://a", "http://b"]);
+        assert!(text.starts_with("Run           [mode, URLs]                            live at fixed rates, http://a http://b\n"), "{text}");
+        assert!(
+            text.contains(
+                "Rate 5000/s   [sent/s, failed, seen/watched, backlog] 5000.00, 0, 100/100, 0\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("  Due→visible [min, mean, 50, 90, 95, 99, 99.9, max]  1.000ms, 2.000ms, 2.000ms, 3.00"), "{text}");
+        assert!(
+            text.contains(
+                "Rate 10000/s  [sent/s, failed, seen/watched, backlog] 5000.00, 0, 100/100, 4000\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("Error Set:\nwatching: timed out (×2)\n"),
+            "{text}"
+        );
+        let j = rate_curve_json(&steps, &["http://a"]);
+        assert_eq!(j["steps"][1]["backlog_at_end"], 4000);
+        assert_eq!(
+            j["steps"][1]["due_to_visible_us"]["max"]
+                .as_u64()
+                .map(|m| m.abs_diff(900_000) < 1_000),
+            Some(true)
+        );
+        assert_eq!(j["steps"][0]["sent_per_s"], 5000.0);
+        assert_eq!(j["urls"][0], "http://a");
     }
 
     #[test]
