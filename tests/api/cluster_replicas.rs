@@ -286,7 +286,12 @@ fn three_replicas_on_a_fresh_cluster_each_take_a_share_of_the_ingest() {
         assert!(published.is_ok(), "{published:?}");
         orders.extend(more);
         let total = orders.len() as i64;
-        service.wait_until(|| service.stored() == total, "every lot stored");
+        // A replica counts what it stored only once the batch is fanned out and acked, a
+        // moment after the rows are in PostgreSQL: wait for the counts too.
+        service.wait_until(
+            || service.stored() == total && shares(&service).iter().sum::<f64>() == total as f64,
+            "every lot stored, and counted by the replica that stored it",
+        );
         if shares(&service).iter().all(|&n| n > 0.0) {
             break;
         }
