@@ -12,3 +12,22 @@ pub mod publish;
 pub mod publisher;
 pub mod replay;
 pub(crate) mod samples;
+
+/// What several modules' unit tests build their settings from.
+#[cfg(test)]
+pub(crate) mod testing {
+    use ordersvc_service::config::NatsArgs;
+
+    /// NATS settings with nothing in them, for tests that never connect.
+    pub(crate) fn nats_args() -> NatsArgs {
+        NatsArgs {
+            nats_url: String::new(),
+            nats_token: None,
+            nats_tls_ca: None,
+            nats_connect_timeout: std::time::Duration::from_secs(1),
+            stream_replicas: 1,
+            stream: String::new(),
+            subject: String::new(),
+        }
+    }
+}

@@ -178,15 +178,7 @@ mod tests {
         let file = dir.join("in.jsonl");
         std::fs::write(&file, b"{\"a\":1}\r\n\n  \n{\"b\":2}").expect("write");
         let args = PublishArgs {
-            nats: NatsArgs {
-                nats_url: String::new(),
-                nats_token: None,
-                nats_tls_ca: None,
-                nats_connect_timeout: std::time::Duration::from_secs(1),
-                stream_replicas: 1,
-                stream: String::new(),
-                subject: String::new(),
-            },
+            nats: crate::testing::nats_args(),
             files: vec![file],
             lines: true,
             in_flight: 1,

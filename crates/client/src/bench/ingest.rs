@@ -992,15 +992,7 @@ mod tests {
 
     fn args(orders: u64, every: u64) -> IngestArgs {
         IngestArgs {
-            nats: NatsArgs {
-                nats_url: String::new(),
-                nats_token: None,
-                nats_tls_ca: None,
-                nats_connect_timeout: std::time::Duration::from_secs(1),
-                stream_replicas: 1,
-                stream: String::new(),
-                subject: String::new(),
-            },
+            nats: crate::testing::nats_args(),
             db: DbArgs {
                 database_url: String::new(),
             },
