@@ -17,6 +17,7 @@ mod nats_auth;
 mod operations;
 mod orders_list;
 mod page;
+mod pipeline;
 mod proxy;
 mod publish_command;
 mod publish_failover;

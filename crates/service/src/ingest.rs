@@ -2,6 +2,12 @@
 //! parse every message, commit the batch to PostgreSQL, and only then ack it and hand the stored
 //! orders to the cache writer.
 //!
+//! The stages overlap, one batch in each: while batch N commits, batch N+1 is pulled and parsed,
+//! and batch N-1 is fanned out to the other replicas, acked and handed to the cache. A round ends
+//! when all three are done, so each batch is acked strictly after its own commit and fan-out, in
+//! order, and at most three batches are in flight. Whichever stage is slow (PostgreSQL or NATS
+//! down), the messages of every batch in flight are kept in progress meanwhile.
+//!
 //! A message is acked only after its order (or its rejection record) is committed. When the
 //! commit fails, the batch is kept (unacked) and retried with backoff until PostgreSQL takes it;
 //! meanwhile its messages are marked in progress so that the server does not redeliver them, and
@@ -34,8 +40,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// The pull stream's idle heartbeat: a silent server, or a pull request it lost (a consumer
 /// leader elected meanwhile), is noticed within two of these, and the subscription rebuilt.
 const HEARTBEAT: Duration = Duration::from_secs(2);
-/// While a batch is being retried, how often its messages are reported in progress (well within
-/// the consumer's ack wait, so the server never redelivers them to someone else meanwhile).
+/// While a round of the pipeline takes longer (a stage retrying), how often the messages in flight
+/// are reported in progress (well within the consumer's ack wait, so the server never redelivers
+/// them to someone else meanwhile).
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 /// Failed attempts at a batch before its messages are tried one by one, to find one that
 /// PostgreSQL refuses for a reason other than its data (a trigger, a rule).
@@ -92,7 +99,19 @@ pub struct Totals {
     pub rejected: u64,
 }
 
-/// Why a batch was not committed.
+impl Totals {
+    fn add(&mut self, more: Totals) {
+        self.received += more.received;
+        self.stored += more.stored;
+        self.duplicates += more.duplicates;
+        self.rejected += more.rejected;
+    }
+}
+
+/// A stop came while a batch could not be committed: it was handed back for redelivery.
+struct HandedBack;
+
+/// Why a batch was not finished.
 enum BatchError {
     /// Shutdown came while PostgreSQL was refusing the batch: it was nak'd for redelivery.
     Shutdown,
@@ -100,15 +119,97 @@ enum BatchError {
     CacheGone,
 }
 
+/// A pulled batch, parsed, not committed yet.
+struct Prepared {
+    id: u64,
+    messages: Vec<jetstream::Message>,
+    incoming: Vec<Incoming>,
+}
+
+/// A committed batch, waiting for its fan-out and acks.
+struct Committed {
+    id: u64,
+    messages: Vec<jetstream::Message>,
+    received: usize,
+    written: Written,
+}
+
+/// The reply subjects of every batch in the pipeline, by batch: what to keep in progress while a
+/// stage is retrying, so that the server redelivers none of them to another replica meanwhile.
+struct InFlight {
+    batches: std::sync::Mutex<std::collections::BTreeMap<u64, Vec<async_nats::Subject>>>,
+    next_id: std::sync::atomic::AtomicU64,
+    /// `/metrics`' count of them.
+    gauge: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl InFlight {
+    fn new(gauge: prometheus_client::metrics::gauge::Gauge) -> InFlight {
+        gauge.set(0);
+        InFlight {
+            batches: Default::default(),
+            next_id: Default::default(),
+            gauge,
+        }
+    }
+
+    /// Registers a batch's messages; returns its id.
+    fn add(&self, messages: &[jetstream::Message]) -> u64 {
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let replies = messages.iter().filter_map(|m| m.reply.clone()).collect();
+        let mut batches = self.lock();
+        batches.insert(id, replies);
+        self.gauge.set(batches.len() as i64);
+        id
+    }
+
+    /// Forgets a batch: acked, or handed back.
+    fn remove(&self, id: u64) {
+        let mut batches = self.lock();
+        batches.remove(&id);
+        self.gauge.set(batches.len() as i64);
+    }
+
+    /// Every reply subject in flight.
+    fn replies(&self) -> Vec<async_nats::Subject> {
+        self.lock().values().flatten().cloned().collect()
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<u64, Vec<async_nats::Subject>>> {
+        // Nothing panics while holding it; a poisoned map is still a correct map.
+        self.batches
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// What the subscription has next.
 enum Next {
     /// Messages to write, at most a batch's count and bytes.
     Batch(Vec<jetstream::Message>),
+    /// No more batches from this subscription.
+    Stop(Stop),
+}
+
+/// Why a subscription gives no more batches.
+enum Stop {
     /// The pull stream ended: subscribe again.
     StreamEnded,
     /// The pull stream reported an error (a missed heartbeat, or worse).
     StreamFailed(pull::MessagesError),
     /// A stop was requested.
+    Shutdown,
+}
+
+/// How one subscription's pipeline ended.
+enum Ended {
+    /// Subscribe again (after a backoff).
+    Resubscribe,
+    /// A stop: everything in flight is finished or handed back.
     Shutdown,
 }
 
@@ -132,21 +233,21 @@ impl Subscription {
     /// fuller batch; when idle, a lone message waits at most `LINGER`.
     async fn next_batch(&mut self, shutdown: &Shutdown) -> Next {
         if let Some(e) = self.failed.take() {
-            return Next::StreamFailed(e);
+            return Next::Stop(Stop::StreamFailed(e));
         }
         // The flag, not only the future: a stop may have come while a batch was being written.
         if shutdown.is_requested() {
-            return Next::Shutdown;
+            return Next::Stop(Stop::Shutdown);
         }
         if self.carry.is_empty() {
             let chunk = tokio::select! {
                 biased;
-                _ = shutdown.requested() => return Next::Shutdown,
+                _ = shutdown.requested() => return Next::Stop(Stop::Shutdown),
                 chunk = self.chunks.next() => chunk,
             };
             match chunk {
                 Some(chunk) => self.carry = chunk,
-                None => return Next::StreamEnded,
+                None => return Next::Stop(Stop::StreamEnded),
             }
         }
         let deadline = tokio::time::Instant::now() + LINGER;
@@ -171,13 +272,13 @@ impl Subscription {
             }
         }
         match (batch.is_empty(), self.failed.take()) {
-            (true, Some(e)) => Next::StreamFailed(e),
+            (true, Some(e)) => Next::Stop(Stop::StreamFailed(e)),
             (false, failed) => {
                 self.failed = failed;
                 Next::Batch(batch)
             }
             // A chunk is never empty, so a taken one holds a message or an error.
-            (true, None) => Next::StreamEnded,
+            (true, None) => Next::Stop(Stop::StreamEnded),
         }
     }
 
@@ -201,13 +302,13 @@ impl Subscription {
 }
 
 impl Ingest {
-    /// Runs until a stop is requested; the batch in flight is finished (committed and acked)
-    /// first, or handed back if it cannot be within the grace period.
+    /// Runs until a stop is requested; the batches in flight are finished (committed and acked)
+    /// first, or handed back if they cannot be within the grace period.
     pub async fn run(self, shutdown: Shutdown) -> Result<Totals> {
         let mut totals = Totals::default();
         let mut backoff = BACKOFF_MIN;
         while !shutdown.is_requested() {
-            let mut subscription = match self.subscribe().await {
+            let subscription = match self.subscribe().await {
                 Ok(subscription) => {
                     self.subscription.set(None);
                     backoff = BACKOFF_MIN;
@@ -220,54 +321,167 @@ impl Ingest {
                     continue;
                 }
             };
-            loop {
-                match subscription.next_batch(&shutdown).await {
-                    Next::Batch(batch) => {
-                        if self.subscription.problem().is_some() {
-                            self.subscription.set(None);
-                        }
-                        match self.handle_batch(batch, &mut totals, &shutdown).await {
-                            Ok(()) => {}
-                            Err(BatchError::CacheGone) => {
-                                return Err(eyre!("the cache writer stopped"))
-                            }
-                            Err(BatchError::Shutdown) => {
-                                subscription.release().await;
-                                return Ok(totals);
-                            }
-                        }
+            match self.pipeline(subscription, &mut totals, &shutdown).await? {
+                Ended::Shutdown => return Ok(totals),
+                Ended::Resubscribe => sleep_or_shutdown(&mut backoff, &shutdown).await,
+            };
+        }
+        Ok(totals)
+    }
+
+    /// Runs the stages over one subscription until it fails or a stop comes, and every batch
+    /// in flight is finished or handed back.
+    async fn pipeline(
+        &self,
+        mut subscription: Subscription,
+        totals: &mut Totals,
+        shutdown: &Shutdown,
+    ) -> Result<Ended> {
+        let in_flight = InFlight::new(self.metrics.batches_in_flight.clone());
+        let mut to_commit: Option<Prepared> = None;
+        let mut to_finish: Option<Committed> = None;
+        // Why the subscription stopped giving batches: once set, the pipeline drains.
+        let mut stopped: Option<Stop> = None;
+        loop {
+            let pulling = stopped.is_none();
+            let idle = to_commit.is_none() && to_finish.is_none();
+            let pull = async {
+                if !pulling {
+                    return None;
+                }
+                Some(match subscription.next_batch(shutdown).await {
+                    Next::Batch(messages) => Ok(self.prepare(messages, &in_flight)),
+                    Next::Stop(stop) => Err(stop),
+                })
+            };
+            let commit = async {
+                match to_commit.take() {
+                    Some(batch) => Some(self.commit(batch, &in_flight, shutdown).await),
+                    None => None,
+                }
+            };
+            let finish = async {
+                match to_finish.take() {
+                    Some(batch) => Some(self.finish(batch, &in_flight, shutdown).await),
+                    None => None,
+                }
+            };
+            let round = async {
+                if idle {
+                    return (None, None, pull.await);
+                }
+                // The commit's query and the fan-out's publishes are on their way before the
+                // next batch is parsed on this thread, so PostgreSQL, NATS and parsing overlap
+                // instead of waiting for one another. The round ends with the commit and the
+                // fan-out: a pull still waiting for messages then is dropped (`next_batch` keeps
+                // what it took), or the last batch of a quiet stream would wait for its ack
+                // until another message came.
+                let work = async { tokio::join!(biased; commit, finish) };
+                tokio::pin!(work, pull);
+                let mut pulled = None;
+                loop {
+                    tokio::select! {
+                        biased;
+                        (committed, finished) = &mut work => return (committed, finished, pulled.flatten()),
+                        next = &mut pull, if pulled.is_none() => pulled = Some(next),
                     }
-                    // No heartbeat: the server holds no pull request of ours any more (one sent
-                    // while the consumer had no leader, on a cluster, is lost for good). The
-                    // pull stream does not always recover by itself: subscribe again.
-                    Next::StreamFailed(e)
-                        if e.kind() == pull::MessagesErrorKind::MissingHeartbeat =>
-                    {
-                        warn!("missed heartbeats from NATS; subscribing again");
-                        self.subscription.set(Some("missed heartbeats".into()));
-                        subscription.release().await;
-                        sleep_or_shutdown(&mut backoff, &shutdown).await;
-                        break;
+                }
+            };
+            let (committed, finished, pulled) = self.keep_in_progress(&in_flight, round).await;
+
+            let mut handed_back = false;
+            match finished {
+                Some(Ok(done)) => totals.add(done),
+                Some(Err(BatchError::CacheGone)) => return Err(eyre!("the cache writer stopped")),
+                Some(Err(BatchError::Shutdown)) => handed_back = true,
+                None => {}
+            }
+            match committed {
+                Some(Ok(batch)) => to_finish = Some(batch),
+                Some(Err(HandedBack)) => handed_back = true,
+                None => {}
+            }
+            match pulled {
+                Some(Ok(batch)) => {
+                    if self.subscription.problem().is_some() {
+                        self.subscription.set(None);
                     }
-                    Next::StreamFailed(e) => {
-                        warn!(error = %e, "the message stream failed; subscribing again");
-                        self.subscription.set(Some(e.to_string()));
-                        sleep_or_shutdown(&mut backoff, &shutdown).await;
-                        break;
-                    }
-                    Next::StreamEnded => {
-                        warn!("the message stream ended; subscribing again");
-                        sleep_or_shutdown(&mut backoff, &shutdown).await;
-                        break;
-                    }
-                    Next::Shutdown => {
-                        subscription.release().await;
-                        return Ok(totals);
-                    }
+                    to_commit = Some(batch);
+                }
+                Some(Err(next)) => stopped = Some(next),
+                None => {}
+            }
+            if handed_back {
+                // A stop, and some batch could not be finished within the grace period: hand
+                // back whatever else is in flight, too.
+                for (id, messages) in [
+                    to_commit.take().map(|b| (b.id, b.messages)),
+                    to_finish.take().map(|b| (b.id, b.messages)),
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    nak_all(&messages).await;
+                    in_flight.remove(id);
+                }
+                subscription.release().await;
+                return Ok(Ended::Shutdown);
+            }
+            if to_commit.is_some() || to_finish.is_some() {
+                continue;
+            }
+            let Some(stop) = stopped.take() else {
+                continue;
+            };
+            return Ok(match stop {
+                // No heartbeat: the server holds no pull request of ours any more (one sent
+                // while the consumer had no leader, on a cluster, is lost for good). The pull
+                // stream does not always recover by itself: subscribe again.
+                Stop::StreamFailed(e) if e.kind() == pull::MessagesErrorKind::MissingHeartbeat => {
+                    warn!("missed heartbeats from NATS; subscribing again");
+                    self.subscription.set(Some("missed heartbeats".into()));
+                    subscription.release().await;
+                    Ended::Resubscribe
+                }
+                Stop::StreamFailed(e) => {
+                    warn!(error = %e, "the message stream failed; subscribing again");
+                    self.subscription.set(Some(e.to_string()));
+                    Ended::Resubscribe
+                }
+                Stop::StreamEnded => {
+                    warn!("the message stream ended; subscribing again");
+                    Ended::Resubscribe
+                }
+                Stop::Shutdown => {
+                    subscription.release().await;
+                    Ended::Shutdown
+                }
+            });
+        }
+    }
+
+    /// Runs `work`, and while it takes longer than `PROGRESS_EVERY` (a stage retrying while
+    /// PostgreSQL or NATS is down), tells the server that every message in flight is still being
+    /// worked on, so that none is redelivered to someone else meanwhile.
+    async fn keep_in_progress<T>(
+        &self,
+        in_flight: &InFlight,
+        work: impl std::future::Future<Output = T>,
+    ) -> T {
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                done = &mut work => return done,
+                _ = tokio::time::sleep(PROGRESS_EVERY) => {
+                    let client = self.js.client();
+                    let progress = in_flight.replies().into_iter().map(|reply| {
+                        let client = client.clone();
+                        async move { client.publish(reply, AckKind::Progress.into()).await }
+                    });
+                    futures::future::join_all(progress).await;
                 }
             }
         }
-        Ok(totals)
     }
 
     /// The payload bytes of one batch (and of one pull) at most.
@@ -298,13 +512,8 @@ impl Ingest {
         })
     }
 
-    /// Parses, commits, acks, and feeds the cache with one batch.
-    async fn handle_batch(
-        &self,
-        messages: Vec<jetstream::Message>,
-        totals: &mut Totals,
-        shutdown: &Shutdown,
-    ) -> Result<(), BatchError> {
+    /// Parses a pulled batch and registers it as in flight.
+    fn prepare(&self, messages: Vec<jetstream::Message>, in_flight: &InFlight) -> Prepared {
         let incoming: Vec<Incoming> = messages
             .iter()
             .map(|m| Incoming {
@@ -319,8 +528,27 @@ impl Ingest {
                 .consumer_pending
                 .set(i64::try_from(info.pending).unwrap_or(i64::MAX));
         }
+        Prepared {
+            id: in_flight.add(&messages),
+            messages,
+            incoming,
+        }
+    }
+
+    /// Commits a batch, retrying with backoff until PostgreSQL takes it; on a stop meanwhile
+    /// (after the grace period, or at once while PostgreSQL refuses it), hands it back.
+    async fn commit(
+        &self,
+        batch: Prepared,
+        in_flight: &InFlight,
+        shutdown: &Shutdown,
+    ) -> Result<Committed, HandedBack> {
+        let Prepared {
+            id,
+            messages,
+            incoming,
+        } = batch;
         let mut backoff = BACKOFF_MIN;
-        let mut last_progress = Instant::now();
         let mut attempts = 0u32;
         let written = loop {
             attempts += 1;
@@ -334,9 +562,10 @@ impl Ingest {
                 biased;
                 result = attempt => result.unwrap_or_else(|_| Err(write_timed_out())),
                 _ = self.after_grace(shutdown) => {
-                    warn!("the batch in flight was not committed within the shutdown grace period; handing it back");
+                    warn!("a batch in flight was not committed within the shutdown grace period; handing it back");
                     nak_all(&messages).await;
-                    return Err(BatchError::Shutdown);
+                    in_flight.remove(id);
+                    return Err(HandedBack);
                 }
             };
             match result {
@@ -355,13 +584,8 @@ impl Ingest {
                     if sleep_or_shutdown(&mut backoff, shutdown).await {
                         // Hand the batch back at once: another instance, or the next start, takes it.
                         nak_all(&messages).await;
-                        return Err(BatchError::Shutdown);
-                    }
-                    if last_progress.elapsed() >= PROGRESS_EVERY {
-                        // Still working on them: keep the server from redelivering them meanwhile.
-                        let progress = messages.iter().map(|m| m.ack_with(AckKind::Progress));
-                        futures::future::join_all(progress).await;
-                        last_progress = Instant::now();
+                        in_flight.remove(id);
+                        return Err(HandedBack);
                     }
                 }
             }
@@ -371,15 +595,40 @@ impl Ingest {
             self.commit.set(None);
         }
         self.metrics.batch_size.observe(incoming.len() as f64);
+        Ok(Committed {
+            id,
+            messages,
+            received: incoming.len(),
+            written,
+        })
+    }
 
+    /// Fans a committed batch out to the other replicas, acks it, counts it and hands its
+    /// orders to the cache writer; returns what it counted.
+    async fn finish(
+        &self,
+        batch: Committed,
+        in_flight: &InFlight,
+        shutdown: &Shutdown,
+    ) -> Result<Totals, BatchError> {
+        let Committed {
+            id,
+            messages,
+            received,
+            written,
+        } = batch;
         // Committed; the other replicas must have the orders before the messages may go.
         crash_here_if_testing();
         if !written.to_cache.is_empty() {
-            self.fan_out(&written.to_cache, &messages, shutdown).await?;
+            if let Err(e) = self.fan_out(&written.to_cache, &messages, shutdown).await {
+                in_flight.remove(id);
+                return Err(e);
+            }
         }
 
         // Committed and fanned out: ack every message. A lost ack only means a redelivery, which is idempotent.
         let acks = futures::future::join_all(messages.iter().map(|m| m.ack())).await;
+        in_flight.remove(id);
         let failed = acks.iter().filter(|r| r.is_err()).count();
         if failed > 0 {
             warn!(
@@ -388,7 +637,10 @@ impl Ingest {
             );
         }
 
-        totals.received += incoming.len() as u64;
+        let mut totals = Totals {
+            received: received as u64,
+            ..Totals::default()
+        };
         for outcome in &written.outcomes {
             match outcome {
                 Outcome::Stored => {
@@ -406,17 +658,16 @@ impl Ingest {
                 }
             }
         }
-        debug!(size = incoming.len(), "batch committed");
+        debug!(size = received, "batch committed");
         if !written.to_cache.is_empty() {
             self.send_to_cache(written.to_cache).await?;
         }
-        Ok(())
+        Ok(totals)
     }
 
-    /// Publishes a committed batch's orders to the changelog, retrying with backoff (and keeping
-    /// the messages in progress) until JetStream stores them, like a commit that fails. On a stop
-    /// meanwhile the messages are handed back: whoever gets them finds the orders stored, and
-    /// fans them out before acking.
+    /// Publishes a committed batch's orders to the changelog, retrying with backoff until
+    /// JetStream stores them, like a commit that fails. On a stop meanwhile the messages are
+    /// handed back: whoever gets them finds the orders stored, and fans them out before acking.
     async fn fan_out(
         &self,
         orders: &[(crate::order::OrderUid, String)],
@@ -424,13 +675,12 @@ impl Ingest {
         shutdown: &Shutdown,
     ) -> Result<(), BatchError> {
         let mut backoff = BACKOFF_MIN;
-        let mut last_progress = Instant::now();
         loop {
             let published = tokio::select! {
                 biased;
                 published = self.changelog.publish(orders) => published,
                 _ = self.after_grace(shutdown) => {
-                    warn!("the batch in flight was not fanned out within the shutdown grace period; handing it back");
+                    warn!("a batch in flight was not fanned out within the shutdown grace period; handing it back");
                     nak_all(messages).await;
                     return Err(BatchError::Shutdown);
                 }
@@ -451,11 +701,6 @@ impl Ingest {
                     if sleep_or_shutdown(&mut backoff, shutdown).await {
                         nak_all(messages).await;
                         return Err(BatchError::Shutdown);
-                    }
-                    if last_progress.elapsed() >= PROGRESS_EVERY {
-                        let progress = messages.iter().map(|m| m.ack_with(AckKind::Progress));
-                        futures::future::join_all(progress).await;
-                        last_progress = Instant::now();
                     }
                 }
             }

@@ -55,6 +55,8 @@ pub struct Metrics {
     pub commit_failures: Counter,
     /// Messages the consumer still has to deliver, as of the last message received.
     pub consumer_pending: Gauge,
+    /// Batches pulled and not yet acked or handed back (ingest's pipeline holds up to three).
+    pub batches_in_flight: Gauge,
     /// Orders loaded into the cache by the restore so far.
     pub restored_orders: Gauge,
     cache_orders: Gauge,
@@ -139,6 +141,13 @@ impl Metrics {
             "Messages waiting in the stream for this consumer (lag), as of the last one received",
             Gauge::default(),
         );
+        let batches_in_flight = registered(
+            &mut registry,
+            "ingest_batches_in_flight",
+            "Batches pulled and not yet acked or handed back: one being parsed, one committing, \
+             one being fanned out and acked",
+            Gauge::default(),
+        );
         let restored_orders = registered(
             &mut registry,
             "restored_orders",
@@ -200,6 +209,7 @@ impl Metrics {
             commit_seconds,
             commit_failures,
             consumer_pending,
+            batches_in_flight,
             restored_orders,
             cache_orders,
             cache_bytes,
