@@ -291,10 +291,7 @@ impl Run<'_> {
                 plan.seed
             );
             let (published, visibility, backlog) = self.live_step(&plan, Some(rate))?;
-            let mut errors = published.errors;
-            for (e, n) in visibility.errors {
-                *errors.entry(e).or_default() += n;
-            }
+            let errors = merged(published.errors, visibility.errors);
             steps.push(RateStep {
                 rate,
                 seed: plan.seed,
@@ -583,10 +580,7 @@ fn summary(
     visibility: Visibility,
     fill: impl FnOnce(&mut IngestSummary),
 ) -> IngestSummary {
-    let mut errors = published.errors;
-    for (e, n) in visibility.errors {
-        *errors.entry(e).or_default() += n;
-    }
+    let errors = merged(published.errors, visibility.errors);
     let mut s = IngestSummary {
         mode: args.mode.as_str(),
         seed: plan.seed,
@@ -615,6 +609,14 @@ fn summary(
     };
     fill(&mut s);
     s
+}
+
+/// The publisher's and the watcher's error sets as one.
+fn merged(mut errors: BTreeMap<String, u64>, more: BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    for (error, count) in more {
+        *errors.entry(error).or_default() += count;
+    }
+    errors
 }
 
 /// Refuses to run when the first order of this seed is already stored: its ids would all be

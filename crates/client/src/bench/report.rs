@@ -260,6 +260,14 @@ fn codes_json(codes: &BTreeMap<u16, u64>) -> Value {
     Value::Object(codes)
 }
 
+/// An error set in the text layout: its header, then a line per error with its count.
+fn error_set_text<'a>(out: &mut String, errors: impl IntoIterator<Item = (&'a str, u64)>) {
+    out.push_str("Error Set:\n");
+    for (error, count) in errors {
+        let _ = writeln!(out, "{error} (×{count})");
+    }
+}
+
 /// An error set as a JSON array of `{error, count}`.
 fn errors_json(errors: &BTreeMap<String, u64>) -> Value {
     errors
@@ -349,10 +357,7 @@ impl HttpSummary {
             "[code:count]",
             &codes_text(&self.status_codes),
         );
-        out.push_str("Error Set:\n");
-        for (error, count) in &self.errors {
-            let _ = writeln!(out, "{error} (×{count})");
-        }
+        error_set_text(&mut out, self.errors.iter().map(|(e, &n)| (e.as_str(), n)));
         // With one target the breakdown would only repeat the totals: the report stays as it was.
         if self.targets.len() > 1 {
             for (n, target) in self.targets.iter().enumerate() {
@@ -565,21 +570,14 @@ impl IngestSummary {
                 &log.display().to_string(),
             );
         }
-        out.push_str("Error Set:\n");
-        for (error, count) in &self.errors {
-            let _ = writeln!(out, "{error} (×{count})");
-        }
+        error_set_text(&mut out, self.errors.iter().map(|(e, &n)| (e.as_str(), n)));
         out
     }
 
     /// The same numbers as one JSON object (latencies in microseconds, durations in seconds).
     pub(crate) fn json(&self) -> Value {
         let secs = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
-        let errors: Vec<Value> = self
-            .errors
-            .iter()
-            .map(|(error, count)| json!({ "error": error, "count": count }))
-            .collect();
+        let errors = errors_json(&self.errors);
         let mut value = json!({
             "mode": self.mode,
             "seed": self.seed,
@@ -679,16 +677,13 @@ pub(crate) fn rate_curve_text(steps: &[RateStep], urls: &[&str]) -> String {
         let l = Latencies::of(&step.latencies);
         line(&mut out, "  Due→visible", LATENCY_HEADER, &l.row());
     }
-    out.push_str("Error Set:\n");
     let mut errors: BTreeMap<&str, u64> = BTreeMap::new();
     for step in steps {
         for (error, count) in &step.errors {
             *errors.entry(error).or_default() += count;
         }
     }
-    for (error, count) in errors {
-        let _ = writeln!(out, "{error} (×{count})");
-    }
+    error_set_text(&mut out, errors);
     out
 }
 
@@ -697,11 +692,6 @@ pub(crate) fn rate_curve_json(steps: &[RateStep], urls: &[&str]) -> Value {
     let steps: Vec<Value> = steps
         .iter()
         .map(|step| {
-            let errors: Vec<Value> = step
-                .errors
-                .iter()
-                .map(|(error, count)| json!({ "error": error, "count": count }))
-                .collect();
             json!({
                 "rate": step.rate,
                 "seed": step.seed,
@@ -713,7 +703,7 @@ pub(crate) fn rate_curve_json(steps: &[RateStep], urls: &[&str]) -> Value {
                 "seen": step.seen,
                 "backlog_at_end": step.backlog_at_end,
                 "due_to_visible_us": Latencies::of(&step.latencies).json(),
-                "errors": errors,
+                "errors": errors_json(&step.errors),
             })
         })
         .collect();
