@@ -366,6 +366,20 @@ impl NatsCluster {
         );
     }
 
+    /// Waits for `peers` current peers of `stream` (see `wait_for_current_peers`), then asserts
+    /// that none lags behind and that the stream holds `messages`: a node back on its old store
+    /// has caught up with what it missed.
+    #[track_caller]
+    pub fn assert_caught_up(&self, stream: &str, peers: usize, messages: u64) {
+        self.wait_for_current_peers(stream, peers);
+        let state = self.stream_state(stream).expect("the stream's state");
+        assert!(
+            state.replicas.iter().all(|r| r.current && r.lag == 0),
+            "{state:?}"
+        );
+        assert_eq!(state.messages, messages);
+    }
+
     /// How many messages `stream` holds, as its leader says (waiting for one, bounded: a
     /// follower answers only during an election, and then with its own count).
     pub fn stream_messages(&self, stream: &str) -> u64 {

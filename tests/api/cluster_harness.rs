@@ -104,15 +104,7 @@ fn an_r3_stream_survives_the_sigkill_of_its_leader_and_takes_the_node_back() {
     assert!(cluster.is_running(leader));
 
     // Assert 3: three current peers again, the returned one caught up with what it missed.
-    cluster.wait_for_current_peers(&names.stream, 3);
-    let state = cluster
-        .stream_state(&names.stream)
-        .expect("the stream's state");
-    assert!(
-        state.replicas.iter().all(|r| r.current && r.lag == 0),
-        "{state:?}"
-    );
-    assert_eq!(state.messages, 1200);
+    cluster.assert_caught_up(&names.stream, 3, 1200);
     eprintln!(
         "node {leader} current again {:.1?} after its restart; all done at {:.1?}",
         restarting.elapsed(),

@@ -220,15 +220,7 @@ fn publish_rides_out_the_sigkill_of_the_stream_leader_and_stores_every_order_onc
 
     // And the killed node, back on its store, catches up on every order.
     cluster.restart(leader);
-    cluster.wait_for_current_peers(&names.stream, 3);
-    let state = cluster
-        .stream_state(&names.stream)
-        .expect("the stream's state");
-    assert!(
-        state.replicas.iter().all(|r| r.current && r.lag == 0),
-        "{state:?}"
-    );
-    assert_eq!(state.messages, ORDERS);
+    cluster.assert_caught_up(&names.stream, 3, ORDERS);
     eprintln!(
         "node {leader} current again; all done at {:.1?}",
         started.elapsed()

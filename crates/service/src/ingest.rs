@@ -165,6 +165,12 @@ impl InFlight {
         id
     }
 
+    /// Hands a batch back for redelivery at once (see `nak_all`) and forgets it.
+    async fn hand_back(&self, id: u64, messages: &[jetstream::Message]) {
+        nak_all(messages).await;
+        self.remove(id);
+    }
+
     /// Forgets a batch: acked, or handed back.
     fn remove(&self, id: u64) {
         let mut batches = self.lock();
@@ -421,8 +427,7 @@ impl Ingest {
                 .into_iter()
                 .flatten()
                 {
-                    nak_all(&messages).await;
-                    in_flight.remove(id);
+                    in_flight.hand_back(id, &messages).await;
                 }
                 subscription.release().await;
                 return Ok(Ended::Shutdown);
@@ -563,8 +568,7 @@ impl Ingest {
                 result = attempt => result.unwrap_or_else(|_| Err(write_timed_out())),
                 _ = self.after_grace(shutdown) => {
                     warn!("a batch in flight was not committed within the shutdown grace period; handing it back");
-                    nak_all(&messages).await;
-                    in_flight.remove(id);
+                    in_flight.hand_back(id, &messages).await;
                     return Err(HandedBack);
                 }
             };
@@ -583,8 +587,7 @@ impl Ingest {
                     self.commit.set(Some(e.to_string()));
                     if sleep_or_shutdown(&mut backoff, shutdown).await {
                         // Hand the batch back at once: another instance, or the next start, takes it.
-                        nak_all(&messages).await;
-                        in_flight.remove(id);
+                        in_flight.hand_back(id, &messages).await;
                         return Err(HandedBack);
                     }
                 }
