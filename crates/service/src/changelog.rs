@@ -16,6 +16,11 @@
 //! order_uid, the document as payload) is still read, so a changelog written before an upgrade
 //! is followed to its end.
 //!
+//! Each message also names the process that published it (`Ordersvc-Origin`, random per
+//! process): a replica's follower skips its own, whose orders its ingest has handed to its cache
+//! directly. Reading them back cost the replica a UTF-8 check, a copy and a cache insert per
+//! order for nothing (docs/BENCHMARKS.md).
+//!
 //! The hand-off at start: the changelog's last sequence S0 is read *before* the restore from
 //! PostgreSQL begins, and the follower starts at S0 + 1, so an order committed during the restore
 //! is in one or the other (or both: inserting into the cache is idempotent). A replica that dies
@@ -59,6 +64,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// The header that marks a message of packed orders, and its value.
 const FORMAT_HEADER: &str = "Ordersvc-Changelog";
 const FORMAT: &str = "orders-v1";
+/// The header that names the process that published a message.
+const ORIGIN_HEADER: &str = "Ordersvc-Origin";
 /// Room left in a message's max payload for its headers (the format header takes 44 bytes).
 const HEADER_ROOM: usize = 256;
 
@@ -70,6 +77,8 @@ pub struct Changelog {
     name: String,
     subject: String,
     replicas: usize,
+    /// This process's name in `ORIGIN_HEADER`.
+    origin: String,
 }
 
 /// Where a replica is in the changelog: the next sequence it needs, in which incarnation of
@@ -99,6 +108,7 @@ impl Changelog {
             name: stream_name(&nats.stream, durable),
             subject: format!("ordersvc.changelog.{}.{durable}", nats.stream),
             replicas: usize::from(nats.stream_replicas),
+            origin: new_origin(),
         }
     }
 
@@ -147,6 +157,7 @@ impl Changelog {
         for payload in pack(orders, max_payload.saturating_sub(HEADER_ROOM)) {
             let mut headers = HeaderMap::new();
             headers.insert(FORMAT_HEADER, FORMAT);
+            headers.insert(ORIGIN_HEADER, self.origin.as_str());
             let ack = self
                 .js
                 .publish_with_headers(self.subject.clone(), headers, payload)
@@ -261,7 +272,7 @@ impl Changelog {
             let Some(chunk) = chunk else {
                 return Err(eyre!("the changelog's message stream ended"));
             };
-            let (batch, end) = read_chunk(chunk, next, &self.name);
+            let (batch, end) = read_chunk(chunk, next, &self.name, &self.origin);
             // Before anything else: `next` is already past these orders, so a batch dropped here
             // would never be read again (the next consumer starts at `next`).
             if !batch.is_empty() {
@@ -292,8 +303,9 @@ enum ChunkEnd {
 trait Pulled {
     /// Its stream sequence.
     fn sequence(&self) -> Result<u64>;
-    /// The orders it carries; `None` if it is not a changelog message.
-    fn orders(&self) -> Option<Vec<(OrderUid, String)>>;
+    /// The orders it carries, none if `origin` published it; `None` if it is not a changelog
+    /// message.
+    fn orders(&self, origin: &str) -> Option<Vec<(OrderUid, String)>>;
 }
 
 impl Pulled for jetstream::Message {
@@ -303,8 +315,8 @@ impl Pulled for jetstream::Message {
             .map_err(|e| eyre!("a changelog message without its sequence: {e}"))
     }
 
-    fn orders(&self) -> Option<Vec<(OrderUid, String)>> {
-        entries(self)
+    fn orders(&self, origin: &str) -> Option<Vec<(OrderUid, String)>> {
+        read_message(self.headers.as_ref()?, &self.payload, origin)
     }
 }
 
@@ -315,6 +327,7 @@ fn read_chunk<M: Pulled, E: std::error::Error + Send + Sync + 'static>(
     chunk: Vec<std::result::Result<M, E>>,
     next: &mut u64,
     changelog: &str,
+    origin: &str,
 ) -> (cache::Batch, Option<ChunkEnd>) {
     let mut batch = Vec::with_capacity(chunk.len());
     for item in chunk {
@@ -331,7 +344,7 @@ fn read_chunk<M: Pulled, E: std::error::Error + Send + Sync + 'static>(
             return (batch, Some(ChunkEnd::Gap(gap)));
         }
         *next = seq + 1;
-        match message.orders() {
+        match message.orders(origin) {
             Some(orders) => batch.extend(orders),
             // Only ingest publishes here, and only validated orders: anything else is not ours
             // to serve.
@@ -366,20 +379,33 @@ fn gap_at_start(next: u64, first: u64, last: u64) -> Option<String> {
     }
 }
 
-/// The cache entries a changelog message carries, in either form: packed orders, or (written
-/// before packing) one order with its order_uid in `Nats-Msg-Id`.
-fn entries(message: &jetstream::Message) -> Option<Vec<(OrderUid, String)>> {
-    read_message(message.headers.as_ref()?, &message.payload)
-}
-
-/// The orders of one changelog message, given its headers and payload (see `entries`).
-fn read_message(headers: &HeaderMap, payload: &[u8]) -> Option<Vec<(OrderUid, String)>> {
+/// The orders of one changelog message, given its headers and payload, in either form: packed
+/// orders, or (written before packing) one order with its order_uid in `Nats-Msg-Id`. None from
+/// a message that `origin` (this process) published.
+fn read_message(
+    headers: &HeaderMap,
+    payload: &[u8],
+    origin: &str,
+) -> Option<Vec<(OrderUid, String)>> {
     if headers.get(FORMAT_HEADER).map(|v| v.as_str()) == Some(FORMAT) {
+        if headers.get(ORIGIN_HEADER).map(|v| v.as_str()) == Some(origin) {
+            return Some(Vec::new());
+        }
         return unpack(payload);
     }
     let uid = OrderUid::parse(headers.get("Nats-Msg-Id")?.as_str()).ok()?;
     let document = std::str::from_utf8(payload).ok()?.to_owned();
     Some(vec![(uid, document)])
+}
+
+/// A name for this process's changelog messages: 64 random bits (std's `RandomState` is seeded
+/// from the OS for each new one), in hex.
+fn new_origin() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    format!("{random:016x}")
 }
 
 /// Frames orders into payloads of at most `limit` bytes each, in order. An order whose frame
@@ -444,7 +470,7 @@ mod tests {
             Ok(self.0)
         }
 
-        fn orders(&self) -> Option<Vec<(OrderUid, String)>> {
+        fn orders(&self, _origin: &str) -> Option<Vec<(OrderUid, String)>> {
             let uid = OrderUid::parse(self.1?).ok()?;
             Some(vec![(uid, format!("{{\"seq\":{}}}", self.0))])
         }
@@ -462,7 +488,7 @@ mod tests {
     fn a_chunk_read_in_order_moves_past_every_message_and_yields_its_orders() {
         let mut next = 7;
         let chunk = vec![fake(7, "a"), Ok(Fake(8, None)), fake(9, "c")];
-        let (batch, end) = read_chunk(chunk, &mut next, "test");
+        let (batch, end) = read_chunk(chunk, &mut next, "test", "me");
         assert_eq!(uids(&batch), ["a", "c"]);
         assert!(end.is_none());
         assert_eq!(next, 10);
@@ -475,7 +501,7 @@ mod tests {
         let mut next = 1;
         let heartbeat = std::io::Error::other("missed idle heartbeat");
         let chunk = vec![fake(1, "a"), fake(2, "b"), Err(heartbeat), fake(3, "c")];
-        let (batch, end) = read_chunk(chunk, &mut next, "test");
+        let (batch, end) = read_chunk(chunk, &mut next, "test", "me");
         assert_eq!(uids(&batch), ["a", "b"]);
         assert!(matches!(end, Some(ChunkEnd::Failed(_))));
         assert_eq!(next, 3);
@@ -485,7 +511,7 @@ mod tests {
     fn a_chunk_that_skips_a_sequence_yields_what_came_before_and_names_the_gap() {
         let mut next = 4;
         let chunk = vec![fake(4, "a"), fake(6, "c")];
-        let (batch, end) = read_chunk(chunk, &mut next, "test");
+        let (batch, end) = read_chunk(chunk, &mut next, "test", "me");
         assert_eq!(uids(&batch), ["a"]);
         let Some(ChunkEnd::Gap(gap)) = end else {
             panic!("no gap");
@@ -556,16 +582,24 @@ mod tests {
         let mut packed = HeaderMap::new();
         packed.insert(FORMAT_HEADER, FORMAT);
         let payload = pack(&orders, 1 << 20).remove(0);
-        assert_eq!(read_message(&packed, &payload), Some(orders));
+        assert_eq!(read_message(&packed, &payload, "me"), Some(orders.clone()));
+        // Its own messages: this process's ingest handed their orders to its cache already.
+        packed.insert(ORIGIN_HEADER, "me");
+        assert_eq!(read_message(&packed, &payload, "me"), Some(vec![]));
+        assert_eq!(read_message(&packed, &payload, "other"), Some(orders));
 
         let mut earlier = HeaderMap::new();
         earlier.insert("Nats-Msg-Id", "a");
-        assert_eq!(read_message(&earlier, b"{}"), Some(vec![order("a", "{}")]));
+        assert_eq!(
+            read_message(&earlier, b"{}", "me"),
+            Some(vec![order("a", "{}")])
+        );
         // Neither form: not a changelog message.
-        assert_eq!(read_message(&HeaderMap::new(), b"{}"), None);
+        assert_eq!(read_message(&HeaderMap::new(), b"{}", "me"), None);
         let mut unknown = HeaderMap::new();
         unknown.insert(FORMAT_HEADER, "orders-v9");
-        assert_eq!(read_message(&unknown, &payload), None);
+        assert_eq!(read_message(&unknown, &payload, "me"), None);
+        assert_ne!(new_origin(), new_origin());
     }
 
     #[test]
