@@ -3,7 +3,7 @@
 #
 #   ./install.sh              dependencies, release build, install onto PATH, `ordersvc migrate`
 #   ./install.sh deps         dependencies only
-#   ./install.sh test [ARGS]  dependencies and Chromium (for the page tests), then
+#   ./install.sh test [ARGS]  dependencies, Chromium (page tests) and schemathesis (API contract), then
 #                             `cargo test --locked ARGS` (exits with cargo's code)
 #   ./install.sh -h|--help
 #
@@ -29,6 +29,9 @@ readonly WAIT_SECONDS=30
 readonly DEB_PACKAGES=(postgresql nats-server build-essential pkg-config curl ca-certificates)
 # Only the test suite needs these: the page tests drive a headless browser.
 readonly TEST_DEB_PACKAGES=(chromium)
+# The API contract test runs schemathesis against the live service (from PyPI, pinned so that a
+# new release cannot change what the suite checks).
+readonly TEST_PYPI_PACKAGES=(schemathesis==4.32.5)
 
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 readonly REPO_DIR
@@ -51,7 +54,8 @@ Usage: ./install.sh [deps | test [CARGO_TEST_ARGS...] | -h | --help]
   deps           only install/start the dependencies: Debian packages, PostgreSQL on
                  ${PG_HOST}:${PG_PORT}, NATS JetStream on ${NATS_HOST}:${NATS_PORT}, role '${ROLE}';
                  checks that Rust >= ${MIN_RUST} is installed (it cannot install Rust)
-  test           dependencies and Debian's chromium (the page tests drive it headless), then
+  test           dependencies, Debian's chromium (the page tests drive it headless) and
+                 schemathesis from PyPI (the API contract test runs it), then
                  'cargo test --locked' with the remaining arguments,
                  e.g. ./install.sh test -- --nocapture; exits with cargo's exit code
   -h, --help     show this help
@@ -160,6 +164,20 @@ install_packages() {
     # apt-get update only now: it is slow and needs the network, and nothing needs it otherwise.
     as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o Dpkg::Use-Pty=0 "${missing[@]}"
+}
+
+# install_pypi_packages NAME==VERSION...: pip-installs those not installed at that version, for
+# the python3 on PATH (the one the tests run).
+install_pypi_packages() {
+    local missing=() spec
+    for spec in "$@"; do
+        [[ $(python3 -m pip show "${spec%%==*}" 2>/dev/null | sed -n 's/^Version: //p') == "${spec##*==}" ]] ||
+            missing+=("${spec}")
+    done
+    ((${#missing[@]} == 0)) && return 0
+    command -v python3 >/dev/null 2>&1 || die "python3 is missing: the API contract test needs it for schemathesis"
+    info "Installing from PyPI: ${missing[*]}"
+    python3 -m pip install --quiet --disable-pip-version-check "${missing[@]}"
 }
 
 # --- c: Rust --------------------------------------------------------------------------------
@@ -398,6 +416,7 @@ main() {
             shift
             deps
             install_packages "${TEST_DEB_PACKAGES[@]}"
+            install_pypi_packages "${TEST_PYPI_PACKAGES[@]}"
             cd "${REPO_DIR}"
             info "Running cargo test --locked${*:+ $*}"
             exec cargo test --locked "$@"

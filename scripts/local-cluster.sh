@@ -23,6 +23,7 @@
 #   ORDERSVC_CLUSTER_ROUTE_PORTS    NATS cluster ports     (default "6301 6302 6303")
 #   ORDERSVC_CLUSTER_MONITOR_PORTS  NATS monitoring ports  (default "8301 8302 8303")
 #   ORDERSVC_CLUSTER_HTTP_PORTS     replicas' HTTP ports   (default "18081 18082 18083")
+#   ORDERSVC_CLUSTER_ADMIN_PORTS    replicas' admin ports: /metrics, /rejected (default "18091 18092 18093")
 #   DATABASE_URL              the replicas' one database
 #                             (default postgres://ordersvc:ordersvc@127.0.0.1:5432/orders_cluster?sslmode=disable)
 #   ORDERSVC_CLUSTER_TIMEOUT  seconds to wait for a node or a replica to be ready (default 60)
@@ -66,11 +67,14 @@ load_settings() {
     if [[ ${1:-} != fresh && -f $SETTINGS ]]; then
         # shellcheck source=/dev/null
         source "$SETTINGS"
+        # Recorded before replicas had admin ports.
+        ADMIN_PORTS=${ADMIN_PORTS:-${ORDERSVC_CLUSTER_ADMIN_PORTS:-18091 18092 18093}}
     else
         CLIENT_PORTS=${ORDERSVC_CLUSTER_CLIENT_PORTS:-4301 4302 4303}
         ROUTE_PORTS=${ORDERSVC_CLUSTER_ROUTE_PORTS:-6301 6302 6303}
         MONITOR_PORTS=${ORDERSVC_CLUSTER_MONITOR_PORTS:-8301 8302 8303}
         HTTP_PORTS=${ORDERSVC_CLUSTER_HTTP_PORTS:-18081 18082 18083}
+        ADMIN_PORTS=${ORDERSVC_CLUSTER_ADMIN_PORTS:-18091 18092 18093}
         CLUSTER_DATABASE_URL=${DATABASE_URL:-postgres://ordersvc:ordersvc@127.0.0.1:5432/orders_cluster?sslmode=disable}
         DATABASE_CREATED=no
     fi
@@ -88,7 +92,7 @@ save_settings() {
     local name
     {
         echo "# Recorded by scripts/local-cluster.sh up; later commands use these."
-        for name in CLIENT_PORTS ROUTE_PORTS MONITOR_PORTS HTTP_PORTS CLUSTER_DATABASE_URL \
+        for name in CLIENT_PORTS ROUTE_PORTS MONITOR_PORTS HTTP_PORTS ADMIN_PORTS CLUSTER_DATABASE_URL \
             DATABASE_CREATED; do
             printf '%s=%q\n' "$name" "${!name}"
         done
@@ -114,9 +118,11 @@ check_settings() {
     nodes=$(count "$CLIENT_PORTS")
     [[ $(count "$ROUTE_PORTS") == "$nodes" && $(count "$MONITOR_PORTS") == "$nodes" ]] ||
         die "ORDERSVC_CLUSTER_CLIENT_PORTS, _ROUTE_PORTS and _MONITOR_PORTS must list as many ports each"
+    [[ $(count "$ADMIN_PORTS") == "$(count "$HTTP_PORTS")" ]] ||
+        die "ORDERSVC_CLUSTER_HTTP_PORTS and _ADMIN_PORTS must list as many ports each"
     [[ $TIMEOUT =~ ^[1-9][0-9]*$ ]] || die "ORDERSVC_CLUSTER_TIMEOUT must be a number of seconds"
     local port
-    for port in $CLIENT_PORTS $ROUTE_PORTS $MONITOR_PORTS $HTTP_PORTS; do
+    for port in $CLIENT_PORTS $ROUTE_PORTS $MONITOR_PORTS $HTTP_PORTS $ADMIN_PORTS; do
         [[ $port =~ ^[1-9][0-9]{0,4}$ && $port -le 65535 ]] || die "$port is not a port number"
     done
 }
@@ -233,9 +239,11 @@ check_node_ports() {
 
 check_replica_port() {
     local n=$1 port
-    port=$(nth "$HTTP_PORTS" "$n")
     replica_pid "$n" >/dev/null && return 0
+    port=$(nth "$HTTP_PORTS" "$n")
     ! listening "$port" || die "replica $n: port $port is taken by another program (see ORDERSVC_CLUSTER_HTTP_PORTS)"
+    port=$(nth "$ADMIN_PORTS" "$n")
+    ! listening "$port" || die "replica $n: admin port $port is taken by another program (see ORDERSVC_CLUSTER_ADMIN_PORTS)"
 }
 
 # Starts node N's process if it is not running (no wait).
@@ -371,7 +379,8 @@ spawn_replica() {
     # The database URL goes in the environment, where `ps` does not show its password.
     DATABASE_URL=$CLUSTER_DATABASE_URL setsid "$ORDERSVC_BIN" serve \
         --nats-url "$(nats_urls)" --stream-replicas "$(node_count)" \
-        --http-addr "127.0.0.1:$port" </dev/null >>"$dir/serve.log" 2>&1 &
+        --http-addr "127.0.0.1:$port" --admin-addr "127.0.0.1:$(nth "$ADMIN_PORTS" "$n")" \
+        </dev/null >>"$dir/serve.log" 2>&1 &
     echo $! >"$dir/serve.pid"
     await_exec $! "--http-addr 127.0.0.1:$port"
 }
@@ -548,8 +557,8 @@ cmd_status() {
     for n in $(seq 1 "$(replica_count)"); do
         port=$(nth "$HTTP_PORTS" "$n")
         if pid=$(replica_pid "$n"); then alive=alive; else pid=-; alive=down; fi
-        printf 'replica %s  pid %-8s http 127.0.0.1:%s  %-5s  readyz/reads: %s  readyz: %s\n' \
-            "$n" "$pid" "$port" "$alive" "$(http_code "http://127.0.0.1:$port/readyz/reads")" \
+        printf 'replica %s  pid %-8s http 127.0.0.1:%s  admin 127.0.0.1:%s  %-5s  readyz/reads: %s  readyz: %s\n' \
+            "$n" "$pid" "$port" "$(nth "$ADMIN_PORTS" "$n")" "$alive" "$(http_code "http://127.0.0.1:$port/readyz/reads")" \
             "$(http_line "http://127.0.0.1:$port/readyz")"
     done
     jetstream_summary

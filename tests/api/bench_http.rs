@@ -10,7 +10,7 @@ use crate::helpers::{
 /// `GET /order/{id}` requests the service has answered 200, from its own `/metrics`: what really
 /// reached it, whatever the bench believes it sent where.
 fn orders_served(app: &TestApp) -> u64 {
-    let (status, _, body) = app.get("/metrics");
+    let (status, _, body) = app.admin_get("/metrics");
     assert_eq!(status, 200);
     let text = String::from_utf8(body).expect("the metrics are UTF-8");
     text.lines()

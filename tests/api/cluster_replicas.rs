@@ -277,7 +277,7 @@ fn three_replicas_on_a_fresh_cluster_each_take_a_share_of_the_ingest() {
     // Act: orders in lots of 500 until every replica has stored some (bounded).
     let shares = |service: &Service| -> Vec<f64> {
         (0..3)
-            .map(|i| stored_here(&service.replica(i).get("/metrics")))
+            .map(|i| stored_here(&service.replica(i).admin_get("/metrics")))
             .collect()
     };
     for lot in 0..40 {

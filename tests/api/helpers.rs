@@ -46,6 +46,8 @@ const PUBLISH_WINDOW: usize = 256;
 pub struct TestApp {
     /// The HTTP address the service listens on (it changes on `restart`).
     pub addr: SocketAddr,
+    /// The admin listener's address (`/metrics`, `/rejected`); it changes on `restart`.
+    pub admin_addr: SocketAddr,
     /// The random part of every name, e.g. `3fa9c0d1`.
     pub suffix: String,
     pub database_url: String,
@@ -136,6 +138,7 @@ pub fn spawn_app_with_options(options: SpawnOptions) -> TestApp {
     });
     let mut app = TestApp {
         addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        admin_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         database_url,
         nats_url,
         service_database_url,
@@ -269,7 +272,12 @@ const CONNECTION_ENV: [&str; 5] = [
 /// are checked too), with none of `CONNECTION_ENV` inherited: a test sets the ones it means.
 pub fn ordersvc(args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_ordersvc"));
-    command.args(args).env("RUST_LOG", "info");
+    // A `serve` among them takes a free admin port, not the default one (other tests run at the
+    // same time); a test's own `--admin-addr` wins over the variable.
+    command
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env("ORDERSVC_ADMIN_ADDR", "127.0.0.1:0");
     for name in CONNECTION_ENV {
         command.env_remove(name);
     }
@@ -491,6 +499,29 @@ pub fn order_of_size(uid: &str, size: usize) -> Vec<u8> {
     order.into_bytes()
 }
 
+/// The model with this id, creation time (RFC 3339), top-level track number and customer (the
+/// items' track numbers stay as they are).
+pub fn model_with(uid: &str, date: &str, track: &str, customer: &str) -> Vec<u8> {
+    let model = String::from_utf8(model_with_uid(uid)).expect("UTF-8");
+    let model = replace_once(
+        &model,
+        r#""date_created": "2021-11-26T06:22:19Z""#,
+        &format!(r#""date_created": {}"#, serde_json::json!(date)),
+    );
+    // The first track_number is the order's own.
+    let model = replace_once(
+        &model,
+        r#""track_number": "WBILMTESTTRACK""#,
+        &format!(r#""track_number": {}"#, serde_json::json!(track)),
+    );
+    replace_once(
+        &model,
+        r#""customer_id": "test""#,
+        &format!(r#""customer_id": {}"#, serde_json::json!(customer)),
+    )
+    .into_bytes()
+}
+
 /// The status code of a raw HTTP answer.
 pub fn status_of(answer: &[u8]) -> u16 {
     let line = answer.split(|&b| b == b'\r').next().unwrap_or_default();
@@ -510,9 +541,10 @@ impl TestApp {
             "RUST_LOG",
             self.log_filter.clone().unwrap_or_else(service_log_filter),
         );
-        let (child, addr) = spawn_serve(command, &self.suffix, &self.logs);
+        let (child, addrs) = spawn_serve(command, &self.suffix, &self.logs);
         self.child = Some(child);
-        self.addr = addr;
+        self.addr = addrs.public;
+        self.admin_addr = addrs.admin;
         let child = self.child.as_mut().expect("just set");
         wait_until_ready(&self.http, self.addr, child);
         // Ready can come before ingest has made the stream and the consumer: until they exist, a
@@ -564,6 +596,16 @@ impl TestApp {
         http_request(&self.http, self.addr, method, path, headers)
     }
 
+    /// `GET path` on the admin listener.
+    pub fn admin_get(&self, path: &str) -> Reply {
+        self.admin_request("GET", path, &[])
+    }
+
+    /// Any method on the admin listener, with extra headers.
+    pub fn admin_request(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+        http_request(&self.http, self.admin_addr, method, path, headers)
+    }
+
     /// The service's peak resident memory so far (VmHWM), in bytes.
     pub fn peak_rss_bytes(&self) -> u64 {
         let pid = self.child.as_ref().expect("the service is running").id();
@@ -586,7 +628,7 @@ impl TestApp {
 
     /// The value of an unlabelled metric in `/metrics`.
     pub fn metric(&self, name: &str) -> f64 {
-        let (status, _, body) = self.get("/metrics");
+        let (status, _, body) = self.admin_get("/metrics");
         assert_eq!(status, 200);
         let text = String::from_utf8(body).expect("the metrics are UTF-8");
         text.lines()
@@ -1048,14 +1090,32 @@ fn service_log_filter() -> String {
     format!("{base},ordersvc_service::serve=info")
 }
 
-/// The address in the service's `listening on http://ADDR` log line.
-fn listening_addr(line: &str) -> Option<SocketAddr> {
-    let rest = &line[line.find("listening on http://")? + "listening on http://".len()..];
+/// Which listener a `listening on` log line names, and its address.
+fn listening_addr(line: &str) -> Option<(Listener, SocketAddr)> {
+    const ADMIN: &str = "admin listening on http://";
+    const PUBLIC: &str = "listening on http://";
+    let (listener, rest) = match line.find(ADMIN) {
+        Some(at) => (Listener::Admin, &line[at + ADMIN.len()..]),
+        None => (Listener::Public, &line[line.find(PUBLIC)? + PUBLIC.len()..]),
+    };
     // Text logs end the address with a space, JSON logs with a quote.
     let end = rest
         .find(|c: char| !(c.is_ascii_alphanumeric() || ".:[]".contains(c)))
         .unwrap_or(rest.len());
-    rest[..end].parse().ok()
+    Some((listener, rest[..end].parse().ok()?))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Listener {
+    Public,
+    Admin,
+}
+
+/// The two addresses a service logs at start.
+#[derive(Clone, Copy, Debug)]
+struct Addrs {
+    public: SocketAddr,
+    admin: SocketAddr,
 }
 
 /// The tests' HTTP client: bounded requests, no redirects followed.
@@ -1067,14 +1127,14 @@ fn http_agent() -> ureq::Agent {
 }
 
 /// Spawns a `serve` command line (text logs; standard I/O is set here) and waits until it logs
-/// its HTTP address. Every log line goes to `logs` and is forwarded to the test's stderr with
+/// its HTTP and admin addresses. Every log line goes to `logs` and is forwarded to the test's stderr with
 /// `prefix` (cargo shows them when a test fails). The child is killed when the returned process
 /// is dropped, also when this panics.
 fn spawn_serve(
     mut command: Command,
     prefix: &str,
     logs: &std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-) -> (ServeProcess, SocketAddr) {
+) -> (ServeProcess, Addrs) {
     command
         .env("ORDERSVC_LOG_FORMAT", "text")
         .stdin(Stdio::null())
@@ -1084,13 +1144,14 @@ fn spawn_serve(
         ServeProcess::spawn(&mut command, OnDrop::Kill).expect("cannot start the ordersvc binary");
     let stderr = child.take_stderr().expect("stderr is piped");
 
-    // The reader keeps forwarding every line and hands over the address from the "listening on"
-    // line.
+    // The reader keeps forwarding every line and hands over the addresses from the two
+    // "listening on" lines.
     let (tx, rx) = mpsc::channel();
     let prefix = prefix.to_owned();
     let logs = logs.clone();
     std::thread::spawn(move || {
         let mut tx = Some(tx);
+        let (mut public, mut admin) = (None, None);
         for line in BufReader::new(stderr).split(b'\n') {
             let Ok(line) = line else { break };
             let line = String::from_utf8_lossy(&line);
@@ -1098,21 +1159,26 @@ fn spawn_serve(
             logs.lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .push(line.clone().into_owned());
-            if let Some(addr) = listening_addr(&line) {
+            match listening_addr(&line) {
+                Some((Listener::Public, addr)) => public = Some(addr),
+                Some((Listener::Admin, addr)) => admin = Some(addr),
+                None => {}
+            }
+            if let (Some(public), Some(admin)) = (public, admin) {
                 if let Some(tx) = tx.take() {
-                    let _ = tx.send(addr);
+                    let _ = tx.send(Addrs { public, admin });
                 }
             }
         }
     });
     match rx.recv_timeout(START_DEADLINE) {
-        Ok(addr) => (child, addr),
+        Ok(addrs) => (child, addrs),
         Err(mpsc::RecvTimeoutError::Disconnected) => {
             let status = child.wait().ok();
-            panic!("the service exited ({status:?}) before logging its address")
+            panic!("the service exited ({status:?}) before logging its addresses")
         }
         Err(mpsc::RecvTimeoutError::Timeout) => {
-            panic!("the service logged no `listening on` line within {START_DEADLINE:?}")
+            panic!("the service logged no two `listening on` lines within {START_DEADLINE:?}")
         }
     }
 }
@@ -1194,6 +1260,8 @@ fn wait_for_order_at(http: &ureq::Agent, addr: SocketAddr, uid: &str) -> Vec<u8>
 pub struct Serving {
     /// The HTTP address the service listens on.
     pub addr: SocketAddr,
+    /// The admin listener's address.
+    pub admin_addr: SocketAddr,
     child: ServeProcess,
     /// Every line the service has logged so far.
     logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
@@ -1206,9 +1274,10 @@ impl Serving {
     /// forwarded with `prefix`.
     pub fn start(command: Command, prefix: &str) -> Serving {
         let logs = std::sync::Arc::default();
-        let (child, addr) = spawn_serve(command, prefix, &logs);
+        let (child, addrs) = spawn_serve(command, prefix, &logs);
         let mut serving = Serving {
-            addr,
+            addr: addrs.public,
+            admin_addr: addrs.admin,
             child,
             logs,
             http: http_agent(),
@@ -1220,6 +1289,11 @@ impl Serving {
     /// `GET path`.
     pub fn get(&self, path: &str) -> Reply {
         http_request(&self.http, self.addr, "GET", path, &[])
+    }
+
+    /// `GET path` on the admin listener.
+    pub fn admin_get(&self, path: &str) -> Reply {
+        http_request(&self.http, self.admin_addr, "GET", path, &[])
     }
 
     /// Polls `GET /order/{uid}` until it is 200 and returns the body.

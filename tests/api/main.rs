@@ -1,3 +1,4 @@
+mod admin;
 mod bad_messages;
 mod bench_http;
 mod bench_ingest;
@@ -14,9 +15,12 @@ mod helpers;
 mod hostile;
 mod http;
 mod nats_auth;
+mod openapi;
 mod operations;
 mod orders_list;
+mod orders_search;
 mod page;
+mod page_search;
 mod pipeline;
 mod proxy;
 mod publish_command;

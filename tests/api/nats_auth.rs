@@ -127,7 +127,7 @@ fn assert_publishes_and_serves(
     }
 
     for path in ["/readyz", "/metrics"] {
-        let (status, _, body) = serving.get(path);
+        let (status, _, body) = serving.admin_get(path);
         assert_eq!(status, 200, "{path}");
         assert_shows_none(&String::from_utf8_lossy(&body), &[secret], path);
     }

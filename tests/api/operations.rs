@@ -17,7 +17,7 @@ fn rejected_messages_are_listed_newest_first_with_their_reason_and_payload() {
     app.wait_for_order("after-the-garbage");
 
     // Act
-    let (status, headers, body) = app.get("/rejected?limit=1");
+    let (status, headers, body) = app.admin_get("/rejected?limit=1");
 
     // Assert: one per page, newest first, with a cursor to the next.
     assert_eq!(status, 200);
@@ -37,12 +37,12 @@ fn rejected_messages_are_listed_newest_first_with_their_reason_and_payload() {
         "{newest}"
     );
     let next = page["next"].as_i64().expect("a cursor to the older page");
-    let (_, _, body) = app.get(&format!("/rejected?limit=1&before={next}"));
+    let (_, _, body) = app.admin_get(&format!("/rejected?limit=1&before={next}"));
     let older: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
     assert_eq!(older["rejected"][0]["payload"], "first garbage");
     assert_eq!(older["rejected"][0]["kind"], "bad_json");
     for bad in ["limit=0", "limit=201", "before=x", "colour=red"] {
-        assert_eq!(app.get(&format!("/rejected?{bad}")).0, 400, "{bad}");
+        assert_eq!(app.admin_get(&format!("/rejected?{bad}")).0, 400, "{bad}");
     }
 }
 
@@ -55,7 +55,7 @@ fn the_last_page_of_rejected_messages_has_no_next_cursor() {
     app.publish(&model_with_uid("after-two-rejections"));
     app.wait_for_order("after-two-rejections");
     let page = |query: &str| {
-        let (status, _, body) = app.get(&format!("/rejected?{query}"));
+        let (status, _, body) = app.admin_get(&format!("/rejected?{query}"));
         assert_eq!(status, 200, "{query}: {}", String::from_utf8_lossy(&body));
         serde_json::from_slice::<serde_json::Value>(&body).expect("JSON")
     };
@@ -172,7 +172,7 @@ fn no_log_line_carries_the_personal_data_of_an_order() {
 fn the_commit_failures_help_text_says_that_a_failed_batch_is_retried_in_place() {
     // The operator reads it in Prometheus: it must tell what happens, not an old design.
     let app = spawn_app();
-    let (status, _, body) = app.get("/metrics");
+    let (status, _, body) = app.admin_get("/metrics");
     assert_eq!(status, 200);
     let text = String::from_utf8(body).expect("the metrics are UTF-8");
     let help = text

@@ -19,7 +19,7 @@ fn cached(get: Get) -> u64 {
     cached_orders(&get("/readyz"))
 }
 
-/// New orders a replica stored itself.
+/// New orders a replica stored itself (`get` on its admin listener).
 fn stored_by(get: Get) -> f64 {
     stored_here(&get("/metrics"))
 }
@@ -31,6 +31,8 @@ fn two_replicas_share_the_ingest_and_each_serves_every_order_from_memory() {
     let second = Serving::start(app.serve_command::<&str>(&[]), &app.suffix);
     let a: Get = &|path| app.get(path);
     let b: Get = &|path| second.get(path);
+    let (a_admin, b_admin): (Get, Get) =
+        (&|path| app.admin_get(path), &|path| second.admin_get(path));
     let orders = generated_orders(&format!("rep-{}", app.suffix), 2_000);
 
     // Act
@@ -53,10 +55,10 @@ fn two_replicas_share_the_ingest_and_each_serves_every_order_from_memory() {
     // ... both stored a share, once in all (the consumer really was shared; a replica counts a
     // batch once it is fanned out and acked, which a follower may beat by a moment) ...
     let deadline = Instant::now() + EVENTUALLY;
-    while stored_by(a) + stored_by(b) < 2_000.0 && Instant::now() < deadline {
+    while stored_by(a_admin) + stored_by(b_admin) < 2_000.0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let (by_a, by_b) = (stored_by(a), stored_by(b));
+    let (by_a, by_b) = (stored_by(a_admin), stored_by(b_admin));
     assert!(by_a > 0.0 && by_b > 0.0, "A stored {by_a}, B stored {by_b}");
     assert_eq!(by_a + by_b, 2_000.0);
     // ... and each serves every order byte for byte, ready for reads.

@@ -111,7 +111,8 @@ fn help_does_not_show_the_urls_given_in_the_environment() {
             format!("postgres://ordersvc:{SECRET}@127.0.0.1/orders"),
         )
         .env("NATS_URL", format!("nats://{SECRET}@127.0.0.1:4222"))
-        .env("NATS_TOKEN", SECRET);
+        .env("NATS_TOKEN", SECRET)
+        .env("ORDERSVC_ADMIN_TOKEN", SECRET);
         let output = run_to_end(help, b"");
         let stdout = String::from_utf8_lossy(&output.stdout);
         assert!(output.status.success(), "{command} --help: {output:?}");

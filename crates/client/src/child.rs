@@ -53,6 +53,9 @@ where
         .args(["--subject", settings.subject])
         .args(["--durable", settings.durable])
         .args(["--http-addr", settings.http_addr])
+        // A free port for the admin listener unless `extra` names one: the child must not take
+        // (or fail on) the port of a service already running here.
+        .env("ORDERSVC_ADMIN_ADDR", "127.0.0.1:0")
         .args(extra);
     match settings.nats_token {
         Some(token) => command.env("NATS_TOKEN", token),

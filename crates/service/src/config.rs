@@ -22,6 +22,8 @@ pub const DEFAULT_SUBJECT: &str = "orders";
 pub const DEFAULT_DURABLE: &str = "ordersvc";
 /// Default HTTP listen address (loopback: put a proxy in front to expose it).
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
+/// Default admin listen address (`/metrics`, `/rejected`, the health endpoints): loopback only.
+pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:8081";
 
 /// Where PostgreSQL is.
 #[derive(Args, Clone)]

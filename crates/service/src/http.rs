@@ -3,10 +3,12 @@
 //! through the HTTP side's own small pool, never through ingest's, so readers cannot make a commit
 //! wait for a connection. The connection layer and its limits are in `server`.
 //!
-//! Routes (the design's contract): `GET /order/{order_uid}`, `GET /orders`, `GET /`, `GET /healthz`,
-//! `GET /readyz`, `GET /metrics`, `GET /rejected`. HEAD works wherever GET does; other methods
-//! get 405.
+//! Routes (the design's contract): on the public listener `GET /order/{order_uid}`, `GET /orders`,
+//! `GET /`, `GET /openapi.json`, `GET /healthz`, `GET /readyz`; on the admin listener `GET /metrics`, `GET /rejected`,
+//! `GET /healthz`, `GET /readyz`. `/readyz/reads` is on both. A route of the other listener is a
+//! 404. HEAD works wherever GET does; other methods get 405.
 
+mod admin;
 mod server;
 
 use std::future::Future;
@@ -28,9 +30,10 @@ use crate::health::Health;
 use crate::metrics::{HttpLabels, Metrics, RouteLabels};
 use crate::order::OrderUid;
 use crate::page;
-use crate::store::Store;
+use crate::store::{Matching, Store, SEARCH_MAX_CHARS};
 
-pub use self::server::{HttpServer, Limits, MAX_HEAD_BYTES};
+pub use self::admin::{check_exposure, Listener, Token};
+pub use self::server::{Endpoint, HttpServer, Limits, MAX_HEAD_BYTES};
 
 /// Default page size of the listings, and the largest of each.
 const LIST_DEFAULT_LIMIT: i64 = 20;
@@ -54,6 +57,8 @@ pub struct AppState {
     pub health: Arc<Health>,
     /// Where requests are counted and timed.
     pub metrics: Arc<Metrics>,
+    /// When set, `/metrics` and `/rejected` need `Authorization: Bearer <token>`.
+    pub admin_token: Option<Token>,
 }
 
 /// What every connection task reads: serve's state, and the HTTP side's own pool.
@@ -63,14 +68,17 @@ struct Shared {
     store: Store,
 }
 
-/// Answers one request, and counts and times it.
-async fn handle<B>(request: Request<B>, shared: &Shared) -> Reply {
+/// Answers one request that came in on `listener`, and counts and times it.
+async fn handle<B>(request: Request<B>, listener: Listener, shared: &Shared) -> Reply {
     let started = Instant::now();
     let target = request
         .uri()
         .path_and_query()
         .map_or("/", |target| target.as_str());
-    let route = resolve(target);
+    let route = match resolve(target) {
+        route if route.served_on(listener) => route,
+        _ => Route::NotFound,
+    };
     let name = route.name();
     let response = answer(route, &request, shared).await;
     let metrics = &shared.state.metrics;
@@ -97,6 +105,8 @@ pub enum Route<'a> {
     Script,
     /// `/app.css`.
     Style,
+    /// `/openapi.json`: the public API's document.
+    OpenApi,
     /// `/healthz`.
     Healthz,
     /// `/readyz`.
@@ -125,10 +135,26 @@ pub struct BadId {
 }
 
 impl Route<'_> {
+    /// Whether `listener` answers this route: operator data only on the admin listener, the
+    /// page and the order API only on the public one, the health endpoints on both.
+    pub fn served_on(&self, listener: Listener) -> bool {
+        match self {
+            Route::Healthz | Route::Readyz | Route::ReadyzReads | Route::NotFound => true,
+            Route::Metrics | Route::Rejected(_) => listener == Listener::Admin,
+            Route::Page
+            | Route::Script
+            | Route::Style
+            | Route::OpenApi
+            | Route::Orders(_)
+            | Route::Order(_) => listener == Listener::Public,
+        }
+    }
+
     /// The route's name in the metrics (never the path itself: ids would make labels unbounded).
     pub fn name(&self) -> &'static str {
         match self {
             Route::Page | Route::Script | Route::Style => "page",
+            Route::OpenApi => "openapi",
             Route::Healthz => "healthz",
             Route::Readyz => "readyz",
             Route::ReadyzReads => "readyz_reads",
@@ -148,6 +174,7 @@ pub fn resolve(target: &str) -> Route<'_> {
         "/" => Route::Page,
         "/app.js" => Route::Script,
         "/app.css" => Route::Style,
+        "/openapi.json" => Route::OpenApi,
         "/healthz" => Route::Healthz,
         "/readyz" => Route::Readyz,
         "/readyz/reads" => Route::ReadyzReads,
@@ -191,9 +218,11 @@ async fn answer<B>(route: Route<'_>, request: &Request<B>, shared: &Shared) -> R
         Route::Page => page::html(),
         Route::Script => page::script(),
         Route::Style => page::style(),
+        Route::OpenApi => crate::openapi::response(),
         Route::Healthz => json_response(200, &json!({ "status": "ok" })),
         Route::Readyz => readiness(state.health.readiness(&state.cache), &state.cache),
         Route::ReadyzReads => readiness(state.health.reads_readiness(&state.cache), &state.cache),
+        Route::Metrics | Route::Rejected(_) if !admitted(state, request) => unauthorized(),
         Route::Metrics => {
             let text = state.metrics.encode(&state.cache, &state.health);
             let mut response = Response::new(Full::new(Bytes::from(text)));
@@ -209,6 +238,28 @@ async fn answer<B>(route: Route<'_>, request: &Request<B>, shared: &Shared) -> R
         Route::Order(Ok(uid)) => order(request, uid, shared).await,
         Route::Order(Err(bad)) => id_error(400, &bad.reason, &bad.id),
     }
+}
+
+/// True when no admin token is set, or the request carries it.
+fn admitted<B>(state: &AppState, request: &Request<B>) -> bool {
+    state
+        .admin_token
+        .as_ref()
+        .is_none_or(|token| token.admits(request.headers()))
+}
+
+/// 401: operator data needs the admin token.
+fn unauthorized() -> Reply {
+    let mut response = json_response(
+        401,
+        &json!({ "error": "this needs the admin token: Authorization: Bearer <token>" }),
+    );
+    set(
+        &mut response,
+        header::WWW_AUTHENTICATE,
+        "Bearer realm=\"ordersvc admin\"",
+    );
+    response
 }
 
 /// `/readyz` and `/readyz/reads`: 200 without reasons, 503 with them. One shape for both
@@ -297,23 +348,125 @@ struct Paging {
 
 /// Reads the paging parameters, or says why they are wrong.
 fn paging(query: &str, max: i64) -> Result<Paging, String> {
+    paging_and(query, max, |key, _| {
+        Err(format!("unknown parameter {key:?}"))
+    })
+}
+
+/// Reads the paging parameters and hands every other one, with its raw (still encoded) value,
+/// to `other`, which takes it or says why not.
+fn paging_and(
+    query: &str,
+    max: i64,
+    mut other: impl FnMut(&str, &str) -> Result<(), String>,
+) -> Result<Paging, String> {
     let mut paging = Paging {
         limit: LIST_DEFAULT_LIMIT.min(max),
         before: None,
     };
     for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let value = percent_decode_str(value).decode_utf8_lossy();
+        let (key, raw) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_decode_str(raw).decode_utf8_lossy();
         match key {
             "limit" => match value.parse::<i64>() {
                 Ok(n) if (1..=max).contains(&n) => paging.limit = n,
                 _ => return Err(format!("limit must be an integer from 1 to {max}")),
             },
             "before" => paging.before = Some(value.into_owned()),
-            _ => return Err(format!("unknown parameter {key:?}")),
+            _ => other(key, raw)?,
         }
     }
     Ok(paging)
+}
+
+/// A search of `/orders`: exact equality on one stored column, or on both (the orders with this
+/// track number of this customer). Only `parse` and `and` make one, so the store always gets
+/// values its search indexes hold.
+#[derive(Debug, PartialEq, Eq)]
+enum OrderFilter {
+    TrackNumber(String),
+    CustomerId(String),
+    Both {
+        track_number: String,
+        customer_id: String,
+    },
+}
+
+impl OrderFilter {
+    /// The filter that parameter `key` asks for with `raw`, its value as sent; `None` when `key`
+    /// is not a search parameter.
+    ///
+    /// The value is form-decoded (`+` is a space, as every form encoder sends it; a literal `+`
+    /// comes as `%2B`) and must be 1 to `SEARCH_MAX_CHARS` characters. Validation only requires
+    /// these fields to be non-empty and sets no maximum; the bound is the search indexes' (see
+    /// the migration), and it also keeps an absurd value away from PostgreSQL. U+0000 cannot be
+    /// in a stored column (the store replaces it) nor be sent to PostgreSQL as text, so it is
+    /// refused rather than turned into a database error.
+    fn parse(key: &str, raw: &str) -> Option<Result<OrderFilter, String>> {
+        let make: fn(String) -> OrderFilter = match key {
+            "track_number" => OrderFilter::TrackNumber,
+            "customer_id" => OrderFilter::CustomerId,
+            _ => return None,
+        };
+        let spaced = raw.replace('+', " ");
+        let Ok(value) = percent_decode_str(&spaced).decode_utf8() else {
+            return Some(Err(format!("{key} must be valid UTF-8")));
+        };
+        let chars = value.chars().count();
+        Some(if !(1..=SEARCH_MAX_CHARS).contains(&chars) {
+            Err(format!("{key} must be 1 to {SEARCH_MAX_CHARS} characters"))
+        } else if value.contains('\0') {
+            Err(format!("{key} must not contain U+0000"))
+        } else {
+            Ok(make(value.into_owned()))
+        })
+    }
+
+    /// This search and `more` together; `Err` names a parameter given twice.
+    fn and(self, more: OrderFilter) -> Result<OrderFilter, String> {
+        match (self, more) {
+            (OrderFilter::TrackNumber(track_number), OrderFilter::CustomerId(customer_id))
+            | (OrderFilter::CustomerId(customer_id), OrderFilter::TrackNumber(track_number)) => {
+                Ok(OrderFilter::Both {
+                    track_number,
+                    customer_id,
+                })
+            }
+            (_, OrderFilter::TrackNumber(_)) => Err("give track_number only once".to_owned()),
+            (_, _) => Err("give customer_id only once".to_owned()),
+        }
+    }
+
+    fn matching(&self) -> Matching<'_> {
+        match self {
+            OrderFilter::TrackNumber(value) => Matching::TrackNumber(value),
+            OrderFilter::CustomerId(value) => Matching::CustomerId(value),
+            OrderFilter::Both {
+                track_number,
+                customer_id,
+            } => Matching::Both {
+                track_number,
+                customer_id,
+            },
+        }
+    }
+}
+
+/// The parameters of `/orders`: paging, and a search by track number, customer id, or both.
+fn orders_query(query: &str) -> Result<(Paging, Option<OrderFilter>), String> {
+    let mut filter: Option<OrderFilter> = None;
+    let paging = paging_and(query, ORDERS_MAX_LIMIT, |key, raw| {
+        let Some(parsed) = OrderFilter::parse(key, raw) else {
+            return Err(format!("unknown parameter {key:?}"));
+        };
+        let parsed = parsed?;
+        filter = Some(match filter.take() {
+            None => parsed,
+            Some(earlier) => earlier.and(parsed)?,
+        });
+        Ok(())
+    })?;
+    Ok((paging, filter))
 }
 
 fn bad_request(message: &str) -> Reply {
@@ -336,12 +489,14 @@ async fn db_call<T>(
     }
 }
 
-/// `GET /orders?limit=N&before=CURSOR`: newest first, read from PostgreSQL's index.
+/// `GET /orders?limit=N&before=CURSOR`, optionally with `track_number=T` or `customer_id=C`:
+/// newest first, read from PostgreSQL's indexes.
 async fn recent_orders(query: &str, shared: &Shared) -> Reply {
-    let paging = match paging(query, ORDERS_MAX_LIMIT) {
-        Ok(paging) => paging,
+    let (paging, filter) = match orders_query(query) {
+        Ok(parsed) => parsed,
         Err(message) => return bad_request(&message),
     };
+    let matching = filter.as_ref().map_or(Matching::All, OrderFilter::matching);
     let before = match paging.before.as_deref().map(PageCursor::decode) {
         None => None,
         Some(Some(cursor)) => Some((cursor.date, cursor.uid)),
@@ -349,7 +504,7 @@ async fn recent_orders(query: &str, shared: &Shared) -> Reply {
     };
     let limit = paging.limit;
     let (health, store) = (&shared.state.health, &shared.store);
-    let rows = match db_call(health, store.recent(limit + 1, before)).await {
+    let rows = match db_call(health, store.recent(limit + 1, matching, before)).await {
         Ok(rows) => rows,
         Err(e) => return json_response(503, &json!({ "error": e })),
     };
@@ -485,6 +640,84 @@ pub(crate) fn set(response: &mut Reply, name: HeaderName, value: &'static str) {
 mod tests {
     use super::*;
 
+    /// Where each route is documented in `openapi.json`, by path template; `None` for routes
+    /// outside the public API. A new `Route` does not compile here until it is placed.
+    fn documented_as(route: &Route) -> Option<&'static str> {
+        match route {
+            Route::Page => Some("/"),
+            Route::Script => Some("/app.js"),
+            Route::Style => Some("/app.css"),
+            Route::OpenApi => Some("/openapi.json"),
+            Route::Healthz => Some("/healthz"),
+            Route::Readyz => Some("/readyz"),
+            Route::ReadyzReads => Some("/readyz/reads"),
+            Route::Orders(_) => Some("/orders"),
+            Route::Order(_) => Some("/order/{order_uid}"),
+            Route::Metrics | Route::Rejected(_) | Route::NotFound => None,
+        }
+    }
+
+    /// A target for every route (keep in step with `documented_as`).
+    const EVERY_ROUTE: [&str; 12] = [
+        "/",
+        "/app.js",
+        "/app.css",
+        "/openapi.json",
+        "/healthz",
+        "/readyz",
+        "/readyz/reads",
+        "/orders",
+        "/order/x",
+        "/metrics",
+        "/rejected",
+        "/nothing",
+    ];
+
+    #[test]
+    fn the_openapi_document_and_the_public_routes_agree() {
+        let document: serde_json::Value =
+            serde_json::from_str(crate::openapi::DOCUMENT).expect("openapi.json is JSON");
+        assert!(
+            document["openapi"]
+                .as_str()
+                .is_some_and(|v| v.starts_with("3.")),
+            "not OpenAPI 3"
+        );
+        let paths = document["paths"].as_object().expect("paths");
+        // Every route the public listener answers is documented, with GET and HEAD ...
+        for target in EVERY_ROUTE {
+            let route = resolve(target);
+            let public = route.served_on(Listener::Public) && route != Route::NotFound;
+            match (public, documented_as(&route)) {
+                (true, Some(template)) => {
+                    let path = &paths
+                        .get(template)
+                        .unwrap_or_else(|| panic!("{template} is served but not documented"));
+                    assert!(
+                        path.get("get").is_some() && path.get("head").is_some(),
+                        "{template}"
+                    );
+                }
+                (true, None) => panic!("{target} is served publicly but placed nowhere"),
+                (false, Some(template)) => panic!("{template} is documented but not public"),
+                (false, None) => assert!(
+                    !paths.contains_key(target),
+                    "{target} is not public, but documented"
+                ),
+            }
+        }
+        // ... and every documented path is a public route that resolves to itself.
+        for template in paths.keys() {
+            let target = template.replace("{order_uid}", "x");
+            let route = resolve(&target);
+            assert!(
+                route.served_on(Listener::Public) && route != Route::NotFound,
+                "{template} is documented but not served"
+            );
+            assert_eq!(documented_as(&route), Some(template.as_str()));
+        }
+    }
+
     #[test]
     fn a_cursor_survives_encoding() {
         let date =
@@ -561,5 +794,90 @@ mod tests {
         ] {
             assert!(PageCursor::decode(bad).is_none(), "{bad:?}");
         }
+    }
+
+    fn filter_of(query: &str) -> Result<Option<OrderFilter>, String> {
+        orders_query(query).map(|(_, filter)| filter)
+    }
+
+    #[test]
+    fn a_search_parameter_becomes_a_filter_and_keeps_the_paging() {
+        let (paging, filter) = orders_query("track_number=WB1&limit=2&before=1.a").expect("valid");
+        assert_eq!(filter, Some(OrderFilter::TrackNumber("WB1".into())));
+        assert_eq!((paging.limit, paging.before.as_deref()), (2, Some("1.a")));
+        assert_eq!(
+            filter_of("customer_id=test"),
+            Ok(Some(OrderFilter::CustomerId("test".into())))
+        );
+        assert_eq!(filter_of("limit=5"), Ok(None));
+        assert_eq!(filter_of(""), Ok(None));
+    }
+
+    #[test]
+    fn a_search_value_is_form_decoded_and_kept_exactly() {
+        for (query, value) in [
+            ("track_number=a%20b", "a b"),
+            ("track_number=a+b", "a b"),
+            ("track_number=a%2Bb", "a+b"),
+            ("track_number=Ab%2F%26%3D%3F", "Ab/&=?"),
+            ("track_number=%20x%20", " x "),
+            ("track_number=%3Cimg%20src%3Dx%3E", "<img src=x>"),
+            ("track_number=%D0%96", "Ж"),
+        ] {
+            assert_eq!(
+                filter_of(query),
+                Ok(Some(OrderFilter::TrackNumber(value.into()))),
+                "{query}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_search_value_must_be_1_to_256_characters_of_utf8_without_nul() {
+        let longest = "Ж".repeat(SEARCH_MAX_CHARS);
+        assert_eq!(
+            filter_of(&format!("customer_id={longest}")),
+            Ok(Some(OrderFilter::CustomerId(longest.clone())))
+        );
+        for (query, rule) in [
+            ("track_number=", "track_number must be 1 to 256 characters"),
+            ("track_number", "track_number must be 1 to 256 characters"),
+            ("customer_id=", "customer_id must be 1 to 256 characters"),
+            (
+                &format!("customer_id={longest}x"),
+                "customer_id must be 1 to 256 characters",
+            ),
+            ("track_number=%FF", "track_number must be valid UTF-8"),
+            ("customer_id=a%00b", "customer_id must not contain U+0000"),
+        ] {
+            assert_eq!(filter_of(query), Err(rule.to_owned()), "{query}");
+        }
+    }
+
+    #[test]
+    fn one_search_at_a_time_and_unknown_parameters_are_refused() {
+        let both = Ok(Some(OrderFilter::Both {
+            track_number: "a".to_owned(),
+            customer_id: "b".to_owned(),
+        }));
+        assert_eq!(filter_of("track_number=a&customer_id=b"), both);
+        assert_eq!(filter_of("customer_id=b&limit=3&track_number=a"), both);
+        assert_eq!(
+            filter_of("customer_id=b&track_number=a&customer_id=c"),
+            Err("give customer_id only once".to_owned())
+        );
+        assert_eq!(
+            filter_of("track_number=a&track_number=b"),
+            Err("give track_number only once".to_owned())
+        );
+        assert_eq!(
+            filter_of("track_number=a&colour=red"),
+            Err("unknown parameter \"colour\"".to_owned())
+        );
+        // The key is matched as sent, like the paging parameters'.
+        assert!(filter_of("track%5Fnumber=a").is_err());
+        // /rejected has no search.
+        assert!(paging("track_number=a", REJECTED_MAX_LIMIT).is_err());
+        assert!(paging("customer_id=a", REJECTED_MAX_LIMIT).is_err());
     }
 }

@@ -17,6 +17,7 @@ pub(crate) mod ingest;
 pub mod logging;
 pub(crate) mod metrics;
 pub mod migrate;
+pub mod openapi;
 pub mod order;
 pub(crate) mod page;
 pub mod serve;

@@ -1,4 +1,5 @@
-//! The web page (`GET /` and its script): look an order up by id. Embedded in the binary, no CDN.
+//! The web page (`GET /` and its script): look an order up by id, or list the orders with a track
+//! number or of a customer. Embedded in the binary, no CDN.
 //!
 //! Every string from an order is inserted as text (`textContent`), never as HTML, and the
 //! Content-Security-Policy allows only this page's own script, so hostile order data cannot run.

@@ -19,9 +19,11 @@ use tracing::{info, warn};
 use crate::bus;
 use crate::cache::{self, Cache, Restored};
 use crate::changelog::{self, Changelog};
-use crate::config::{self, DbArgs, NatsArgs, DEFAULT_DURABLE, DEFAULT_HTTP_ADDR};
+use crate::config::{
+    self, DbArgs, NatsArgs, DEFAULT_ADMIN_ADDR, DEFAULT_DURABLE, DEFAULT_HTTP_ADDR,
+};
 use crate::health::{self, Health, Reporter};
-use crate::http::{AppState, HttpServer, Limits};
+use crate::http::{self as web, AppState, Endpoint, HttpServer, Limits, Token};
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::shutdown::{self, Shutdown, StopBudget, Trigger};
@@ -55,6 +57,17 @@ pub struct ServeArgs {
     /// stalled (moving no bytes) before it is closed: e.g. 10s, 500ms, 2m (a bare number is seconds).
     #[arg(long, env = "ORDERSVC_HTTP_TIMEOUT", default_value = "10s", value_parser = config::parse_duration)]
     pub http_timeout: Duration,
+    /// Admin listen address: `/metrics`, `/rejected`, `/healthz`, `/readyz` (port 0 picks a free
+    /// port; the chosen address is logged). An address other than loopback needs --admin-token.
+    #[arg(long, env = "ORDERSVC_ADMIN_ADDR", default_value = DEFAULT_ADMIN_ADDR)]
+    pub admin_addr: SocketAddr,
+    /// When set, `/metrics` and `/rejected` answer only requests with
+    /// `Authorization: Bearer <token>` (401 otherwise).
+    #[arg(long, env = "ORDERSVC_ADMIN_TOKEN", hide_env_values = true, value_parser = Token::new)]
+    pub admin_token: Option<Token>,
+    /// Most connections open at once on the admin listener, apart from the public ones.
+    #[arg(long, env = "ORDERSVC_ADMIN_MAX_CONNECTIONS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub admin_max_connections: u32,
     /// Most messages written to PostgreSQL in one transaction (a batch also holds at most 16 MiB
     /// of payload).
     #[arg(long, env = "ORDERSVC_BATCH_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u16).range(1..=10000))]
@@ -74,6 +87,7 @@ pub struct ServeArgs {
 pub fn run(settings: ServeArgs) -> Result<()> {
     let app = App::build(settings)?;
     info!(addr = %app.local_addr(), "listening on http://{}", app.local_addr());
+    info!(addr = %app.admin_addr(), "admin listening on http://{}", app.admin_addr());
     app.run_until_stopped(signalled())
 }
 
@@ -108,6 +122,7 @@ impl App {
     /// Connects to PostgreSQL (creating and migrating the database if needed) and NATS, starts
     /// the cache writer, the health monitor and HTTP.
     pub fn build(settings: ServeArgs) -> Result<App> {
+        web::check_exposure(settings.admin_addr, settings.admin_token.as_ref())?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("ingest")
@@ -129,15 +144,26 @@ impl App {
             cache: cache.clone(),
             health,
             metrics: metrics.clone(),
+            admin_token: settings.admin_token.clone(),
         };
-        let limits = Limits {
-            max_connections: settings.http_max_connections,
-            timeout: settings.http_timeout,
+        let public = Endpoint {
+            addr: settings.http_addr,
+            limits: Limits {
+                max_connections: settings.http_max_connections,
+                timeout: settings.http_timeout,
+            },
+        };
+        let admin = Endpoint {
+            addr: settings.admin_addr,
+            limits: Limits {
+                max_connections: settings.admin_max_connections,
+                timeout: settings.http_timeout,
+            },
         };
         let http = HttpServer::start(
-            settings.http_addr,
+            public,
+            admin,
             usize::from(settings.http_workers),
-            limits,
             // After `Store::open`: the HTTP side's own pool expects a migrated database.
             &settings.db.database_url,
             state,
@@ -178,6 +204,11 @@ impl App {
     /// The HTTP address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.http.local_addr()
+    }
+
+    /// The admin listener's address actually bound.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.http.admin_addr()
     }
 
     /// Restores the cache, then ingests until `stop` resolves (or ingest fails), then stops

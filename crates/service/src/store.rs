@@ -73,6 +73,28 @@ pub struct Summary {
     pub track_number: String,
 }
 
+/// Which orders a recent-orders listing holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Matching<'a> {
+    /// Every order.
+    All,
+    /// Those whose `track_number` is exactly this (at most `SEARCH_MAX_CHARS` characters).
+    TrackNumber(&'a str),
+    /// Those whose `customer_id` is exactly this (at most `SEARCH_MAX_CHARS` characters).
+    CustomerId(&'a str),
+    /// Those with both: read from the track number's index (a track number names a few orders,
+    /// a customer may have thousands).
+    Both {
+        track_number: &'a str,
+        customer_id: &'a str,
+    },
+}
+
+/// The longest track number or customer id the search indexes hold (migration
+/// `20261201000001_orders_search.sql` says why they are partial). Validation sets no maximum, so
+/// a longer value is stored but cannot be searched for.
+pub const SEARCH_MAX_CHARS: usize = 256;
+
 /// A row of `rejected_messages`, for operators and tests.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct RejectedRow {
@@ -284,28 +306,59 @@ impl Store {
             .await
     }
 
-    /// Recent orders, newest first, strictly older than `before` (keyset pagination on the index).
+    /// Recent orders that match, newest first, strictly older than `before` (keyset pagination
+    /// on an index).
     pub async fn recent(
         &self,
         limit: i64,
+        matching: Matching<'_>,
         before: Option<(OffsetDateTime, String)>,
     ) -> Result<Vec<Summary>, sqlx::Error> {
-        // Two statements rather than one with `$2 IS NULL OR …`: each is a plain scan of the
-        // (date_created DESC, order_uid DESC) index.
+        // Plain statements rather than one with `$2 IS NULL OR …`: each is a plain scan of one
+        // index, (date_created DESC, order_uid DESC) for all orders, or the column's search
+        // index, which holds the same order after the equality.
+        let (column, value) = match matching {
+            Matching::All => {
+                let query = match before {
+                    None => sqlx::query_as(
+                        "SELECT order_uid, date_created, customer_id, track_number FROM orders \
+                         ORDER BY date_created DESC, order_uid DESC LIMIT $1",
+                    )
+                    .bind(limit),
+                    Some((date, uid)) => sqlx::query_as(
+                        "SELECT order_uid, date_created, customer_id, track_number FROM orders \
+                         WHERE (date_created, order_uid) < ($2, $3) \
+                         ORDER BY date_created DESC, order_uid DESC LIMIT $1",
+                    )
+                    .bind(limit)
+                    .bind(date)
+                    .bind(uid),
+                };
+                return query.fetch_all(&self.pool).await;
+            }
+            Matching::TrackNumber(value) => ("track_number", value),
+            Matching::CustomerId(value) => ("customer_id", value),
+            Matching::Both {
+                track_number,
+                customer_id,
+            } => {
+                let sql = search_sql("track_number", true, before.is_some());
+                let query = sqlx::query_as(&sql)
+                    .bind(limit)
+                    .bind(track_number)
+                    .bind(customer_id);
+                let query = match before {
+                    None => query,
+                    Some((date, uid)) => query.bind(date).bind(uid),
+                };
+                return query.fetch_all(&self.pool).await;
+            }
+        };
+        let sql = search_sql(column, false, before.is_some());
+        let query = sqlx::query_as(&sql).bind(limit).bind(value);
         let query = match before {
-            None => sqlx::query_as(
-                "SELECT order_uid, date_created, customer_id, track_number FROM orders \
-                 ORDER BY date_created DESC, order_uid DESC LIMIT $1",
-            )
-            .bind(limit),
-            Some((date, uid)) => sqlx::query_as(
-                "SELECT order_uid, date_created, customer_id, track_number FROM orders \
-                 WHERE (date_created, order_uid) < ($2, $3) \
-                 ORDER BY date_created DESC, order_uid DESC LIMIT $1",
-            )
-            .bind(limit)
-            .bind(date)
-            .bind(uid),
+            None => query,
+            Some((date, uid)) => query.bind(date).bind(uid),
         };
         query.fetch_all(&self.pool).await
     }
@@ -538,6 +591,29 @@ async fn insert_rejections(
     .execute(&mut *tx)
     .await?;
     Ok(())
+}
+
+/// The search statement on `column` (a name from `Store::recent`, never input) = $2, also on
+/// `customer_id` = $3 if `and_customer`, with or without a cursor (the next two parameters). It
+/// repeats the partial index's predicate word for word: PostgreSQL uses a partial index only
+/// when the query's own clauses imply its predicate, and it does not derive a length from
+/// `column = $2`.
+fn search_sql(column: &str, and_customer: bool, with_cursor: bool) -> String {
+    let (customer, next) = if and_customer {
+        (" AND customer_id = $3", 4)
+    } else {
+        ("", 3)
+    };
+    let cursor = if with_cursor {
+        format!(" AND (date_created, order_uid) < (${next}, ${})", next + 1)
+    } else {
+        String::new()
+    };
+    format!(
+        "SELECT order_uid, date_created, customer_id, track_number FROM orders \
+         WHERE {column} = $2 AND length({column}) <= {SEARCH_MAX_CHARS}{customer}{cursor} \
+         ORDER BY date_created DESC, order_uid DESC LIMIT $1"
+    )
 }
 
 /// PostgreSQL text cannot hold U+0000, which a JSON string may (as `\u0000`). The document keeps it

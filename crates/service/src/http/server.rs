@@ -1,5 +1,9 @@
 //! The HTTP connection layer: accepting, limits, timeouts and graceful shutdown, on hyper.
 //!
+//! Two listeners share the runtime and the handlers: the public one (`--http-addr`) and the
+//! admin one (`--admin-addr`), each with its own connection cap, so that a flood of the public
+//! port cannot take the slots that `/metrics` and `/readyz` need.
+//!
 //! Everything a hostile or careless client can hold is bounded: the number of open connections
 //! (`--http-max-connections`; the next one gets a 503 and is closed), the size of a request head
 //! (`MAX_HEAD_BYTES`, else 431 or 414), the time to send a head, and the time a connection may
@@ -26,7 +30,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tracing::{debug, warn};
 
-use super::{handle, AppState, Shared};
+use super::{handle, AppState, Listener, Shared};
 use crate::shutdown::{self, Shutdown, Trigger};
 use crate::store::{Role, Store};
 
@@ -60,24 +64,33 @@ pub struct Limits {
     pub timeout: Duration,
 }
 
-/// A running HTTP server.
+/// Where one listener binds, and what its clients may hold.
+#[derive(Clone, Copy, Debug)]
+pub struct Endpoint {
+    /// Port 0 picks a free port (see `HttpServer::local_addr`).
+    pub addr: SocketAddr,
+    pub limits: Limits,
+}
+
+/// A running HTTP server: the public listener and the admin one.
 pub struct HttpServer {
     runtime: tokio::runtime::Runtime,
     addr: SocketAddr,
+    admin_addr: SocketAddr,
     stop: Trigger,
-    slots: Arc<Semaphore>,
-    max_connections: u32,
+    /// Each listener's connection slots, and how many it has: all are taken back at shutdown.
+    slots: Vec<(Arc<Semaphore>, u32)>,
     /// The handlers' pool, closed at shutdown while its runtime still runs.
     store: Store,
 }
 
 impl HttpServer {
-    /// Binds `addr` and serves it on `workers` threads, reading PostgreSQL at `database_url`
-    /// (already created and migrated) through a pool of the HTTP side's own.
+    /// Binds both listeners and serves them on `workers` threads, reading PostgreSQL at
+    /// `database_url` (already created and migrated) through a pool of the HTTP side's own.
     pub fn start(
-        addr: SocketAddr,
+        public: Endpoint,
+        admin: Endpoint,
         workers: usize,
-        limits: Limits,
         database_url: &str,
         state: AppState,
     ) -> Result<HttpServer> {
@@ -87,38 +100,64 @@ impl HttpServer {
             .enable_all()
             .build()
             .wrap_err("cannot start the HTTP runtime")?;
-        let listener = listen(addr).wrap_err_with(|| format!("cannot listen on {addr}"))?;
-        let addr = listener.local_addr()?;
-        let (listener, store) = {
+        let bind = |addr: SocketAddr, what: &str| {
+            listen(addr).wrap_err_with(|| format!("cannot listen on {addr} ({what})"))
+        };
+        let public_listener = bind(public.addr, "--http-addr")?;
+        let admin_listener = bind(admin.addr, "--admin-addr")?;
+        let addr = public_listener.local_addr()?;
+        let admin_addr = admin_listener.local_addr()?;
+        let (public_listener, admin_listener, store) = {
             let _in_runtime = runtime.enter();
-            let listener =
-                TcpListener::from_std(listener).wrap_err("cannot register the HTTP listener")?;
-            (listener, Store::open_pool(database_url, Role::Http)?)
+            let register = |listener| {
+                TcpListener::from_std(listener).wrap_err("cannot register an HTTP listener")
+            };
+            (
+                register(public_listener)?,
+                register(admin_listener)?,
+                Store::open_pool(database_url, Role::Http)?,
+            )
         };
-        let max_connections = affordable_connections(limits.max_connections);
-        let limits = Limits {
-            max_connections,
-            ..limits
+        // The admin listener's few connections come out of the descriptors kept in reserve for
+        // everything else; the public one gets what the open-file limit affords.
+        let public = Endpoint {
+            limits: Limits {
+                max_connections: affordable_connections(
+                    public.limits.max_connections,
+                    admin.limits.max_connections,
+                ),
+                ..public.limits
+            },
+            ..public
         };
-        let slots = Arc::new(Semaphore::new(max_connections as usize));
         let (stop, stopping) = shutdown::channel();
         let shared = Arc::new(Shared {
             state,
             store: store.clone(),
         });
-        runtime.spawn(accept_loop(
-            listener,
-            slots.clone(),
-            limits,
-            stopping,
-            shared,
-        ));
+        let mut slots = Vec::new();
+        for (listener, endpoint, which) in [
+            (public_listener, public, Listener::Public),
+            (admin_listener, admin, Listener::Admin),
+        ] {
+            let max = endpoint.limits.max_connections;
+            let semaphore = Arc::new(Semaphore::new(max as usize));
+            runtime.spawn(accept_loop(
+                listener,
+                semaphore.clone(),
+                endpoint.limits,
+                which,
+                stopping.clone(),
+                shared.clone(),
+            ));
+            slots.push((semaphore, max));
+        }
         Ok(HttpServer {
             runtime,
             addr,
+            admin_addr,
             stop,
             slots,
-            max_connections,
             store,
         })
     }
@@ -128,13 +167,23 @@ impl HttpServer {
         self.addr
     }
 
+    /// The admin listener's address actually bound.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
     pub fn shutdown(self, wait: Duration) {
         // One deadline for every step, so that the whole stop stays within its share.
         let deadline = std::time::Instant::now() + wait;
         let left = || deadline.saturating_duration_since(std::time::Instant::now());
         self.stop.trigger();
         let drained = self.runtime.block_on(async {
-            tokio::time::timeout(left(), self.slots.acquire_many(self.max_connections)).await
+            let all = futures::future::join_all(
+                self.slots
+                    .iter()
+                    .map(|(slots, max)| slots.acquire_many(*max)),
+            );
+            tokio::time::timeout(left(), all).await
         });
         if drained.is_err() {
             warn!("some HTTP connections were still busy at shutdown; closing them");
@@ -162,15 +211,16 @@ fn listen(addr: SocketAddr) -> io::Result<StdListener> {
     Ok(socket.into())
 }
 
-/// The connection limit the process can keep: raises the soft limit on open files towards the
-/// hard one if needed, and lowers the connection limit (with a warning) if even that is short.
-fn affordable_connections(wanted: u32) -> u32 {
-    let needed = u64::from(wanted) + FD_RESERVE;
+/// The public connection limit the process can keep beside `admin` admin connections: raises
+/// the soft limit on open files towards the hard one if needed, and lowers the public limit
+/// (with a warning) if even that is short.
+fn affordable_connections(wanted: u32, admin: u32) -> u32 {
+    let reserve = FD_RESERVE + u64::from(admin);
+    let needed = u64::from(wanted) + reserve;
     match raise_open_file_limit(needed) {
         Ok(limit) if limit >= needed => wanted,
         Ok(limit) => {
-            let affordable =
-                u32::try_from(limit.saturating_sub(FD_RESERVE).max(1)).unwrap_or(wanted);
+            let affordable = u32::try_from(limit.saturating_sub(reserve).max(1)).unwrap_or(wanted);
             warn!(
                 wanted,
                 affordable,
@@ -214,6 +264,7 @@ async fn accept_loop(
     listener: TcpListener,
     slots: Arc<Semaphore>,
     limits: Limits,
+    which: Listener,
     stopping: Shutdown,
     shared: Arc<Shared>,
 ) {
@@ -240,6 +291,7 @@ async fn accept_loop(
                     stream,
                     slot,
                     limits,
+                    which,
                     stopping.clone(),
                     shared.clone(),
                 ));
@@ -276,6 +328,7 @@ async fn serve_connection(
     stream: TcpStream,
     _slot: OwnedSemaphorePermit,
     limits: Limits,
+    which: Listener,
     stopping: Shutdown,
     shared: Arc<Shared>,
 ) {
@@ -284,7 +337,7 @@ async fn serve_connection(
     let io = TokioIo::new(Watchdog::new(stream, limits.timeout));
     let service = service_fn(move |request| {
         let shared = shared.clone();
-        async move { Ok::<_, Infallible>(handle(request, &shared).await) }
+        async move { Ok::<_, Infallible>(handle(request, which, &shared).await) }
     });
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())

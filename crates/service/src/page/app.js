@@ -6,6 +6,15 @@
 const $ = (selector) => document.querySelector(selector);
 const PAGE_SIZE = 20;
 
+// What the lookup box looks for, by the choice next to it: `id` opens one order, the others list
+// the orders whose column equals the text (the parameter name of /orders and of this page's URL).
+// `max` is the longest value the service accepts: the order_uid rule, and the search's bound.
+const LOOKUPS = {
+  id: { label: "Order id", noun: "order id", max: 64, button: "Show order", placeholder: "e.g. b563feb7b2b84b6test" },
+  track_number: { label: "Track number", noun: "track number", max: 256, button: "Find orders", placeholder: "e.g. WBILMTESTTRACK" },
+  customer_id: { label: "Customer id", noun: "customer id", max: 256, button: "Find orders", placeholder: "e.g. test" },
+};
+
 function setText(element, value) {
   element.textContent = value === undefined || value === null ? "—" : String(value);
 }
@@ -166,29 +175,89 @@ async function show(id, attempt = 0) {
   }
 }
 
-function idFromUrl() {
-  return (new URLSearchParams(location.search).get("id") || "").trim();
+// The lookup in the URL: `?id=`, `?track_number=` or `?customer_id=` (the first one present).
+function lookupFromUrl() {
+  const params = new URLSearchParams(location.search);
+  for (const by of ["track_number", "customer_id", "id"]) {
+    if (params.has(by)) return { by, value: (params.get(by) || "").trim() };
+  }
+  return { by: "id", value: "" };
 }
 
-function navigate(id) {
-  const url = id ? "/?id=" + encodeURIComponent(id) : "/";
-  if (location.pathname + location.search !== url) history.pushState({ id }, "", url);
-  $("#id").value = id;
-  show(id);
+// Puts the box's label, limit, hint and button in line with the choice.
+function setMode(by) {
+  const lookup = LOOKUPS[by] || LOOKUPS.id;
+  const input = $("#id");
+  $("#by").value = by in LOOKUPS ? by : "id";
+  setText($("#id-label"), lookup.label);
+  input.maxLength = lookup.max;
+  input.placeholder = lookup.placeholder;
+  setText($("#go"), lookup.button);
+  for (const help of document.querySelectorAll("#lookup small[data-by]")) {
+    help.hidden = help.dataset.by !== $("#by").value;
+    if (!help.hidden) input.setAttribute("aria-describedby", help.id);
+  }
+}
+
+function navigate(by, value) {
+  const url = value ? "/?" + by + "=" + encodeURIComponent(value) : "/";
+  if (location.pathname + location.search !== url) history.pushState({ by, value }, "", url);
+  apply(by, value, false);
+}
+
+// Shows what a lookup asks for. Opening one order keeps whatever list is below it (so that a
+// search's other results stay one click away), except at start, when the list is recent orders.
+function apply(by, value, start) {
+  setMode(by);
+  $("#id").value = value;
+  if (by === "id" || !(by in LOOKUPS) || !value) {
+    show(value);
+    if (start || !value) list(null);
+  } else {
+    show("");
+    list({ by, value });
+  }
 }
 
 let nextCursor = null;
+let listed = null; // The search the list shows ({ by, value }), or null for recent orders.
+let listing = 0; // Only the latest list request may change the list.
+
+// Starts the list over: recent orders, or the orders that match `search`.
+function list(search) {
+  listed = search;
+  const title = search
+    ? "Orders with " + LOOKUPS[search.by].noun + " “" + search.value + "”"
+    : "Recent orders";
+  setText($("#recent-title"), title);
+  if (search) document.title = title + " · ordersvc";
+  $("#all-orders").hidden = !search;
+  $("#recent tbody").replaceChildren();
+  loadRecent(null);
+}
 
 async function loadRecent(before) {
+  const mine = ++listing;
+  const search = listed;
   const status = $("#recent-state");
   const older = $("#older");
   older.hidden = true;
   setText(status, "Loading…");
-  const query = "/orders?limit=" + PAGE_SIZE + (before ? "&before=" + encodeURIComponent(before) : "");
+  status.hidden = false;
+  let query = "/orders?limit=" + PAGE_SIZE;
+  if (search) query += "&" + search.by + "=" + encodeURIComponent(search.value);
+  if (before) query += "&before=" + encodeURIComponent(before);
   try {
     const response = await fetch(query, { headers: { Accept: "application/json" } });
     const body = await response.json();
-    if (!response.ok) { setText(status, "Recent orders are unavailable: " + (body.error || response.status)); return; }
+    if (mine !== listing) return;
+    if (!response.ok) {
+      const reason = body.error || response.status;
+      if (!search) setText(status, "Recent orders are unavailable: " + reason);
+      else if (response.status === 400) setText(status, "“" + search.value + "” is not a valid " + LOOKUPS[search.by].noun + ": " + reason + ".");
+      else setText(status, "The search is unavailable: " + reason);
+      return;
+    }
     const tbody = $("#recent tbody");
     for (const order of body.orders || []) {
       const row = document.createElement("tr");
@@ -199,7 +268,7 @@ async function loadRecent(before) {
       link.addEventListener("click", (event) => {
         if (event.metaKey || event.ctrlKey || event.shiftKey || event.button !== 0) return;
         event.preventDefault();
-        navigate(order.order_uid);
+        navigate("id", order.order_uid);
         window.scrollTo({ top: 0 });
       });
       const first = document.createElement("td");
@@ -212,10 +281,13 @@ async function loadRecent(before) {
     }
     nextCursor = body.next || null;
     older.hidden = !nextCursor;
-    setText(status, tbody.children.length === 0 ? "No orders stored yet." : "");
+    const none = search
+      ? "No orders match " + LOOKUPS[search.by].noun + " “" + search.value + "”."
+      : "No orders stored yet.";
+    setText(status, tbody.children.length === 0 ? none : "");
     status.hidden = tbody.children.length !== 0;
   } catch (error) {
-    setText(status, "Cannot load recent orders (" + error.message + ").");
+    if (mine === listing) setText(status, "Cannot load " + (search ? "the matching" : "recent") + " orders (" + error.message + ").");
   }
 }
 
@@ -239,17 +311,15 @@ async function copyJson() {
 document.addEventListener("DOMContentLoaded", () => {
   $("#lookup").addEventListener("submit", (event) => {
     event.preventDefault();
-    navigate($("#id").value.trim());
+    navigate($("#by").value, $("#id").value.trim());
   });
+  $("#by").addEventListener("change", () => { setMode($("#by").value); $("#id").focus(); });
   $("#older").addEventListener("click", () => loadRecent(nextCursor));
   $("#copy").addEventListener("click", copyJson);
   window.addEventListener("popstate", () => {
-    const id = idFromUrl();
-    $("#id").value = id;
-    show(id);
+    const { by, value } = lookupFromUrl();
+    apply(by, value, false);
   });
-  const id = idFromUrl();
-  $("#id").value = id;
-  show(id);
-  loadRecent(null);
+  const { by, value } = lookupFromUrl();
+  apply(by, value, true);
 });
