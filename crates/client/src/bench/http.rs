@@ -78,6 +78,11 @@ pub struct HttpArgs {
     /// Share of requests (0 to 1) for random unknown ids; for those, 404 is the right answer.
     #[arg(long, env = "ORDERSVC_BENCH_MISS_RATIO", default_value = "0", value_parser = parse_ratio)]
     pub miss_ratio: f64,
+    /// Search instead of looking orders up by id: each request is
+    /// `GET /orders?track_number=V` (or `customer_id=V`), V taken from --ids (a file of values)
+    /// or from the service's `GET /orders`; a miss is a value no order has (an empty page).
+    #[arg(long, env = "ORDERSVC_BENCH_SEARCH", value_enum)]
+    pub search: Option<SearchBy>,
     /// Print the report as one JSON object instead of text.
     #[arg(long, env = "ORDERSVC_BENCH_JSON")]
     pub json: bool,
@@ -88,6 +93,38 @@ pub struct HttpArgs {
     /// E.g. 5s, 500ms (a bare number is seconds).
     #[arg(long, env = "ORDERSVC_BENCH_TIMEOUT", default_value = "5s", value_parser = config::parse_duration)]
     pub timeout: Duration,
+}
+
+/// `--search`: which column a search request matches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SearchBy {
+    /// `GET /orders?track_number=V`.
+    TrackNumber,
+    /// `GET /orders?customer_id=V`.
+    CustomerId,
+}
+
+impl SearchBy {
+    /// The query parameter.
+    fn param(self) -> &'static str {
+        match self {
+            SearchBy::TrackNumber => "track_number",
+            SearchBy::CustomerId => "customer_id",
+        }
+    }
+}
+
+/// The path of a request for `value`: an order by id, or a search.
+fn request_path(search: Option<SearchBy>, value: &str) -> String {
+    match search {
+        // Ids are URL-safe (`OrderUid::parse`, or ours).
+        None => format!("/order/{value}"),
+        Some(by) => format!(
+            "/orders?{}={}",
+            by.param(),
+            percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC)
+        ),
+    }
 }
 
 /// `--rate`: a constant request rate, or as fast as the connections go.
@@ -158,7 +195,7 @@ pub fn run(args: HttpArgs) -> Result<()> {
     let seed = args.seed.unwrap_or_else(crate::generate::random_seed);
     let ids = match &args.ids {
         Some(path) => read_ids(path)?,
-        None => fetch_ids(first, args.max_ids, args.timeout)
+        None => fetch_ids(first, args.max_ids, args.search, args.timeout)
             .wrap_err_with(|| format!("cannot read order ids from {}/orders", first.url()))?,
     };
     if ids.is_empty() && args.miss_ratio < 1.0 {
@@ -175,7 +212,7 @@ pub fn run(args: HttpArgs) -> Result<()> {
         .collect();
     let requests = targets
         .iter()
-        .map(|target| Requests::new(target, &ids, &miss_ids))
+        .map(|target| Requests::new(target, &ids, &miss_ids, args.search))
         .collect();
     // Every target is tried before the run, so that a wrong URL fails at once, by name.
     for target in &targets {
@@ -195,8 +232,12 @@ pub fn run(args: HttpArgs) -> Result<()> {
             format!(" ({} over {} URLs)", shares.join("/"), targets.len())
         }
     };
+    let what = match args.search {
+        None => "ids".to_owned(),
+        Some(by) => format!("{} values to search", by.param()),
+    };
     eprintln!(
-        "bench http: {} for {}, {} connections{over}, {} ids, miss ratio {}, seed {seed}",
+        "bench http: {} for {}, {} connections{over}, {} {what}, miss ratio {}, seed {seed}",
         mode,
         report::duration(args.duration),
         args.connections,
@@ -228,6 +269,7 @@ pub fn run(args: HttpArgs) -> Result<()> {
             "connections": args.connections,
             "ids": ids.len(),
             "miss_ratio": args.miss_ratio,
+            "search": args.search.map(SearchBy::param),
             "seed": seed,
         });
         println!("{value}");
@@ -254,15 +296,20 @@ struct Plan {
 /// The pre-formatted requests for one target: the same ids for every target, but each with its
 /// own `Host` header. Formatted once, before the run, so that sending costs one write.
 struct Requests {
-    /// `GET /order/{id}` for each known id.
+    /// `GET /order/{id}` (or the search) for each known id (or value).
     hits: Vec<Box<[u8]>>,
-    /// `GET /order/{id}` for each unknown id.
+    /// The same for each unknown one.
     misses: Vec<Box<[u8]>>,
 }
 
 impl Requests {
-    fn new(target: &Target, ids: &[String], miss_ids: &[String]) -> Requests {
-        let get = |id: &String| target.get(&format!("/order/{id}"));
+    fn new(
+        target: &Target,
+        ids: &[String],
+        miss_ids: &[String],
+        search: Option<SearchBy>,
+    ) -> Requests {
+        let get = |id: &String| target.get(&request_path(search, id));
         Requests {
             hits: ids.iter().map(get).collect(),
             misses: miss_ids.iter().map(get).collect(),
@@ -554,7 +601,12 @@ fn parse_ids(text: &str) -> Result<Vec<String>> {
 }
 
 /// Pages through `GET /orders` (newest first) until `max` ids or the end of the list.
-fn fetch_ids(target: &Target, max: u64, timeout: Duration) -> Result<Vec<String>> {
+fn fetch_ids(
+    target: &Target,
+    max: u64,
+    search: Option<SearchBy>,
+    timeout: Duration,
+) -> Result<Vec<String>> {
     #[derive(Deserialize)]
     struct Page {
         orders: Vec<Entry>,
@@ -563,7 +615,11 @@ fn fetch_ids(target: &Target, max: u64, timeout: Duration) -> Result<Vec<String>
     #[derive(Deserialize)]
     struct Entry {
         order_uid: String,
+        track_number: String,
+        customer_id: String,
     }
+    // A search's values, once each (many orders share a customer).
+    let mut seen = std::collections::HashSet::new();
     let max = usize::try_from(max).unwrap_or(usize::MAX);
     let mut client = Client::new(target.addr(), timeout);
     let mut ids = Vec::new();
@@ -589,8 +645,14 @@ fn fetch_ids(target: &Target, max: u64, timeout: Duration) -> Result<Vec<String>
         let page: Page = serde_json::from_slice(&body)
             .wrap_err_with(|| format!("GET {path}: unexpected body"))?;
         for entry in page.orders {
-            if OrderUid::parse(&entry.order_uid).is_ok() {
-                ids.push(entry.order_uid);
+            let value = match search {
+                None if OrderUid::parse(&entry.order_uid).is_ok() => entry.order_uid,
+                None => continue,
+                Some(SearchBy::TrackNumber) => entry.track_number,
+                Some(SearchBy::CustomerId) => entry.customer_id,
+            };
+            if search.is_none() || seen.insert(value.clone()) {
+                ids.push(value);
             }
         }
         match page.next {
@@ -607,6 +669,22 @@ fn fetch_ids(target: &Target, max: u64, timeout: Duration) -> Result<Vec<String>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_search_request_percent_encodes_its_value() {
+        assert_eq!(request_path(None, "abc-1"), "/order/abc-1");
+        assert_eq!(
+            request_path(Some(SearchBy::TrackNumber), "WBIL TRACK"),
+            "/orders?track_number=WBIL%20TRACK"
+        );
+        assert_eq!(
+            request_path(Some(SearchBy::CustomerId), "a+b&c=Ж"),
+            "/orders?customer_id=a%2Bb%26c%3D%D0%96"
+        );
+        let args = parse_args(&["--search", "customer-id"]);
+        assert_eq!(args.search, Some(SearchBy::CustomerId));
+        assert_eq!(parse_args(&[]).search, None);
+    }
 
     #[test]
     fn a_rate_of_1000_over_one_second_has_1000_due_times_one_millisecond_apart() {
