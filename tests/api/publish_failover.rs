@@ -171,10 +171,17 @@ fn wait_for_more_than(cluster: &NatsCluster, stream: &str, count: u64, run: &mut
                 return;
             }
         }
-        assert!(
-            !run.has_exited(),
-            "ordersvc publish exited before the stream held {count} messages"
-        );
+        if run.has_exited() {
+            let finished = run.output(None);
+            let state = cluster.stream_state(stream).map(|s| s.messages);
+            panic!(
+                "ordersvc publish exited before the stream was seen holding {count} messages \
+                 (now: {state:?}); {}\nstdout: {}\nstderr (the end): {}",
+                finished.status,
+                finished.stdout,
+                tail(&finished.stderr)
+            );
+        }
         assert!(
             Instant::now() < deadline,
             "the stream did not hold {count} messages within {RUN_DEADLINE:?}"
