@@ -596,6 +596,20 @@ impl TestApp {
         http_request(&self.http, self.addr, method, path, headers)
     }
 
+    /// `GET path`, which must answer `status` with a JSON body (an error's): the body, parsed.
+    #[track_caller]
+    pub fn get_json_error(&self, path: &str, status: u16) -> serde_json::Value {
+        let (got, headers, body) = self.get(path);
+        assert_eq!(got, status, "GET {path}");
+        assert_eq!(
+            headers.get("content-type").map(String::as_str),
+            Some("application/json"),
+            "GET {path}"
+        );
+        serde_json::from_slice(&body)
+            .unwrap_or_else(|e| panic!("GET {path}: the body is not JSON ({e})"))
+    }
+
     /// `GET path` on the admin listener.
     pub fn admin_get(&self, path: &str) -> Reply {
         self.admin_request("GET", path, &[])

@@ -65,17 +65,9 @@ fn unknown_ids_get_404_and_invalid_ids_get_400_with_a_json_error() {
 
     for (id, expected_status, echoed) in cases {
         // Act
-        let (status, headers, body) = app.get(&format!("/order/{id}"));
+        let error = app.get_json_error(&format!("/order/{id}"), expected_status);
 
         // Assert
-        assert_eq!(status, expected_status, "GET /order/{id}");
-        assert_eq!(
-            headers.get("content-type").map(String::as_str),
-            Some("application/json"),
-            "GET /order/{id}"
-        );
-        let error: serde_json::Value = serde_json::from_slice(&body)
-            .unwrap_or_else(|e| panic!("GET /order/{id}: the body is not JSON ({e})"));
         assert!(
             error["error"].as_str().is_some_and(|e| !e.is_empty()),
             "GET /order/{id}: no error message in {error}"

@@ -75,14 +75,7 @@ fn bad_paging_parameters_get_400_with_a_json_error() {
         "before=1.bad%20uid",
         "colour=red",
     ] {
-        let (status, headers, body) = app.get(&format!("/orders?{query}"));
-        assert_eq!(status, 400, "{query}");
-        assert_eq!(
-            headers.get("content-type").map(String::as_str),
-            Some("application/json"),
-            "{query}"
-        );
-        let json: serde_json::Value = serde_json::from_slice(&body).expect("JSON error body");
+        let json = app.get_json_error(&format!("/orders?{query}"), 400);
         assert!(
             json["error"].as_str().is_some_and(|e| !e.is_empty()),
             "{query}: {json}"

@@ -197,14 +197,7 @@ fn bad_search_values_and_a_parameter_given_twice_get_400_naming_the_rule() {
             "before is not a cursor returned by /orders",
         ),
     ] {
-        let (status, headers, body) = app.get(&format!("/orders?{query}"));
-        assert_eq!(status, 400, "{query}");
-        assert_eq!(
-            headers.get("content-type").map(String::as_str),
-            Some("application/json"),
-            "{query}"
-        );
-        let json: serde_json::Value = serde_json::from_slice(&body).expect("JSON error body");
+        let json = app.get_json_error(&format!("/orders?{query}"), 400);
         assert_eq!(json, serde_json::json!({ "error": rule }), "{query}");
     }
 }
