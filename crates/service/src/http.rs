@@ -379,94 +379,67 @@ fn paging_and(
     Ok(paging)
 }
 
-/// A search of `/orders`: exact equality on one stored column, or on both (the orders with this
-/// track number of this customer). Only `parse` and `and` make one, so the store always gets
-/// values its search indexes hold.
-#[derive(Debug, PartialEq, Eq)]
-enum OrderFilter {
-    TrackNumber(String),
-    CustomerId(String),
-    Both {
-        track_number: String,
-        customer_id: String,
-    },
+/// The search that parameter `key` asks for with `raw`, its value as sent; `None` when `key`
+/// is not a search parameter. Only this and `and_search` make a `Matching` from a request, so
+/// the store always gets values its search indexes hold.
+///
+/// The value is form-decoded (`+` is a space, as every form encoder sends it; a literal `+`
+/// comes as `%2B`) and must be 1 to `SEARCH_MAX_CHARS` characters. Validation only requires
+/// these fields to be non-empty and sets no maximum; the bound is the search indexes' (see
+/// the migration), and it also keeps an absurd value away from PostgreSQL. U+0000 cannot be
+/// in a stored column (the store replaces it) nor be sent to PostgreSQL as text, so it is
+/// refused rather than turned into a database error.
+fn search(key: &str, raw: &str) -> Option<Result<Matching, String>> {
+    let make: fn(String) -> Matching = match key {
+        "track_number" => Matching::TrackNumber,
+        "customer_id" => Matching::CustomerId,
+        _ => return None,
+    };
+    let spaced = raw.replace('+', " ");
+    let Ok(value) = percent_decode_str(&spaced).decode_utf8() else {
+        return Some(Err(format!("{key} must be valid UTF-8")));
+    };
+    let chars = value.chars().count();
+    Some(if !(1..=SEARCH_MAX_CHARS).contains(&chars) {
+        Err(format!("{key} must be 1 to {SEARCH_MAX_CHARS} characters"))
+    } else if value.contains('\0') {
+        Err(format!("{key} must not contain U+0000"))
+    } else {
+        Ok(make(value.into_owned()))
+    })
 }
 
-impl OrderFilter {
-    /// The filter that parameter `key` asks for with `raw`, its value as sent; `None` when `key`
-    /// is not a search parameter.
-    ///
-    /// The value is form-decoded (`+` is a space, as every form encoder sends it; a literal `+`
-    /// comes as `%2B`) and must be 1 to `SEARCH_MAX_CHARS` characters. Validation only requires
-    /// these fields to be non-empty and sets no maximum; the bound is the search indexes' (see
-    /// the migration), and it also keeps an absurd value away from PostgreSQL. U+0000 cannot be
-    /// in a stored column (the store replaces it) nor be sent to PostgreSQL as text, so it is
-    /// refused rather than turned into a database error.
-    fn parse(key: &str, raw: &str) -> Option<Result<OrderFilter, String>> {
-        let make: fn(String) -> OrderFilter = match key {
-            "track_number" => OrderFilter::TrackNumber,
-            "customer_id" => OrderFilter::CustomerId,
-            _ => return None,
-        };
-        let spaced = raw.replace('+', " ");
-        let Ok(value) = percent_decode_str(&spaced).decode_utf8() else {
-            return Some(Err(format!("{key} must be valid UTF-8")));
-        };
-        let chars = value.chars().count();
-        Some(if !(1..=SEARCH_MAX_CHARS).contains(&chars) {
-            Err(format!("{key} must be 1 to {SEARCH_MAX_CHARS} characters"))
-        } else if value.contains('\0') {
-            Err(format!("{key} must not contain U+0000"))
-        } else {
-            Ok(make(value.into_owned()))
-        })
-    }
-
-    /// This search and `more` together; `Err` names a parameter given twice.
-    fn and(self, more: OrderFilter) -> Result<OrderFilter, String> {
-        match (self, more) {
-            (OrderFilter::TrackNumber(track_number), OrderFilter::CustomerId(customer_id))
-            | (OrderFilter::CustomerId(customer_id), OrderFilter::TrackNumber(track_number)) => {
-                Ok(OrderFilter::Both {
-                    track_number,
-                    customer_id,
-                })
-            }
-            (_, OrderFilter::TrackNumber(_)) => Err("give track_number only once".to_owned()),
-            (_, _) => Err("give customer_id only once".to_owned()),
-        }
-    }
-
-    fn matching(&self) -> Matching<'_> {
-        match self {
-            OrderFilter::TrackNumber(value) => Matching::TrackNumber(value),
-            OrderFilter::CustomerId(value) => Matching::CustomerId(value),
-            OrderFilter::Both {
+/// Two searches together (the orders with this track number of this customer); `Err` names a
+/// parameter given twice.
+fn and_search(earlier: Matching, more: Matching) -> Result<Matching, String> {
+    match (earlier, more) {
+        (Matching::TrackNumber(track_number), Matching::CustomerId(customer_id))
+        | (Matching::CustomerId(customer_id), Matching::TrackNumber(track_number)) => {
+            Ok(Matching::Both {
                 track_number,
                 customer_id,
-            } => Matching::Both {
-                track_number,
-                customer_id,
-            },
+            })
         }
+        (_, Matching::TrackNumber(_)) => Err("give track_number only once".to_owned()),
+        (_, _) => Err("give customer_id only once".to_owned()),
     }
 }
 
 /// The parameters of `/orders`: paging, and a search by track number, customer id, or both.
-fn orders_query(query: &str) -> Result<(Paging, Option<OrderFilter>), String> {
-    let mut filter: Option<OrderFilter> = None;
+fn orders_query(query: &str) -> Result<(Paging, Matching), String> {
+    let mut matching = Matching::All;
     let paging = paging_and(query, ORDERS_MAX_LIMIT, |key, raw| {
-        let Some(parsed) = OrderFilter::parse(key, raw) else {
+        let Some(parsed) = search(key, raw) else {
             return Err(format!("unknown parameter {key:?}"));
         };
         let parsed = parsed?;
-        filter = Some(match filter.take() {
-            None => parsed,
-            Some(earlier) => earlier.and(parsed)?,
-        });
+        matching = match std::mem::replace(&mut matching, Matching::All) {
+            Matching::All => parsed,
+            earlier => and_search(earlier, parsed)?,
+        };
         Ok(())
     })?;
-    Ok((paging, filter))
+    Ok((paging, matching))
 }
 
 fn bad_request(message: &str) -> Reply {
@@ -492,11 +465,10 @@ async fn db_call<T>(
 /// `GET /orders?limit=N&before=CURSOR`, optionally with `track_number=T` or `customer_id=C`:
 /// newest first, read from PostgreSQL's indexes.
 async fn recent_orders(query: &str, shared: &Shared) -> Reply {
-    let (paging, filter) = match orders_query(query) {
+    let (paging, matching) = match orders_query(query) {
         Ok(parsed) => parsed,
         Err(message) => return bad_request(&message),
     };
-    let matching = filter.as_ref().map_or(Matching::All, OrderFilter::matching);
     let before = match paging.before.as_deref().map(PageCursor::decode) {
         None => None,
         Some(Some(cursor)) => Some((cursor.date, cursor.uid)),
@@ -504,7 +476,7 @@ async fn recent_orders(query: &str, shared: &Shared) -> Reply {
     };
     let limit = paging.limit;
     let (health, store) = (&shared.state.health, &shared.store);
-    let rows = match db_call(health, store.recent(limit + 1, matching, before)).await {
+    let rows = match db_call(health, store.recent(limit + 1, &matching, before)).await {
         Ok(rows) => rows,
         Err(e) => return json_response(503, &json!({ "error": e })),
     };
@@ -796,21 +768,21 @@ mod tests {
         }
     }
 
-    fn filter_of(query: &str) -> Result<Option<OrderFilter>, String> {
-        orders_query(query).map(|(_, filter)| filter)
+    fn filter_of(query: &str) -> Result<Matching, String> {
+        orders_query(query).map(|(_, matching)| matching)
     }
 
     #[test]
     fn a_search_parameter_becomes_a_filter_and_keeps_the_paging() {
         let (paging, filter) = orders_query("track_number=WB1&limit=2&before=1.a").expect("valid");
-        assert_eq!(filter, Some(OrderFilter::TrackNumber("WB1".into())));
+        assert_eq!(filter, Matching::TrackNumber("WB1".into()));
         assert_eq!((paging.limit, paging.before.as_deref()), (2, Some("1.a")));
         assert_eq!(
             filter_of("customer_id=test"),
-            Ok(Some(OrderFilter::CustomerId("test".into())))
+            Ok(Matching::CustomerId("test".into()))
         );
-        assert_eq!(filter_of("limit=5"), Ok(None));
-        assert_eq!(filter_of(""), Ok(None));
+        assert_eq!(filter_of("limit=5"), Ok(Matching::All));
+        assert_eq!(filter_of(""), Ok(Matching::All));
     }
 
     #[test]
@@ -826,7 +798,7 @@ mod tests {
         ] {
             assert_eq!(
                 filter_of(query),
-                Ok(Some(OrderFilter::TrackNumber(value.into()))),
+                Ok(Matching::TrackNumber(value.into())),
                 "{query}"
             );
         }
@@ -837,7 +809,7 @@ mod tests {
         let longest = "Ж".repeat(SEARCH_MAX_CHARS);
         assert_eq!(
             filter_of(&format!("customer_id={longest}")),
-            Ok(Some(OrderFilter::CustomerId(longest.clone())))
+            Ok(Matching::CustomerId(longest.clone()))
         );
         for (query, rule) in [
             ("track_number=", "track_number must be 1 to 256 characters"),
@@ -856,10 +828,10 @@ mod tests {
 
     #[test]
     fn one_search_at_a_time_and_unknown_parameters_are_refused() {
-        let both = Ok(Some(OrderFilter::Both {
+        let both = Ok(Matching::Both {
             track_number: "a".to_owned(),
             customer_id: "b".to_owned(),
-        }));
+        });
         assert_eq!(filter_of("track_number=a&customer_id=b"), both);
         assert_eq!(filter_of("customer_id=b&limit=3&track_number=a"), both);
         assert_eq!(

@@ -74,19 +74,19 @@ pub struct Summary {
 }
 
 /// Which orders a recent-orders listing holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Matching<'a> {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Matching {
     /// Every order.
     All,
     /// Those whose `track_number` is exactly this (at most `SEARCH_MAX_CHARS` characters).
-    TrackNumber(&'a str),
+    TrackNumber(String),
     /// Those whose `customer_id` is exactly this (at most `SEARCH_MAX_CHARS` characters).
-    CustomerId(&'a str),
+    CustomerId(String),
     /// Those with both: read from the track number's index (a track number names a few orders,
     /// a customer may have thousands).
     Both {
-        track_number: &'a str,
-        customer_id: &'a str,
+        track_number: String,
+        customer_id: String,
     },
 }
 
@@ -311,13 +311,13 @@ impl Store {
     pub async fn recent(
         &self,
         limit: i64,
-        matching: Matching<'_>,
+        matching: &Matching,
         before: Option<(OffsetDateTime, String)>,
     ) -> Result<Vec<Summary>, sqlx::Error> {
         // Plain statements rather than one with `$2 IS NULL OR …`: each is a plain scan of one
         // index, (date_created DESC, order_uid DESC) for all orders, or the column's search
         // index, which holds the same order after the equality.
-        let (column, value) = match matching {
+        let (column, value, customer) = match matching {
             Matching::All => {
                 let query = match before {
                     None => sqlx::query_as(
@@ -336,26 +336,18 @@ impl Store {
                 };
                 return query.fetch_all(&self.pool).await;
             }
-            Matching::TrackNumber(value) => ("track_number", value),
-            Matching::CustomerId(value) => ("customer_id", value),
+            Matching::TrackNumber(value) => ("track_number", value, None),
+            Matching::CustomerId(value) => ("customer_id", value, None),
             Matching::Both {
                 track_number,
                 customer_id,
-            } => {
-                let sql = search_sql("track_number", true, before.is_some());
-                let query = sqlx::query_as(&sql)
-                    .bind(limit)
-                    .bind(track_number)
-                    .bind(customer_id);
-                let query = match before {
-                    None => query,
-                    Some((date, uid)) => query.bind(date).bind(uid),
-                };
-                return query.fetch_all(&self.pool).await;
-            }
+            } => ("track_number", track_number, Some(customer_id.as_str())),
         };
-        let sql = search_sql(column, false, before.is_some());
-        let query = sqlx::query_as(&sql).bind(limit).bind(value);
+        let sql = search_sql(column, customer.is_some(), before.is_some());
+        let mut query = sqlx::query_as(&sql).bind(limit).bind(value.as_str());
+        if let Some(customer) = customer {
+            query = query.bind(customer);
+        }
         let query = match before {
             None => query,
             Some((date, uid)) => query.bind(date).bind(uid),
