@@ -79,6 +79,18 @@ pub fn dump_dom(url: &str) -> String {
     String::from_utf8(out).expect("chromium's DOM dump is UTF-8")
 }
 
+/// The (serialised) text of the first element with this attribute, e.g. `id="status"`, up to
+/// its first child element.
+pub fn text_of_element<'a>(dom: &'a str, attribute: &str) -> &'a str {
+    let start = dom
+        .find(attribute)
+        .unwrap_or_else(|| panic!("no element with {attribute}:\n{dom}"));
+    let rest = &dom[start..];
+    let open = rest.find('>').map_or(rest.len(), |i| i + 1);
+    let text = &rest[open..];
+    &text[..text.find('<').unwrap_or(text.len())]
+}
+
 /// A PNG of `url` at `width`×`height`, written to `path`.
 pub fn screenshot(url: &str, path: &Path, width: u32, height: u32) {
     run(&[

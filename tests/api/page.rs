@@ -3,19 +3,12 @@
 
 use std::path::PathBuf;
 
-use crate::browser::{dump_dom, screenshot};
+use crate::browser::{dump_dom, screenshot, text_of_element};
 use crate::helpers::{model_with_uid, spawn_app, testdata};
 
 /// The (serialised) text of the element whose `data-field` is `name`.
 fn field<'a>(dom: &'a str, name: &str) -> &'a str {
-    let marker = format!(r#"data-field="{name}""#);
-    let start = dom
-        .find(&marker)
-        .unwrap_or_else(|| panic!("no data-field {name}:\n{dom}"));
-    let rest = &dom[start..];
-    let open = rest.find('>').map_or(rest.len(), |i| i + 1);
-    let text = &rest[open..];
-    &text[..text.find('<').unwrap_or(text.len())]
+    text_of_element(dom, &format!(r#"data-field="{name}""#))
 }
 
 fn docs(name: &str) -> PathBuf {

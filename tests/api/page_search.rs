@@ -2,7 +2,7 @@
 //! lookup box's "Track number" and "Customer id" choices navigate to) list the matching orders as
 //! the recent list does; no match and a bad value say so; hostile query text stays text.
 
-use crate::browser::dump_dom;
+use crate::browser::{dump_dom, text_of_element};
 use crate::helpers::{model_with, spawn_app, TestApp};
 
 fn publish_all(app: &TestApp, orders: &[(String, Vec<u8>)]) {
@@ -27,13 +27,7 @@ fn listed(dom: &str) -> Vec<&str> {
 
 /// The text of the element with this id (up to its first child element).
 fn text_of<'a>(dom: &'a str, id: &str) -> &'a str {
-    let marker = format!(r#"id="{id}""#);
-    let start = dom
-        .find(&marker)
-        .unwrap_or_else(|| panic!("no #{id}:\n{dom}"));
-    let rest = &dom[start..];
-    let text = &rest[rest.find('>').map_or(rest.len(), |i| i + 1)..];
-    &text[..text.find('<').unwrap_or(text.len())]
+    text_of_element(dom, &format!(r#"id="{id}""#))
 }
 
 #[test]
