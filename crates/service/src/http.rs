@@ -218,7 +218,7 @@ async fn answer<B>(route: Route<'_>, request: &Request<B>, shared: &Shared) -> R
         Route::Page => page::html(),
         Route::Script => page::script(),
         Route::Style => page::style(),
-        Route::OpenApi => crate::openapi::response(),
+        Route::OpenApi => page::asset(crate::openapi::DOCUMENT, "application/json"),
         Route::Healthz => json_response(200, &json!({ "status": "ok" })),
         Route::Readyz => readiness(state.health.readiness(&state.cache), &state.cache),
         Route::ReadyzReads => readiness(state.health.reads_readiness(&state.cache), &state.cache),

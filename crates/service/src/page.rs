@@ -34,7 +34,9 @@ pub fn style() -> Asset {
     asset(APP_CSS, "text/css; charset=utf-8")
 }
 
-fn asset(body: &'static str, content_type: &'static str) -> Asset {
+/// A static asset built into the binary (the page's files, the API document), with the headers
+/// every one of them gets: no sniffing, no framing, nothing from other origins.
+pub fn asset(body: &'static str, content_type: &'static str) -> Asset {
     let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     let headers = response.headers_mut();
     for (name, value) in [
