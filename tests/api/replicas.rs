@@ -177,21 +177,23 @@ fn a_replica_behind_a_purge_of_the_changelog_restores_afresh_and_ends_complete()
     let second = Serving::start(app.serve_command::<&str>(&[]), &app.suffix);
     let (a, b): (Get, Get) = (&|path| app.get(path), &|path| second.get(path));
     second.signal("STOP");
-    // More than the follower's pull batch (1,000): B's last pull request may still be filled into
-    // its socket while it is frozen, but the rest can only come from the changelog, which the
-    // purge empties.
-    let orders = generated_orders(&format!("purge-{}", app.suffix), 1_500);
+    // Far more than B's pulls can hold: the follower asks for 2 MiB at a time and asks again at
+    // half of that, so at most 3 MiB of the changelog is on its way to B while it is frozen. Of
+    // these ~9 MB (1.1 KB an order), the rest can only come from the changelog, which the purge
+    // empties.
+    let orders = generated_orders(&format!("purge-{}", app.suffix), 8_000);
     app.publish_many(with_ids(&orders));
-    // A alone is pulling: it stores them all and publishes them to the changelog.
-    app.wait_until(|app| app.orders_count() == 1_500, "1,500 orders stored");
-    wait_until_cached("A", a, 1_500);
+    // A alone is pulling: it stores them all and publishes them to the changelog (any that B
+    // pulled before it froze come back to A after the ack wait of 30 s).
+    app.wait_until(|app| app.orders_count() == 8_000, "8,000 orders stored");
+    wait_until_cached("A", a, 8_000);
     app.purge_changelog();
 
     // Act
     second.signal("CONT");
 
     // Assert: B finds the gap, restores afresh, and holds and serves every order.
-    wait_until_cached("B", b, 1_500);
+    wait_until_cached("B", b, 8_000);
     assert!(
         logs_say_restored_afresh(&second.logs()),
         "replica B never restored afresh"

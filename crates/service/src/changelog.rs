@@ -56,8 +56,12 @@ const MAX_AGE: Duration = Duration::from_secs(3600);
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// The follower's pull heartbeat: a lost consumer (a NATS node gone) is noticed within two.
 const HEARTBEAT: Duration = Duration::from_secs(2);
-/// Orders per cache batch the follower hands on.
+/// Messages per pull of the follower, and so at most per cache batch it hands on.
 const FOLLOW_BATCH: usize = 1000;
+/// Payload bytes per pull of the follower. A packed message holds up to a max payload of orders,
+/// so a pull bounded only by `FOLLOW_BATCH` could bring a gigabyte at once to a replica that is
+/// catching up. A pull must still fit the largest message, or the server would refuse it forever.
+const FOLLOW_MAX_BYTES: usize = 2 * MAX_PAYLOAD;
 /// Backoff between the follower's attempts while NATS is unavailable.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -257,6 +261,7 @@ impl Changelog {
         let messages = consumer
             .stream()
             .max_messages_per_batch(FOLLOW_BATCH)
+            .max_bytes_per_batch(FOLLOW_MAX_BYTES)
             .heartbeat(HEARTBEAT)
             .messages()
             .await
