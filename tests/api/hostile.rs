@@ -3,6 +3,8 @@
 
 use std::collections::HashMap;
 
+use ordersvc_service::order::MAX_DOCUMENT;
+
 use crate::helpers::{model_with_uid, order_of_size, replace_once, spawn_app, status_of, TestApp};
 
 /// NATS's default max payload (and the stream's max message size): nothing larger reaches us.
@@ -27,24 +29,42 @@ fn garbage(n: usize) -> Vec<u8> {
 fn a_message_at_the_nats_max_payload_with_huge_strings_is_handled() {
     // Arrange
     let app = spawn_app();
-    let huge = order_of_size("huge-strings", MAX_PAYLOAD - 100);
-    let half = MAX_PAYLOAD / 2;
+    // The largest order accepted (1 MiB less the room its fan-out needs), and messages as
+    // large that break other rules.
+    let huge = order_of_size("huge-strings", MAX_DOCUMENT);
+    let half = MAX_DOCUMENT / 2;
     let refused: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("1 MiB of random bytes", garbage(MAX_PAYLOAD), "not_utf8"),
         (
-            "1 MiB of nested arrays",
+            "a largest document of random bytes",
+            garbage(MAX_DOCUMENT),
+            "not_utf8",
+        ),
+        (
+            "a largest document of nested arrays",
             format!("{}{}", "[".repeat(half), "]".repeat(half)).into_bytes(),
             "too_deep",
         ),
         (
-            "1 MiB of text that is not JSON",
-            "not json ".repeat(MAX_PAYLOAD / 9).into_bytes(),
+            "a largest document of text that is not JSON",
+            "not json ".repeat(MAX_DOCUMENT / 9).into_bytes(),
             "bad_json",
         ),
         (
-            "1 MiB of a flat JSON array",
-            format!("[{}1]", "1,".repeat((MAX_PAYLOAD - 3) / 2)).into_bytes(),
+            "a largest document of a flat JSON array",
+            format!("[{}1]", "1,".repeat((MAX_DOCUMENT - 3) / 2)).into_bytes(),
             "not_object",
+        ),
+        // Valid orders too large for the changelog message that carries an order to the other
+        // replicas: stored, they could never be fanned out, and so never acked.
+        (
+            "an order a byte over the limit",
+            order_of_size("a-byte-too-large", MAX_DOCUMENT + 1),
+            "too_large",
+        ),
+        (
+            "an order of the whole max payload",
+            order_of_size("max-payload", MAX_PAYLOAD),
+            "too_large",
         ),
     ];
     let after = model_with_uid("after-the-huge-ones");
@@ -72,6 +92,9 @@ fn a_message_at_the_nats_max_payload_with_huge_strings_is_handled() {
         body.len()
     );
     assert_eq!(app.orders_count(), 2);
+    for uid in ["a-byte-too-large", "max-payload"] {
+        assert_eq!(app.get(&format!("/order/{uid}")).0, 404, "{uid}");
+    }
     let rejected = app.rejected();
     assert_eq!(rejected.len(), refused.len(), "one rejection each");
     for ((what, payload, kind), seq) in refused.iter().zip(sequences) {
@@ -145,9 +168,9 @@ fn an_order_with_as_many_items_as_the_max_payload_holds_is_stored_and_served() {
         ten_thousand.len()
     );
     let fixed = order_with_items("many-items", 0).len() - 2 + SMALLEST_ITEM.len();
-    let n = (MAX_PAYLOAD - fixed) / (SMALLEST_ITEM.len() + 1);
+    let n = (MAX_DOCUMENT - fixed) / (SMALLEST_ITEM.len() + 1);
     let order = order_with_items("many-items", n);
-    assert!(order.len() <= MAX_PAYLOAD, "{} bytes", order.len());
+    assert!(order.len() <= MAX_DOCUMENT, "{} bytes", order.len());
     assert!(n > 7_000, "only {n} items");
 
     // 10,000 items do fit when they are not valid ones: such a message is rejected, naming the
@@ -155,7 +178,7 @@ fn an_order_with_as_many_items_as_the_max_payload_holds_is_stored_and_served() {
     let text = String::from_utf8(order_with_items("ten-thousand-bare-items", 0)).expect("UTF-8");
     let bare = vec![r#"{"chrt_id":1}"#; 10_000].join(",");
     let bare_items = replace_once(&text, r#""items":[]"#, &format!(r#""items":[{bare}]"#));
-    assert!(bare_items.len() <= MAX_PAYLOAD);
+    assert!(bare_items.len() <= MAX_DOCUMENT);
 
     // Arrange
     let app = spawn_app();

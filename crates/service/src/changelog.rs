@@ -414,7 +414,8 @@ fn new_origin() -> String {
 }
 
 /// Frames orders into payloads of at most `limit` bytes each, in order. An order whose frame
-/// alone is larger goes alone (the server then refuses it, and the fan-out says why).
+/// alone is larger goes alone (the server then refuses it, and the fan-out says why); ingest
+/// accepts no such order (`order::PAYLOAD_ROOM`).
 fn pack(orders: &[(OrderUid, String)], limit: usize) -> Vec<Bytes> {
     let mut payloads = Vec::new();
     let mut current = BytesMut::new();
@@ -565,6 +566,24 @@ mod tests {
         assert_eq!(payloads.len(), 3);
         assert_eq!(unpack(&payloads[1]), Some(vec![big]));
         assert!(pack(&[], 40).is_empty());
+    }
+
+    #[test]
+    fn the_largest_order_accepted_fits_one_changelog_message_with_its_headers() {
+        // What `publish` sends beside the payload: NATS's header block for the two headers.
+        let headers = format!(
+            "NATS/1.0\r\n{FORMAT_HEADER}: {FORMAT}\r\n{ORIGIN_HEADER}: {}\r\n\r\n",
+            new_origin()
+        );
+        assert!(headers.len() <= HEADER_ROOM, "{} bytes", headers.len());
+        let largest = order(
+            &"Z".repeat(crate::order::MAX_UID_LEN),
+            &"x".repeat(crate::order::MAX_DOCUMENT),
+        );
+        let limit = MAX_PAYLOAD - HEADER_ROOM;
+        let payloads = pack(std::slice::from_ref(&largest), limit);
+        assert_eq!(payloads.len(), 1);
+        assert!(payloads[0].len() <= limit, "{} bytes", payloads[0].len());
     }
 
     #[test]

@@ -30,7 +30,7 @@ use crate::changelog::Changelog;
 use crate::config::NatsArgs;
 use crate::health::Reporter;
 use crate::metrics::Metrics;
-use crate::order::Order;
+use crate::order::{self, Order};
 use crate::shutdown::Shutdown;
 use crate::store::Store;
 
@@ -519,13 +519,15 @@ impl Ingest {
 
     /// Parses a pulled batch and registers it as in flight.
     fn prepare(&self, messages: Vec<jetstream::Message>, in_flight: &InFlight) -> Prepared {
+        // Of the server this batch came through: the changelog publishes through the same one.
+        let max_len = order::max_document(self.js.client().server_info().max_payload);
         let incoming: Vec<Incoming> = messages
             .iter()
             .map(|m| Incoming {
                 seq: m.info().map(|i| i.stream_sequence).unwrap_or(0),
                 subject: m.subject.to_string(),
                 raw: m.payload.clone(),
-                parsed: Order::parse(&m.payload),
+                parsed: Order::parse_within(&m.payload, max_len),
             })
             .collect();
         if let Some(info) = messages.last().and_then(|m| m.info().ok()) {

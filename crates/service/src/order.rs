@@ -19,11 +19,33 @@ use serde::Deserialize;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+use crate::bus::MAX_PAYLOAD;
+
 /// Longest accepted `order_uid`, in characters (all ASCII, so also bytes).
 pub const MAX_UID_LEN: usize = 64;
 
 /// Deepest JSON nesting (objects and arrays together) accepted anywhere in a message.
 pub const MAX_DEPTH: usize = 32;
+
+/// Bytes of NATS's max payload that an order's document leaves free. The changelog carries each
+/// stored order to the other replicas in a message that adds a frame (at most 69 bytes) and
+/// headers (under 128) to the document: without this room, a document within a few dozen bytes
+/// of the max payload would be stored and then never fanned out, so never acked.
+pub const PAYLOAD_ROOM: usize = 512;
+
+/// The largest document accepted at NATS's default max payload of 1 MiB: 1,048,064 bytes.
+pub const MAX_DOCUMENT: usize = max_document(MAX_PAYLOAD);
+
+/// The largest document accepted when the NATS server takes payloads of up to `max_payload`
+/// bytes (the stream takes no more than 1 MiB in any case).
+pub const fn max_document(max_payload: usize) -> usize {
+    let max_payload = if max_payload < MAX_PAYLOAD {
+        max_payload
+    } else {
+        MAX_PAYLOAD
+    };
+    max_payload.saturating_sub(PAYLOAD_ROOM)
+}
 
 /// The order_uid rule, shared by `UidError` and the rejection of a message.
 const UID_RULE: &str = "order_uid must be 1 to 64 characters of A-Z a-z 0-9 _ -";
@@ -104,8 +126,24 @@ pub struct Order {
 }
 
 impl Order {
-    /// Parses and checks one raw message; the only way to obtain an `Order`.
+    /// Parses and checks one raw message of at most `MAX_DOCUMENT` bytes; with
+    /// `parse_within`, the only way to obtain an `Order`.
     pub fn parse(raw: &[u8]) -> Result<Order, Rejection> {
+        Order::parse_within(raw, MAX_DOCUMENT)
+    }
+
+    /// Parses and checks one raw message of at most `max_len` bytes (`max_document` of the
+    /// server's max payload).
+    pub fn parse_within(raw: &[u8], max_len: usize) -> Result<Order, Rejection> {
+        if raw.len() > max_len {
+            return Err(Rejection::payload(
+                RejectKind::TooLarge,
+                format!(
+                    "{} bytes, more than the {max_len} an order may take",
+                    raw.len()
+                ),
+            ));
+        }
         let text = std::str::from_utf8(raw).map_err(|e| {
             Rejection::payload(
                 RejectKind::NotUtf8,
@@ -218,6 +256,8 @@ impl std::error::Error for Rejection {}
 pub enum RejectKind {
     /// The bytes are not UTF-8.
     NotUtf8,
+    /// Larger than the document limit (`max_document`).
+    TooLarge,
     /// Nested deeper than `MAX_DEPTH`.
     TooDeep,
     /// Not JSON (includes truncated input and trailing garbage).
@@ -237,6 +277,7 @@ impl RejectKind {
     pub fn as_str(self) -> &'static str {
         match self {
             RejectKind::NotUtf8 => "not_utf8",
+            RejectKind::TooLarge => "too_large",
             RejectKind::TooDeep => "too_deep",
             RejectKind::BadJson => "bad_json",
             RejectKind::NotObject => "not_object",
@@ -729,8 +770,10 @@ mod tests {
     }
 
     #[test]
-    fn a_ten_thousand_item_order_is_accepted() {
-        let order = accept(order_with_items("big-order", 10_000));
+    fn a_ten_thousand_item_order_is_accepted_by_the_parser() {
+        // Larger than a max payload, so no size limit here: the parser itself has no item limit.
+        let raw = order_with_items("big-order", 10_000);
+        let order = Order::parse_within(raw.as_bytes(), usize::MAX).expect("accepted");
         assert_eq!(order.item_count(), 10_000);
         assert_eq!(order.uid().as_str(), "big-order");
     }
@@ -832,17 +875,57 @@ mod tests {
     }
 
     #[test]
-    fn a_mebibyte_of_open_brackets_is_rejected_fast_as_too_deep() {
-        let raw = vec![b'['; 1 << 20];
-        let started = std::time::Instant::now();
+    fn the_largest_document_of_open_brackets_is_rejected_as_too_deep() {
+        // The scan stops at level 33, so it never walks the rest.
         assert_rejected(
-            &raw,
+            vec![b'['; MAX_DOCUMENT],
             RejectKind::TooDeep,
             "payload",
             "nested deeper than 32 levels",
         );
-        // The scan stops at level 33; even a debug build does that in microseconds.
-        assert!(started.elapsed() < std::time::Duration::from_millis(100));
+    }
+
+    /// The model padded (in customer_id) to exactly `len` bytes.
+    fn model_of_len(len: usize) -> String {
+        let short = model_with("\"customer_id\": \"test\"", "\"customer_id\": \"\"");
+        let padding = "c".repeat(len - short.len());
+        model_with(
+            "\"customer_id\": \"test\"",
+            &format!("\"customer_id\": \"{padding}\""),
+        )
+    }
+
+    #[test]
+    fn a_document_of_the_limit_is_accepted_and_one_byte_more_is_too_large() {
+        assert_eq!(
+            accept(model_of_len(MAX_DOCUMENT)).document().len(),
+            MAX_DOCUMENT
+        );
+        assert_rejected(
+            model_of_len(MAX_DOCUMENT + 1),
+            RejectKind::TooLarge,
+            "payload",
+            "1048065 bytes, more than the 1048064 an order may take",
+        );
+        // Size comes first: what is too large is not read at all.
+        assert_eq!(
+            reject(vec![0xFF; MAX_DOCUMENT + 1]).kind(),
+            RejectKind::TooLarge
+        );
+    }
+
+    #[test]
+    fn the_limit_follows_a_smaller_max_payload_and_never_exceeds_the_streams() {
+        assert_eq!(MAX_DOCUMENT, 1024 * 1024 - PAYLOAD_ROOM);
+        assert_eq!(max_document(64 * 1024), 64 * 1024 - PAYLOAD_ROOM);
+        assert_eq!(max_document(8 * 1024 * 1024), MAX_DOCUMENT);
+        assert_eq!(max_document(100), 0);
+        let within = Order::parse_within(model_of_len(2000).as_bytes(), 1999);
+        assert_eq!(
+            within.map(|_| ()).map_err(|r| r.kind()),
+            Err(RejectKind::TooLarge)
+        );
+        assert!(Order::parse_within(model_of_len(2000).as_bytes(), 2000).is_ok());
     }
 
     #[test]
@@ -1397,6 +1480,7 @@ mod tests {
     fn reject_kinds_have_snake_case_labels() {
         let labels: Vec<_> = [
             RejectKind::NotUtf8,
+            RejectKind::TooLarge,
             RejectKind::TooDeep,
             RejectKind::BadJson,
             RejectKind::NotObject,
@@ -1411,6 +1495,7 @@ mod tests {
             labels,
             [
                 "not_utf8",
+                "too_large",
                 "too_deep",
                 "bad_json",
                 "not_object",
@@ -1427,6 +1512,7 @@ mod tests {
         bad_utf8[3] = 0xc3;
         let inputs: Vec<(Vec<u8>, RejectKind)> = vec![
             (bad_utf8, RejectKind::NotUtf8),
+            (vec![b' '; MAX_DOCUMENT + 1], RejectKind::TooLarge),
             ("[".repeat(33).into_bytes(), RejectKind::TooDeep),
             (b"{".to_vec(), RejectKind::BadJson),
             (b"[]".to_vec(), RejectKind::NotObject),
