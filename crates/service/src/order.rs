@@ -1,6 +1,7 @@
-//! The order model and the one gate every message passes: `Order::parse`.
+//! The order model and the one gate every message passes: `Order::parse_within` (`Order::parse`
+//! at the default size limit).
 //!
-//! "Parse, don't validate": an [`Order`] can only be obtained from [`Order::parse`], so every
+//! "Parse, don't validate": an [`Order`] can only be obtained from that gate, so every
 //! later stage (store, cache, HTTP) holds a message that is already known to follow every rule of
 //! design.md. The order keeps the raw message as its document: HTTP serves those exact bytes, and
 //! fields the model does not name (from a newer producer) are never lost.
