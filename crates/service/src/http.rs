@@ -3,10 +3,11 @@
 //! through the HTTP side's own small pool, never through ingest's, so readers cannot make a commit
 //! wait for a connection. The connection layer and its limits are in `server`.
 //!
-//! Routes (the design's contract): on the public listener `GET /order/{order_uid}`, `GET /orders`,
-//! `GET /`, `GET /openapi.json`, `GET /healthz`, `GET /readyz`; on the admin listener `GET /metrics`, `GET /rejected`,
-//! `GET /healthz`, `GET /readyz`. `/readyz/reads` is on both. A route of the other listener is a
-//! 404. HEAD works wherever GET does; other methods get 405.
+//! Routes (the design's contract): on the public listener `GET /order/{order_uid}`,
+//! `GET /orders`, `GET /`, `GET /openapi.json`, `GET /healthz`, `GET /readyz`; on the admin
+//! listener `GET /metrics`, `GET /rejected`, `GET /healthz`, `GET /readyz`. `/readyz/reads` is
+//! on both. A route of the other listener is a 404. HEAD works wherever GET does; other methods
+//! get 405.
 
 mod admin;
 mod server;
@@ -348,9 +349,11 @@ struct Paging {
 
 /// Reads the paging parameters, or says why they are wrong.
 fn paging(query: &str, max: i64) -> Result<Paging, String> {
-    paging_and(query, max, |key, _| {
-        Err(format!("unknown parameter {key:?}"))
-    })
+    paging_and(query, max, |key, _| Err(unknown_parameter(key)))
+}
+
+fn unknown_parameter(key: &str) -> String {
+    format!("unknown parameter {key:?}")
 }
 
 /// Reads the paging parameters and hands every other one, with its raw (still encoded) value,
@@ -429,10 +432,7 @@ fn and_search(earlier: Matching, more: Matching) -> Result<Matching, String> {
 fn orders_query(query: &str) -> Result<(Paging, Matching), String> {
     let mut matching = Matching::All;
     let paging = paging_and(query, ORDERS_MAX_LIMIT, |key, raw| {
-        let Some(parsed) = search(key, raw) else {
-            return Err(format!("unknown parameter {key:?}"));
-        };
-        let parsed = parsed?;
+        let parsed = search(key, raw).unwrap_or_else(|| Err(unknown_parameter(key)))?;
         matching = match std::mem::replace(&mut matching, Matching::All) {
             Matching::All => parsed,
             earlier => and_search(earlier, parsed)?,

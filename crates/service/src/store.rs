@@ -317,36 +317,20 @@ impl Store {
         // Plain statements rather than one with `$2 IS NULL OR …`: each is a plain scan of one
         // index, (date_created DESC, order_uid DESC) for all orders, or the column's search
         // index, which holds the same order after the equality.
-        let (column, value, customer) = match matching {
-            Matching::All => {
-                let query = match before {
-                    None => sqlx::query_as(
-                        "SELECT order_uid, date_created, customer_id, track_number FROM orders \
-                         ORDER BY date_created DESC, order_uid DESC LIMIT $1",
-                    )
-                    .bind(limit),
-                    Some((date, uid)) => sqlx::query_as(
-                        "SELECT order_uid, date_created, customer_id, track_number FROM orders \
-                         WHERE (date_created, order_uid) < ($2, $3) \
-                         ORDER BY date_created DESC, order_uid DESC LIMIT $1",
-                    )
-                    .bind(limit)
-                    .bind(date)
-                    .bind(uid),
-                };
-                return query.fetch_all(&self.pool).await;
-            }
-            Matching::TrackNumber(value) => ("track_number", value, None),
-            Matching::CustomerId(value) => ("customer_id", value, None),
+        let filters: Vec<(&str, &str)> = match matching {
+            Matching::All => Vec::new(),
+            Matching::TrackNumber(value) => vec![("track_number", value)],
+            Matching::CustomerId(value) => vec![("customer_id", value)],
             Matching::Both {
                 track_number,
                 customer_id,
-            } => ("track_number", track_number, Some(customer_id.as_str())),
+            } => vec![("track_number", track_number), ("customer_id", customer_id)],
         };
-        let sql = search_sql(column, customer.is_some(), before.is_some());
-        let mut query = sqlx::query_as(&sql).bind(limit).bind(value.as_str());
-        if let Some(customer) = customer {
-            query = query.bind(customer);
+        let columns: Vec<&str> = filters.iter().map(|&(column, _)| column).collect();
+        let sql = recent_sql(&columns, before.is_some());
+        let mut query = sqlx::query_as(&sql).bind(limit);
+        for (_, value) in filters {
+            query = query.bind(value);
         }
         let query = match before {
             None => query,
@@ -585,26 +569,35 @@ async fn insert_rejections(
     Ok(())
 }
 
-/// The search statement on `column` (a name from `Store::recent`, never input) = $2, also on
-/// `customer_id` = $3 if `and_customer`, with or without a cursor (the next two parameters). It
-/// repeats the partial index's predicate word for word: PostgreSQL uses a partial index only
-/// when the query's own clauses imply its predicate, and it does not derive a length from
-/// `column = $2`.
-fn search_sql(column: &str, and_customer: bool, with_cursor: bool) -> String {
-    let (customer, next) = if and_customer {
-        (" AND customer_id = $3", 4)
-    } else {
-        ("", 3)
-    };
-    let cursor = if with_cursor {
-        format!(" AND (date_created, order_uid) < (${next}, ${})", next + 1)
-    } else {
+/// The listing statement: all orders, or those whose `columns` (names from `Store::recent`,
+/// never input) equal $2, $3, …, with or without a cursor (the next two parameters). The first
+/// column is the one whose search index the scan reads, and the statement repeats that partial
+/// index's predicate word for word: PostgreSQL uses a partial index only when the query's own
+/// clauses imply its predicate, and it does not derive a length from `column = $2`.
+fn recent_sql(columns: &[&str], with_cursor: bool) -> String {
+    let mut conditions: Vec<String> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, column)| match i {
+            0 => format!("{column} = $2 AND length({column}) <= {SEARCH_MAX_CHARS}"),
+            _ => format!("{column} = ${}", i + 2),
+        })
+        .collect();
+    if with_cursor {
+        let next = columns.len() + 2;
+        conditions.push(format!(
+            "(date_created, order_uid) < (${next}, ${})",
+            next + 1
+        ));
+    }
+    let filter = if conditions.is_empty() {
         String::new()
+    } else {
+        format!("WHERE {} ", conditions.join(" AND "))
     };
     format!(
         "SELECT order_uid, date_created, customer_id, track_number FROM orders \
-         WHERE {column} = $2 AND length({column}) <= {SEARCH_MAX_CHARS}{customer}{cursor} \
-         ORDER BY date_created DESC, order_uid DESC LIMIT $1"
+         {filter}ORDER BY date_created DESC, order_uid DESC LIMIT $1"
     )
 }
 
@@ -669,6 +662,34 @@ fn quote_ident(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_listing_is_one_statement_on_its_index_with_the_partial_predicate() {
+        const SELECT: &str =
+            "SELECT order_uid, date_created, customer_id, track_number FROM orders ";
+        const ORDER: &str = "ORDER BY date_created DESC, order_uid DESC LIMIT $1";
+        for (columns, cursor, filter) in [
+            (&[][..], false, ""),
+            (&[][..], true, "WHERE (date_created, order_uid) < ($2, $3) "),
+            (
+                &["customer_id"][..],
+                false,
+                "WHERE customer_id = $2 AND length(customer_id) <= 256 ",
+            ),
+            (
+                &["track_number", "customer_id"][..],
+                true,
+                "WHERE track_number = $2 AND length(track_number) <= 256 AND customer_id = $3 \
+                 AND (date_created, order_uid) < ($4, $5) ",
+            ),
+        ] {
+            assert_eq!(
+                recent_sql(columns, cursor),
+                format!("{SELECT}{filter}{ORDER}"),
+                "{columns:?}, cursor {cursor}"
+            );
+        }
+    }
 
     #[test]
     fn require_with_a_root_certificate_verifies_the_ca_as_libpq_does() {
