@@ -88,7 +88,24 @@ pub fn run(settings: ServeArgs) -> Result<()> {
     let app = App::build(settings)?;
     info!(addr = %app.local_addr(), "listening on http://{}", app.local_addr());
     info!(addr = %app.admin_addr(), "admin listening on http://{}", app.admin_addr());
+    announce(&app);
     app.run_until_stopped(signalled())
+}
+
+/// Prints the one line `serve` writes on standard output: the addresses bound, as JSON
+/// (`{"http_addr":"…","admin_addr":"…"}`). A supervisor or a test that starts the service on
+/// port 0 reads it instead of the log, whose wording and format are not a contract. A closed
+/// standard output only loses the line; the service runs on.
+fn announce(app: &App) {
+    use std::io::Write;
+    let line = serde_json::json!({
+        "http_addr": app.local_addr().to_string(),
+        "admin_addr": app.admin_addr().to_string(),
+    });
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+        warn!(error = %e, "cannot print the bound addresses on standard output");
+    }
 }
 
 /// The service, built and serving HTTP, not yet restored or ingesting.
