@@ -8,7 +8,6 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -18,7 +17,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use ordersvc_service::cache::{Body, Cache};
+use ordersvc_service::cache::{self, Body, Cache, Change};
 use ordersvc_service::order::OrderUid;
 use ordersvc_service::store::Store;
 
@@ -50,7 +49,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async move {
         let store = Store::open(&database_url).await.map_err(|e| e.to_string())?;
-        let cache = Arc::new(Cache::new(None));
+        let (writer, _thread) = cache::start(None).map_err(|e| e.to_string())?;
         let mut rows = store.documents();
         let mut chunk = Vec::new();
         while let Some(row) = rows.next().await {
@@ -60,8 +59,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         drop(rows);
-        cache.insert_batch(chunk);
-        cache.mark_restored();
+        writer.send(Change::Orders(chunk)).await?;
+        writer.apply(Change::Restored).await?;
+        let cache = writer.cache().clone();
         eprintln!("{} orders loaded; listening on http://{addr}", cache.len());
         let listener = tokio::net::TcpListener::bind(addr).await?;
         loop {

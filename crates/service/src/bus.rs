@@ -8,6 +8,7 @@ use async_nats::jetstream::{self, consumer, stream};
 use color_eyre::eyre::{Result, WrapErr};
 
 use crate::config::NatsArgs;
+use crate::retry::Backoff;
 
 mod connect;
 
@@ -50,14 +51,14 @@ pub async fn ensure_stream_within(
     patience: Duration,
 ) -> Result<stream::Stream> {
     let deadline = tokio::time::Instant::now() + patience;
-    let mut backoff = LOOKUP_BACKOFF_MIN;
+    let mut backoff = Backoff::new(LOOKUP_BACKOFF_MIN, LOOKUP_BACKOFF_MAX);
     let stream = loop {
+        let delay = backoff.next_delay();
         match js.get_or_create_stream(stream_config(args)).await {
             Ok(stream) => break stream,
-            Err(e) if is_transient(&e) && tokio::time::Instant::now() + backoff < deadline => {
+            Err(e) if is_transient(&e) && tokio::time::Instant::now() + delay < deadline => {
                 tracing::warn!(stream = %args.stream, error = %e, "JetStream cannot answer for the stream yet; asking again");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(LOOKUP_BACKOFF_MAX);
+                tokio::time::sleep(delay).await;
             }
             Err(e) => {
                 return Err(e).wrap_err_with(|| {

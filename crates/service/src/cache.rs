@@ -1,10 +1,17 @@
 //! The in-memory read model: stored orders' exact response bodies, by order_uid.
 //!
-//! One cache-writer thread fills it (from the restore at start, then from committed ingest
-//! batches); the HTTP worker threads read it, and with a byte bound they also fill it on a miss
-//! from PostgreSQL (one load per missing order: `flight`). Everything here is synchronous but
-//! that miss path, which awaits PostgreSQL on the HTTP runtime. Bodies are shared (`Arc`), so a
-//! response is written straight from the cache without copying or re-serialising.
+//! Who writes: one thread, the cache writer, and nobody else. Every change to the contents
+//! (orders stored by this replica's ingest, orders followed from the changelog, chunks of a
+//! restore, an order loaded from PostgreSQL on a miss) is a `Change` sent through a
+//! `CacheWriter` handle, and the writer applies them one at a time in the order they arrive.
+//! `Cache`'s own mutating methods are private to this module, so the compiler keeps it that way;
+//! a later kind of change (erasure) is one more `Change`, ordered with all the others.
+//!
+//! Who reads: the HTTP worker threads, through `Cache::get` (a read lock, never waiting on the
+//! writer for long: a batch is inserted under one write lock). With a byte bound, a miss loads
+//! the order from PostgreSQL (one load per missing order: `flight`) and hands it to the writer
+//! like any other change. Bodies are shared (`Arc`), so a response is written straight from the
+//! cache without copying or re-serialising.
 //!
 //! Memory: an entry is one `Arc` holding the order_uid and the body in one buffer, and its
 //! entity tag as a number; the table holds only pointers. That keeps the cost per order near
@@ -21,10 +28,7 @@ use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use std::thread::JoinHandle;
 
-use color_eyre::eyre::{Result, WrapErr};
-use crossbeam_channel::Receiver;
 use hashbrown::HashTable;
 use prometheus_client::metrics::counter::Counter;
 
@@ -32,8 +36,10 @@ use crate::order::OrderUid;
 
 mod flight;
 mod restore;
+mod writer;
 
 pub use self::restore::{restore, Restored};
+pub use self::writer::{start, CacheWriter, Change, Pending, WriterGone, WriterThread};
 
 /// One cached order: its id and body in one buffer, and its entity tag.
 #[derive(Debug)]
@@ -96,7 +102,7 @@ impl AsRef<[u8]> for Body {
     }
 }
 
-/// What the cache writer receives: a batch of (order_uid, stored document).
+/// Stored orders as the cache takes them: (order_uid, stored document).
 pub type Batch = Vec<(OrderUid, String)>;
 
 /// Counters for `/metrics` (prometheus counters are plain shared atomics).
@@ -118,7 +124,7 @@ struct Table {
     bytes: u64,
 }
 
-/// The shared cache.
+/// The shared cache: read by anyone, changed only by the writer thread (`writer`).
 #[derive(Debug)]
 pub struct Cache {
     table: RwLock<Table>,
@@ -134,17 +140,40 @@ pub struct Cache {
 }
 
 /// What a load from the database gave: the order, none, or why it failed.
-pub type Loaded = Result<Option<Arc<Entry>>, String>;
+pub type Loaded = Result<Option<Arc<Entry>>, LoadError>;
 
-impl Default for Cache {
-    fn default() -> Cache {
-        Cache::new(None)
+/// Why an order that is not in memory could not be looked up in PostgreSQL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LoadError {
+    /// PostgreSQL cannot answer now; the text says why.
+    Unavailable(String),
+    /// Too many distinct orders are being looked up at once (`flight::MAX_FLIGHTS`).
+    TooManyLoads,
+    /// The load took longer than a request waits (`flight::FLIGHT_WAIT`).
+    TimedOut,
+    /// The load ended without an answer (it panicked, or its runtime is going away).
+    Lost,
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoadError::Unavailable(why) => f.write_str(why),
+            LoadError::TooManyLoads => {
+                f.write_str("too many orders are being looked up in PostgreSQL")
+            }
+            LoadError::TimedOut => f.write_str("timed out waiting for PostgreSQL"),
+            LoadError::Lost => f.write_str("the load of this order from PostgreSQL failed"),
+        }
     }
 }
 
+impl std::error::Error for LoadError {}
+
 impl Cache {
     /// An empty cache, not yet restored; `max_bytes` bounds the bytes of documents it keeps.
-    pub fn new(max_bytes: Option<u64>) -> Cache {
+    /// Private: a cache comes with its writer (`start`).
+    fn new(max_bytes: Option<u64>) -> Cache {
         Cache {
             table: RwLock::default(),
             hasher: RandomState::new(),
@@ -178,59 +207,21 @@ impl Cache {
         entry
     }
 
-    /// Looks an order up, and on a miss loads it with `load` (once, however many requests ask
-    /// for it at the same time, in a task of its own) and keeps it. Memory never proves that an
-    /// order does not exist: with a byte bound it may have been evicted, and with several
-    /// replicas another one may have stored it a moment ago. An id PostgreSQL has just said it
-    /// does not have is answered `None` for `NEGATIVE_TTL` without asking again. A load that
-    /// fails, panics or never finishes, or that finds too many loads in flight already, is an
-    /// error for every request that waits for it, and the next request loads again.
-    pub async fn get_or_load<F>(
-        self: &Arc<Self>,
-        uid: &OrderUid,
-        load: impl FnOnce() -> F,
-    ) -> Loaded
-    where
-        F: Future<Output = Result<Option<String>, String>> + Send + 'static,
-    {
-        if let Some(entry) = self.get(uid.as_str()) {
-            return Ok(Some(entry));
+    /// Applies one change: only the writer thread calls this (`writer`).
+    fn apply(&self, change: Change) {
+        match change {
+            Change::Orders(batch) => self.insert_batch(batch),
+            Change::Loaded(entry) => {
+                let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
+                self.insert_locked(&mut table, entry);
+                self.evict_locked(&mut table);
+            }
+            Change::Restored => self.restored.store(true, Ordering::Release),
         }
-        if self.missing.contains(uid) {
-            return Ok(None);
-        }
-        self.stats.misses.inc();
-        let cache = self.clone();
-        let key = uid.clone();
-        self.flights
-            .join(uid, move || {
-                let document = load();
-                async move {
-                    // Kept by the load's task itself, so that the order is cached even if every
-                    // request that wanted it is gone by then.
-                    match document.await? {
-                        Some(document) => Ok(Some(cache.insert(&key, &document))),
-                        None => {
-                            cache.missing.insert(key);
-                            Ok(None)
-                        }
-                    }
-                }
-            })
-            .await
-    }
-
-    /// Inserts one order (or returns the one already there: orders are immutable).
-    fn insert(&self, uid: &OrderUid, document: &str) -> Arc<Entry> {
-        let entry = Arc::new(Entry::new(uid, document));
-        let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
-        let kept = self.insert_locked(&mut table, entry);
-        self.evict_locked(&mut table);
-        kept
     }
 
     /// Inserts a batch under one write lock. Orders are immutable: an id already present is kept.
-    pub fn insert_batch(&self, batch: Batch) {
+    fn insert_batch(&self, batch: Batch) {
         let entries: Vec<Arc<Entry>> = batch
             .iter()
             .map(|(uid, document)| Arc::new(Entry::new(uid, document)))
@@ -307,27 +298,70 @@ impl Cache {
         self.max_bytes
     }
 
-    /// Marks the restore from PostgreSQL as complete: from now on lookups are answered.
-    pub fn mark_restored(&self) {
-        self.restored.store(true, Ordering::Release);
-    }
-
     /// Whether the restore from PostgreSQL is complete.
     pub fn is_restored(&self) -> bool {
         self.restored.load(Ordering::Acquire)
     }
 }
 
-/// Starts the one cache-writer thread; it ends when every sender is dropped.
-pub fn spawn_writer(cache: Arc<Cache>, batches: Receiver<Batch>) -> Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("cache-writer".into())
-        .spawn(move || {
-            for batch in batches {
-                cache.insert_batch(batch);
-            }
-        })
-        .wrap_err("cannot start the cache-writer thread")
+#[cfg(test)]
+impl Cache {
+    /// An empty cache for other modules' tests (readiness, metrics): restored or not, and never
+    /// written to.
+    pub(crate) fn empty(restored: bool) -> Cache {
+        let cache = Cache::new(None);
+        cache.restored.store(restored, Ordering::Release);
+        cache
+    }
+}
+
+impl CacheWriter {
+    /// Looks an order up, and on a miss loads it with `load` (once, however many requests ask
+    /// for it at the same time, in a task of its own) and hands it to the writer to keep (without
+    /// waiting for it to be applied: the requests are answered with the entry itself). Memory
+    /// never proves that an
+    /// order does not exist: with a byte bound it may have been evicted, and with several
+    /// replicas another one may have stored it a moment ago. An id PostgreSQL has just said it
+    /// does not have is answered `None` for `NEGATIVE_TTL` without asking again. A load that
+    /// fails, panics or never finishes, or that finds too many loads in flight already, is an
+    /// error for every request that waits for it, and the next request loads again.
+    pub async fn get_or_load<F>(&self, uid: &OrderUid, load: impl FnOnce() -> F) -> Loaded
+    where
+        F: Future<Output = Result<Option<String>, LoadError>> + Send + 'static,
+    {
+        let cache = self.cache();
+        if let Some(entry) = cache.get(uid.as_str()) {
+            return Ok(Some(entry));
+        }
+        if cache.missing.contains(uid) {
+            return Ok(None);
+        }
+        cache.stats.misses.inc();
+        let (writer, key) = (self.clone(), uid.clone());
+        cache
+            .flights
+            .join(uid, move || {
+                let document = load();
+                async move {
+                    // Kept by the load's task itself, so that the order is cached even if every
+                    // request that wanted it is gone by then.
+                    match document.await? {
+                        Some(document) => {
+                            let entry = Arc::new(Entry::new(&key, &document));
+                            // A writer that has stopped (the service is stopping) keeps nothing,
+                            // but the order is still PostgreSQL's answer to this request.
+                            let _ = writer.send(Change::Loaded(entry.clone())).await;
+                            Ok(Some(entry))
+                        }
+                        None => {
+                            writer.cache().missing.insert(key);
+                            Ok(None)
+                        }
+                    }
+                }
+            })
+            .await
+    }
 }
 
 /// Parses a byte size: a number with an optional unit (`B`, `KB`, `MB`, `GB`, `KiB`, `MiB`, `GiB`).
@@ -380,6 +414,14 @@ mod tests {
             .iter()
             .map(|(u, d)| (uid(u), (*d).to_owned()))
             .collect()
+    }
+
+    /// A cache's writer, its thread left running for the test's life (the thread's handle is
+    /// dropped: the thread ends with the test process).
+    fn started(max_bytes: Option<u64>) -> CacheWriter {
+        let (writer, thread) = start(max_bytes).expect("the writer starts");
+        drop(thread);
+        writer
     }
 
     #[test]
@@ -450,9 +492,18 @@ mod tests {
         );
     }
 
+    /// Waits until the writer has applied everything sent to it so far (changes are applied in
+    /// the order sent, and an empty batch changes nothing).
+    async fn settled(cache: &CacheWriter) {
+        cache
+            .apply(Change::Orders(Vec::new()))
+            .await
+            .expect("the writer runs");
+    }
+
     /// A bounded cache: a miss asks the loader.
-    fn incomplete() -> Arc<Cache> {
-        Arc::new(Cache::new(Some(1_000)))
+    fn incomplete() -> CacheWriter {
+        started(Some(1_000))
     }
 
     /// The loader a request would pass: a document, after `delay`.
@@ -460,7 +511,7 @@ mod tests {
         loads: &Arc<AtomicU64>,
         delay: Duration,
         document: &str,
-    ) -> impl FnOnce() -> BoxFuture<'static, Result<Option<String>, String>> {
+    ) -> impl FnOnce() -> BoxFuture<'static, Result<Option<String>, LoadError>> {
         let (loads, document) = (loads.clone(), document.to_owned());
         move || {
             async move {
@@ -474,7 +525,7 @@ mod tests {
 
     /// Asks for `id`, which must be found, with a loader of `document` that counts its runs.
     async fn load_counting(
-        cache: &Arc<Cache>,
+        cache: &CacheWriter,
         id: &str,
         document: &'static str,
     ) -> (Arc<Entry>, Arc<AtomicU64>) {
@@ -492,6 +543,7 @@ mod tests {
         let cache = incomplete();
         let (first, loads) = load_counting(&cache, "far", "{\"doc\":1}").await;
         assert_eq!(first.body(), b"{\"doc\":1}");
+        settled(&cache).await;
         let again = cache
             .get_or_load(&uid("far"), || async {
                 panic!("a cached order must not be loaded again")
@@ -523,12 +575,12 @@ mod tests {
             assert_eq!(found(request).await.body(), b"doc");
         }
         assert_eq!(loads.load(Ordering::Relaxed), 1);
-        assert_eq!(cache.flights.len(), 0);
+        assert_eq!(cache.cache().flights.len(), 0);
     }
 
     #[tokio::test]
     async fn an_unbounded_cache_still_asks_on_a_miss_since_another_replica_may_have_stored_it() {
-        let cache = Arc::new(Cache::new(None));
+        let cache = started(None);
         let loads = Arc::new(AtomicU64::new(0));
         let got = cache
             .get_or_load(&uid("elsewhere"), loader(&loads, Duration::ZERO, "doc"))
@@ -540,7 +592,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_id_just_found_missing_is_not_asked_for_again_at_once_but_is_after_a_moment() {
-        let cache = Arc::new(Cache::new(None));
+        let cache = started(None);
         let asked = Arc::new(AtomicU64::new(0));
         let ask = |asked: &Arc<AtomicU64>| {
             let asked = asked.clone();
@@ -563,9 +615,9 @@ mod tests {
     /// A request for `id` whose load waits for the returned sender, then ends as `load` does;
     /// it has started (and holds the flight) when this returns.
     fn request_gated(
-        cache: &Arc<Cache>,
+        cache: &CacheWriter,
         id: &'static str,
-        load: impl Future<Output = Result<Option<String>, String>> + Send + 'static,
+        load: impl Future<Output = Result<Option<String>, LoadError>> + Send + 'static,
     ) -> (JoinHandle<Loaded>, oneshot::Sender<()>) {
         let (release, released) = oneshot::channel::<()>();
         let cache = cache.clone();
@@ -581,7 +633,7 @@ mod tests {
     }
 
     /// A second request for `id`, which must join the load in flight (its own load would panic).
-    async fn request_joining(cache: &Arc<Cache>, id: &'static str) -> JoinHandle<Loaded> {
+    async fn request_joining(cache: &CacheWriter, id: &'static str) -> JoinHandle<Loaded> {
         tokio::task::yield_now().await;
         let cache = cache.clone();
         let request = tokio::spawn(async move {
@@ -603,7 +655,7 @@ mod tests {
     }
 
     /// Stands for a bug anywhere in a load (in sqlx, in the cache's insert).
-    async fn panicking_load() -> Result<Option<String>, String> {
+    async fn panicking_load() -> Result<Option<String>, LoadError> {
         panic!("injected: the load panics")
     }
 
@@ -619,12 +671,12 @@ mod tests {
             }));
         }
         for _ in 0..1_000 {
-            if cache.flights.len() == flight::MAX_FLIGHTS {
+            if cache.cache().flights.len() == flight::MAX_FLIGHTS {
                 break;
             }
             tokio::task::yield_now().await;
         }
-        assert_eq!(cache.flights.len(), flight::MAX_FLIGHTS);
+        assert_eq!(cache.cache().flights.len(), flight::MAX_FLIGHTS);
 
         // Act: one more id.
         let refused = cache
@@ -635,14 +687,14 @@ mod tests {
 
         // Assert: refused at once (the page answers 503), and the others all load.
         assert!(
-            matches!(&refused, Err(e) if e.contains("too many")),
+            matches!(&refused, Err(LoadError::TooManyLoads)),
             "{refused:?}"
         );
         for (request, release) in gated {
             let _ = release.send(());
             assert_eq!(found(request).await.body(), b"doc");
         }
-        assert_eq!(cache.flights.len(), 0);
+        assert_eq!(cache.cache().flights.len(), 0);
         let (again, _) = load_counting(&cache, "one-too-many", "doc").await;
         assert_eq!(again.body(), b"doc");
     }
@@ -665,7 +717,7 @@ mod tests {
         // Assert: both told at once, nothing left in flight, and the next request loads again.
         assert!(first.is_err() && second.is_err(), "{first:?} {second:?}");
         assert!(started.elapsed() < flight::FLIGHT_WAIT);
-        assert_eq!(cache.flights.len(), 0);
+        assert_eq!(cache.cache().flights.len(), 0);
         let (again, loads) = load_counting(&cache, "boom", "doc").await;
         assert_eq!(again.body(), b"doc");
         assert_eq!(loads.load(Ordering::Relaxed), 1);
@@ -687,8 +739,12 @@ mod tests {
         // Assert: the waiter gets the order, at once, and nothing is left in flight.
         assert_eq!(found(second).await.body(), b"doc");
         assert!(started.elapsed() < flight::FLIGHT_WAIT);
-        assert_eq!(cache.flights.len(), 0);
-        assert!(cache.get("gone").is_some(), "the order loaded is kept");
+        assert_eq!(cache.cache().flights.len(), 0);
+        settled(&cache).await;
+        assert!(
+            cache.cache().get("gone").is_some(),
+            "the order loaded is kept"
+        );
     }
 
     #[test]

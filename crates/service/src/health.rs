@@ -218,9 +218,7 @@ mod tests {
     use crate::shutdown;
 
     fn restored() -> Cache {
-        let cache = Cache::new(None);
-        cache.mark_restored();
-        cache
+        Cache::empty(true)
     }
 
     #[test]
@@ -242,7 +240,7 @@ mod tests {
     #[test]
     fn the_service_is_not_ready_while_the_cache_is_restoring() {
         let (health, _reporters) = Health::new();
-        let reasons = health.readiness(&Cache::new(None));
+        let reasons = health.readiness(&Cache::empty(false));
         assert!(reasons[0].contains("restoring"), "{reasons:?}");
     }
 
@@ -251,7 +249,7 @@ mod tests {
         let (health, reporters) = Health::new();
         reporters.connection.set(Some("disconnected".into()));
         reporters.subscription.set(Some("no stream".into()));
-        let reasons = health.readiness(&Cache::new(None));
+        let reasons = health.readiness(&Cache::empty(false));
         assert_eq!(reasons.len(), 3, "{reasons:?}");
         assert!(reasons[1].starts_with("NATS unavailable"), "{reasons:?}");
         assert!(reasons[2].starts_with("cannot consume"), "{reasons:?}");

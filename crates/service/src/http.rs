@@ -26,7 +26,7 @@ use serde_json::json;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::cache::{Body, Cache, Entry};
+use crate::cache::{Body, Cache, CacheWriter, Entry, LoadError};
 use crate::health::Health;
 use crate::metrics::{HttpLabels, Metrics, RouteLabels};
 use crate::order::OrderUid;
@@ -52,8 +52,9 @@ pub type Reply = Response<Full<Bytes>>;
 
 /// What serve shares with the request handlers.
 pub struct AppState {
-    /// The read model.
-    pub cache: Arc<Cache>,
+    /// The read model: read by every request, and written (through its one writer) by a miss
+    /// loaded from PostgreSQL.
+    pub cache: CacheWriter,
     /// Dependency health for `/readyz`.
     pub health: Arc<Health>,
     /// Where requests are counted and timed.
@@ -221,11 +222,17 @@ async fn answer<B>(route: Route<'_>, request: &Request<B>, shared: &Shared) -> R
         Route::Style => page::style(),
         Route::OpenApi => page::asset(crate::openapi::DOCUMENT, "application/json"),
         Route::Healthz => json_response(200, &json!({ "status": "ok" })),
-        Route::Readyz => readiness(state.health.readiness(&state.cache), &state.cache),
-        Route::ReadyzReads => readiness(state.health.reads_readiness(&state.cache), &state.cache),
+        Route::Readyz => {
+            let cache = state.cache.cache();
+            readiness(state.health.readiness(cache), cache)
+        }
+        Route::ReadyzReads => {
+            let cache = state.cache.cache();
+            readiness(state.health.reads_readiness(cache), cache)
+        }
         Route::Metrics | Route::Rejected(_) if !admitted(state, request) => unauthorized(),
         Route::Metrics => {
-            let text = state.metrics.encode(&state.cache, &state.health);
+            let text = state.metrics.encode(state.cache.cache(), &state.health);
             let mut response = Response::new(Full::new(Bytes::from(text)));
             set(
                 &mut response,
@@ -279,7 +286,8 @@ fn readiness(reasons: Vec<String>, cache: &Cache) -> Reply {
 
 /// `GET /order/{order_uid}`.
 async fn order<B>(request: &Request<B>, uid: OrderUid, shared: &Shared) -> Reply {
-    let cache = &shared.state.cache;
+    let writer = &shared.state.cache;
+    let cache = writer.cache();
     if let Some(entry) = cache.get(uid.as_str()) {
         return order_response(request, &entry);
     }
@@ -301,16 +309,18 @@ async fn order<B>(request: &Request<B>, uid: OrderUid, shared: &Shared) -> Reply
         shared.store.clone(),
         uid.clone(),
     );
-    let loaded = cache
+    let loaded = writer
         .get_or_load(&uid, move || async move {
-            db_call(&health, store.document(key.as_str())).await
+            db_call(&health, store.document(key.as_str()))
+                .await
+                .map_err(LoadError::Unavailable)
         })
         .await;
     match loaded {
         Ok(Some(entry)) => order_response(request, &entry),
         Ok(None) => id_error(404, "order not found", uid.as_str()),
         Err(e) => {
-            let mut response = id_error(503, &e, uid.as_str());
+            let mut response = id_error(503, &e.to_string(), uid.as_str());
             set(&mut response, header::RETRY_AFTER, "1");
             response
         }

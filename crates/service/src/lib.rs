@@ -20,6 +20,7 @@ pub mod migrate;
 pub mod openapi;
 pub mod order;
 pub(crate) mod page;
+pub(crate) mod retry;
 pub mod serve;
 pub(crate) mod shutdown;
 pub mod store;

@@ -250,7 +250,7 @@ mod tests {
 
     #[test]
     fn counted_messages_appear_in_the_exposition_with_their_labels() {
-        let cache = Cache::new(None);
+        let cache = Cache::empty(false);
         let metrics = Metrics::new(&cache);
         metrics.count_message("rejected", "bad_json");
         metrics.count_message("rejected", "bad_json");

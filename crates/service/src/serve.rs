@@ -8,29 +8,24 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use clap::Args;
 use color_eyre::eyre::{eyre, Result, WrapErr};
-use crossbeam_channel::Sender;
 use tracing::{info, warn};
 
 use crate::bus;
-use crate::cache::{self, Cache, Restored};
-use crate::changelog::{self, Changelog};
+use crate::cache::{self, CacheWriter, WriterThread};
+use crate::changelog::{Changelog, FollowHealth, Follower};
 use crate::config::{
     self, DbArgs, NatsArgs, DEFAULT_ADMIN_ADDR, DEFAULT_DURABLE, DEFAULT_HTTP_ADDR,
 };
-use crate::health::{self, Health, Reporter};
+use crate::health::{self, Health};
 use crate::http::{self as web, AppState, Endpoint, HttpServer, Limits, Token};
-use crate::ingest::Ingest;
+use crate::ingest::{Ingest, IngestHealth};
 use crate::metrics::Metrics;
 use crate::shutdown::{self, Shutdown, StopBudget, Trigger};
 use crate::store::Store;
-
-/// Batches waiting for the cache writer before ingest waits for it.
-const CACHE_QUEUE: usize = 64;
 
 /// Settings of `ordersvc serve`.
 #[derive(Args, Clone, Debug)]
@@ -118,19 +113,16 @@ pub struct App {
     store: Store,
     /// The NATS connection; its buffered acks are flushed at stop.
     client: async_nats::Client,
-    cache: Arc<Cache>,
+    /// The one way into the cache: ingest, the follower (and its restores) and HTTP's misses
+    /// each get a clone.
+    cache: CacheWriter,
+    /// The thread behind `cache`, stopped last.
+    writer: WriterThread,
     metrics: Arc<Metrics>,
     http: HttpServer,
-    /// The cache writer's input; ingest gets a clone, and the writer ends when both are dropped.
-    cache_tx: Sender<cache::Batch>,
-    writer: JoinHandle<()>,
-    /// Ingest's two health facts (the monitor already has its own).
-    commit: Reporter,
-    subscription: Reporter,
-    /// Ingest's changelog fact, and the follower's two.
-    fanout: Reporter,
-    follow: Reporter,
-    catching_up: Reporter,
+    /// Ingest's health facts, and the follower's (the monitor already has its own).
+    ingest_health: IngestHealth,
+    follow_health: FollowHealth,
     trigger: Trigger,
     shutdown: Shutdown,
 }
@@ -152,11 +144,9 @@ impl App {
             Ok::<_, color_eyre::Report>((store, client))
         })?;
 
-        let cache = Arc::new(Cache::new(settings.cache_max_bytes));
+        let (cache, writer) = cache::start(settings.cache_max_bytes)?;
         let (health, reporters) = Health::new();
-        let metrics = Arc::new(Metrics::new(&cache));
-        let (cache_tx, cache_rx) = crossbeam_channel::bounded(CACHE_QUEUE);
-        let writer = cache::spawn_writer(cache.clone(), cache_rx)?;
+        let metrics = Arc::new(Metrics::new(cache.cache()));
         let state = AppState {
             cache: cache.clone(),
             health,
@@ -204,15 +194,18 @@ impl App {
             store,
             client,
             cache,
+            writer,
             metrics,
             http,
-            cache_tx,
-            writer,
-            commit: reporters.commit,
-            subscription: reporters.subscription,
-            fanout: reporters.fanout,
-            follow: reporters.follow,
-            catching_up: reporters.catching_up,
+            ingest_health: IngestHealth {
+                commit: reporters.commit,
+                subscription: reporters.subscription,
+                fanout: reporters.fanout,
+            },
+            follow_health: FollowHealth {
+                follow: reporters.follow,
+                catching_up: reporters.catching_up,
+            },
             trigger,
             shutdown,
         })
@@ -244,24 +237,20 @@ impl App {
             changelog: changelog.clone(),
             store: self.store.clone(),
             cache: self.cache.clone(),
-            metrics: self.metrics.clone(),
-            cache_tx: self.cache_tx.clone(),
-            follow: self.follow,
-            catching_up: self.catching_up,
+            restored: self.metrics.restored_orders.clone(),
+            health: self.follow_health,
         };
         let ingest = Ingest {
             js,
-            changelog,
-            fanout: self.fanout,
             nats: self.settings.nats.clone(),
             durable: self.settings.durable.clone(),
             batch_size: usize::from(self.settings.batch_size),
             store: self.store.clone(),
-            cache_tx: self.cache_tx.clone(),
-            commit: self.commit,
-            subscription: self.subscription,
-            metrics: self.metrics.clone(),
+            cache: self.cache,
+            changelog,
+            health: self.ingest_health,
             grace: budget.batch,
+            metrics: self.metrics.clone(),
         };
         let ran = self.runtime.block_on(async {
             let stopping = tokio::spawn(async move {
@@ -278,7 +267,6 @@ impl App {
             runtime: self.runtime,
             client: self.client,
             http: self.http,
-            cache_tx: self.cache_tx,
             writer: self.writer,
             store: self.store,
         }
@@ -315,96 +303,12 @@ async fn restore_then_ingest(
     Ok(())
 }
 
-/// The changelog follower and what a restore afresh needs.
-struct Follower {
-    changelog: Changelog,
-    store: Store,
-    cache: Arc<Cache>,
-    metrics: Arc<Metrics>,
-    cache_tx: Sender<cache::Batch>,
-    follow: Reporter,
-    catching_up: Reporter,
-}
-
-impl Follower {
-    /// Restores the cache from PostgreSQL with the changelog hand-off: the changelog's last
-    /// sequence is read first, so whatever is committed during the restore is in the changelog
-    /// after it. Returns where to follow from, or `None` on a stop.
-    async fn restore(&self, shutdown: &Shutdown) -> Result<Option<changelog::Position>> {
-        if self.catching_up.problem().is_none() {
-            self.catching_up
-                .set(Some("catching up with the changelog".to_owned()));
-        }
-        let mut backoff = Duration::from_millis(100);
-        let end = loop {
-            match self.changelog.end().await {
-                Ok(end) => break end,
-                Err(e) => {
-                    warn!(error = %format!("{e:#}"), "cannot read the changelog before the restore; retrying");
-                    self.follow.set(Some(format!("{e:#}")));
-                    tokio::select! {
-                        _ = shutdown.requested() => return Ok(None),
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                }
-            }
-        };
-        self.follow.set(None);
-        let restored = cache::restore(
-            &self.store,
-            &self.cache,
-            &self.metrics.restored_orders,
-            shutdown,
-        )
-        .await?;
-        Ok((restored == Restored::Done).then_some(end))
-    }
-
-    /// Follows the changelog from `next` until a stop; after a gap, restores afresh (reads wait
-    /// meanwhile) and follows on from there.
-    async fn run(self, mut next: changelog::Position, shutdown: Shutdown) {
-        loop {
-            match self
-                .changelog
-                .follow(
-                    next,
-                    &self.cache_tx,
-                    &self.follow,
-                    &self.catching_up,
-                    &shutdown,
-                )
-                .await
-            {
-                changelog::Stopped::Shutdown => return,
-                changelog::Stopped::Gap(why) => {
-                    warn!(%why, "the changelog has a gap; restoring the cache afresh from PostgreSQL");
-                    self.catching_up
-                        .set(Some(format!("{why}: restoring afresh from PostgreSQL")));
-                    match self.restore(&shutdown).await {
-                        Ok(Some(from)) => next = from,
-                        Ok(None) => return,
-                        Err(e) => {
-                            warn!(error = %format!("{e:#}"), "the restore afresh failed; trying again");
-                            tokio::select! {
-                                _ = shutdown.requested() => return,
-                                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
 /// What is left to stop once ingest has ended: each step within its share of the budget.
 struct Stopping {
     runtime: tokio::runtime::Runtime,
     client: async_nats::Client,
     http: HttpServer,
-    cache_tx: Sender<cache::Batch>,
-    writer: JoinHandle<()>,
+    writer: WriterThread,
     store: Store,
 }
 
@@ -425,11 +329,8 @@ impl Stopping {
             }
         }
         self.http.shutdown(budget.http);
-        // Ingest's clone went with it: this was the last sender, and the writer ends.
-        drop(self.cache_tx);
-        if self.writer.join().is_err() {
-            warn!("the cache writer panicked");
-        }
+        // Nothing writes to the cache any more: ingest and the follower have ended, and HTTP too.
+        self.writer.stop();
         // A connection whose statement was abandoned (stuck on a lock, say) would keep close()
         // waiting for PostgreSQL; exiting closes it anyway, and PostgreSQL rolls it back.
         let closed = self

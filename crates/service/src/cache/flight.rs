@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use super::Loaded;
+use super::{LoadError, Loaded};
 use crate::order::OrderUid;
 
 /// Longest a request waits for the load of the order it wants.
@@ -53,9 +53,7 @@ impl Flights {
             let mut table = lock(&self.table);
             match table.get(uid) {
                 Some(outcome) => Err(outcome.clone()),
-                None if table.len() >= MAX_FLIGHTS => {
-                    return Err("too many orders are being looked up in PostgreSQL".into())
-                }
+                None if table.len() >= MAX_FLIGHTS => return Err(LoadError::TooManyLoads),
                 None => {
                     let (send, outcome) = watch::channel(None);
                     table.insert(uid.clone(), outcome.clone());
@@ -85,10 +83,10 @@ impl Flights {
         let waited = tokio::time::timeout(FLIGHT_WAIT, outcome.wait_for(Option::is_some)).await;
         match waited {
             // `wait_for` only returns a value that is `Some`.
-            Ok(Ok(result)) => result.clone().unwrap_or_else(|| Err("no result".into())),
+            Ok(Ok(result)) => result.clone().unwrap_or(Err(LoadError::Lost)),
             // The task ended without sending (a panic, a runtime going away).
-            Ok(Err(_)) => Err("the load of this order from PostgreSQL failed".into()),
-            Err(_) => Err("timed out waiting for PostgreSQL".into()),
+            Ok(Err(_)) => Err(LoadError::Lost),
+            Err(_) => Err(LoadError::TimedOut),
         }
     }
 

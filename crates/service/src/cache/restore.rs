@@ -1,9 +1,14 @@
-//! Restoring the cache from PostgreSQL at start: the stored documents, streamed, in chunks.
+//! Restoring the cache from PostgreSQL: the stored documents, streamed, in chunks, handed to the
+//! cache writer like every other change.
 //!
-//! Runs on the ingest runtime before ingest starts, so nothing else writes to the cache yet. A
-//! chunk is bounded by count and by bytes: documents can be up to the NATS max payload (1 MiB),
-//! and ten thousand of those would be ten gigabytes in flight before the first insert. A stop
-//! requested meanwhile ends the restore at the next row (or while a query waits on a lock).
+//! At start it runs before ingest; after a gap in the changelog (`changelog::follow`) it runs
+//! again while ingest and HTTP go on. Either way its chunks go through the one writer, in order
+//! with whatever else is sent meanwhile; orders are immutable and an insert keeps an entry
+//! already there, so a chunk read before an order was committed and applied after it changes
+//! nothing. A chunk is bounded by count and by bytes: documents can be up to the NATS max
+//! payload (1 MiB), and ten thousand of those would be ten gigabytes in flight. One chunk is
+//! read while the one before is applied, never more. A stop requested meanwhile ends the
+//! restore at the next row (or while a query waits on a lock).
 
 use std::time::{Duration, Instant};
 
@@ -12,7 +17,7 @@ use futures::StreamExt;
 use prometheus_client::metrics::gauge::Gauge;
 use tracing::{info, warn};
 
-use super::{Batch, Cache};
+use super::{Batch, CacheWriter, Change, Pending};
 use crate::order::OrderUid;
 use crate::shutdown::Shutdown;
 use crate::store::Store;
@@ -62,15 +67,52 @@ impl Chunk {
     }
 }
 
-/// Loads stored orders into the cache, streamed, then marks the cache restored. With a byte
-/// bound, the newest orders are loaded until the bound is reached; the rest is read on demand.
-/// `restored` counts the orders loaded, for `/metrics`.
+/// Chunks on their way to the cache writer: one is applied while the next is read, never more.
+struct Handing<'a> {
+    writer: &'a CacheWriter,
+    /// The chunk the writer is applying.
+    applying: Option<Pending>,
+    /// Orders handed over so far.
+    loaded: u64,
+    /// Their document bytes, counted here, not read from the cache: the cache evicts to stay
+    /// within its bound, so its own byte count never says "full".
+    loaded_bytes: u64,
+    /// `/metrics`' count of `loaded`.
+    gauge: &'a Gauge,
+}
+
+impl Handing<'_> {
+    /// Hands a chunk (orders, bytes) to the writer once the one before it is applied.
+    async fn hand(&mut self, (orders, bytes): (Batch, u64)) -> Result<()> {
+        if let Some(before) = self.applying.take() {
+            before.applied().await?;
+        }
+        self.loaded += orders.len() as u64;
+        self.loaded_bytes += bytes;
+        self.applying = Some(self.writer.send_tracked(Change::Orders(orders)).await?);
+        self.gauge
+            .set(i64::try_from(self.loaded).unwrap_or(i64::MAX));
+        Ok(())
+    }
+
+    /// Marks the cache restored, after every chunk handed over, and returns how many orders were.
+    async fn done(self) -> Result<u64> {
+        // Applied after every chunk before it: once it is, the cache holds all of them.
+        self.writer.apply(Change::Restored).await?;
+        Ok(self.loaded)
+    }
+}
+
+/// Loads stored orders into the cache through `writer`, streamed, then marks the cache
+/// restored. With a byte bound, the newest orders are loaded until the bound is reached; the
+/// rest is read on demand. `restored` counts the orders loaded, for `/metrics`.
 pub async fn restore(
     store: &Store,
-    cache: &Cache,
+    writer: &CacheWriter,
     restored: &Gauge,
     shutdown: &Shutdown,
 ) -> Result<Restored> {
+    let cache = writer.cache();
     let started = Instant::now();
     let total = tokio::select! {
         _ = shutdown.requested() => return Ok(Restored::Stopped),
@@ -90,10 +132,13 @@ pub async fn restore(
             .max_bytes()
             .map_or(CHUNK_BYTES, |max| max.min(CHUNK_BYTES)),
     );
-    let mut loaded = 0u64;
-    // Counted here, not read from the cache: the cache evicts to stay within its bound, so its
-    // own byte count never says "full".
-    let mut loaded_bytes = 0u64;
+    let mut handing = Handing {
+        writer,
+        applying: None,
+        loaded: 0,
+        loaded_bytes: 0,
+        gauge: restored,
+    };
     let mut last_log = Instant::now();
     let mut stopped_early = false;
     loop {
@@ -114,27 +159,22 @@ pub async fn restore(
         if !chunk.push(uid, document) {
             continue;
         }
-        let (orders, bytes) = chunk.take();
-        loaded += orders.len() as u64;
-        loaded_bytes += bytes;
-        // Nothing else runs on this runtime yet; inserting here keeps at most one chunk in flight.
-        tokio::task::block_in_place(|| cache.insert_batch(orders));
-        restored.set(i64::try_from(loaded).unwrap_or(i64::MAX));
+        handing.hand(chunk.take()).await?;
         if last_log.elapsed() > LOG_EVERY {
-            info!(loaded, total, "restoring the cache");
+            info!(loaded = handing.loaded, total, "restoring the cache");
             last_log = Instant::now();
         }
-        if cache.max_bytes().is_some_and(|max| loaded_bytes >= max) {
+        if cache
+            .max_bytes()
+            .is_some_and(|max| handing.loaded_bytes >= max)
+        {
             stopped_early = true;
             break;
         }
     }
     drop(rows);
-    let (orders, _) = chunk.take();
-    loaded += orders.len() as u64;
-    tokio::task::block_in_place(|| cache.insert_batch(orders));
-    restored.set(i64::try_from(loaded).unwrap_or(i64::MAX));
-    cache.mark_restored();
+    handing.hand(chunk.take()).await?;
+    let loaded = handing.done().await?;
     info!(
         orders = cache.len(),
         bytes = cache.bytes(),

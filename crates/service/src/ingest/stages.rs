@@ -1,0 +1,366 @@
+//! The work on one batch, stage by stage: parse it (`prepare`), commit it (`commit`, retried
+//! until PostgreSQL takes it), then fan it out to the changelog, ack it and hand its orders to
+//! the cache (`finish`). Which stage runs when is `schedule`'s decision, not theirs.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use tracing::{debug, info, warn};
+
+use super::in_flight::{nak_all, InFlight};
+use super::{Ingest, Totals, BACKOFF_MAX, BACKOFF_MIN};
+use crate::batch::{Incoming, Outcome, Written};
+use crate::cache::Change;
+use crate::order::{self, Order, OrderUid};
+use crate::retry::Backoff;
+use crate::shutdown::Shutdown;
+
+/// Failed attempts at a batch before its messages are tried one by one, to find one that
+/// PostgreSQL refuses for a reason other than its data (a trigger, a rule).
+const ISOLATE_AFTER: u32 = 5;
+/// Longest one batch write may take before it is cut off and retried (below the ack wait).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a commit attempt failed (it is retried either way).
+enum CommitError {
+    /// PostgreSQL refused or could not be reached.
+    Database(sqlx::Error),
+    /// No answer within `WRITE_TIMEOUT`.
+    TimedOut,
+}
+
+impl fmt::Display for CommitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CommitError::Database(e) => e.fmt(f),
+            CommitError::TimedOut => write!(f, "no commit within {} s", WRITE_TIMEOUT.as_secs()),
+        }
+    }
+}
+
+/// A stop came while a batch could not be committed or fanned out: it was handed back for
+/// redelivery.
+pub(super) struct HandedBack;
+
+/// Why a batch was not finished.
+pub(super) enum BatchError {
+    /// Shutdown came while PostgreSQL was refusing the batch: it was nak'd for redelivery.
+    Shutdown,
+    /// The cache writer is gone: the process cannot serve what it stores, so it must stop.
+    CacheGone,
+}
+
+/// A pulled batch, parsed, not committed yet.
+pub(super) struct Prepared {
+    /// Its id in `InFlight`.
+    pub(super) id: u64,
+    pub(super) messages: Vec<jetstream::Message>,
+    incoming: Vec<Incoming>,
+}
+
+/// A committed batch, waiting for its fan-out and acks.
+pub(super) struct Committed {
+    /// Its id in `InFlight`.
+    pub(super) id: u64,
+    pub(super) messages: Vec<jetstream::Message>,
+    received: usize,
+    written: Written,
+}
+
+impl Ingest {
+    /// Parses a pulled batch and registers it as in flight.
+    pub(super) fn prepare(
+        &self,
+        messages: Vec<jetstream::Message>,
+        in_flight: &InFlight,
+    ) -> Prepared {
+        // Of the server this batch came through: the changelog publishes through the same one.
+        let max_len = order::max_document(self.js.client().server_info().max_payload);
+        let incoming: Vec<Incoming> = messages
+            .iter()
+            .map(|m| Incoming {
+                seq: m.info().map(|i| i.stream_sequence).unwrap_or(0),
+                subject: m.subject.to_string(),
+                raw: m.payload.clone(),
+                parsed: Order::parse_within(&m.payload, max_len),
+            })
+            .collect();
+        if let Some(info) = messages.last().and_then(|m| m.info().ok()) {
+            self.metrics
+                .consumer_pending
+                .set(i64::try_from(info.pending).unwrap_or(i64::MAX));
+        }
+        Prepared {
+            id: in_flight.add(&messages),
+            messages,
+            incoming,
+        }
+    }
+
+    /// Commits a batch, retrying with backoff until PostgreSQL takes it; on a stop meanwhile
+    /// (after the grace period, or at once while PostgreSQL refuses it), hands it back.
+    pub(super) async fn commit(
+        &self,
+        batch: Prepared,
+        in_flight: &InFlight,
+        shutdown: &Shutdown,
+    ) -> Result<Committed, HandedBack> {
+        let Prepared {
+            id,
+            messages,
+            incoming,
+        } = batch;
+        let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
+        let mut attempts = 0u32;
+        let written = loop {
+            attempts += 1;
+            let started = Instant::now();
+            // A write that hangs (a lock, a silent network) is cut off and retried, and it never
+            // holds up a shutdown for longer than the grace period.
+            // After a few refusals, look for a message that PostgreSQL refuses on its own.
+            let isolate = attempts > ISOLATE_AFTER;
+            let attempt = tokio::time::timeout(WRITE_TIMEOUT, self.write(&incoming, isolate));
+            let result = tokio::select! {
+                biased;
+                result = attempt => result
+                    .map_err(|_| CommitError::TimedOut)
+                    .and_then(|written| written.map_err(CommitError::Database)),
+                _ = self.after_grace(shutdown) => {
+                    warn!("a batch in flight was not committed within the shutdown grace period; handing it back");
+                    in_flight.hand_back(id, &messages).await;
+                    return Err(HandedBack);
+                }
+            };
+            match result {
+                Ok(written) => {
+                    self.metrics
+                        .commit_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    break written;
+                }
+                Err(e) => {
+                    self.metrics.commit_failures.inc();
+                    if self.health.commit.problem().is_none() {
+                        warn!(error = %e, "cannot commit a batch; retrying until PostgreSQL takes it");
+                    }
+                    self.health.commit.set(Some(e.to_string()));
+                    if backoff.wait(shutdown).await.is_break() {
+                        // Hand the batch back at once: another instance, or the next start, takes it.
+                        in_flight.hand_back(id, &messages).await;
+                        return Err(HandedBack);
+                    }
+                }
+            }
+        };
+        if self.health.commit.problem().is_some() {
+            info!("PostgreSQL takes batches again");
+            self.health.commit.set(None);
+        }
+        self.metrics.batch_size.observe(incoming.len() as f64);
+        Ok(Committed {
+            id,
+            messages,
+            received: incoming.len(),
+            written,
+        })
+    }
+
+    /// Fans a committed batch out to the other replicas, acks it, counts it and hands its
+    /// orders to the cache writer; returns what it counted.
+    pub(super) async fn finish(
+        &self,
+        batch: Committed,
+        in_flight: &InFlight,
+        shutdown: &Shutdown,
+    ) -> Result<Totals, BatchError> {
+        let Committed {
+            id,
+            messages,
+            received,
+            written,
+        } = batch;
+        // Committed; the other replicas must have the orders before the messages may go.
+        crash_here_if_testing();
+        if !written.to_cache.is_empty() {
+            if let Err(e) = self.fan_out(&written.to_cache, &messages, shutdown).await {
+                in_flight.remove(id);
+                return Err(e);
+            }
+        }
+
+        // Committed and fanned out: ack every message. A lost ack only means a redelivery, which is idempotent.
+        let acks = futures::future::join_all(messages.iter().map(|m| m.ack())).await;
+        in_flight.remove(id);
+        let failed = acks.iter().filter(|r| r.is_err()).count();
+        if failed > 0 {
+            warn!(
+                failed,
+                "some acks could not be sent; those messages will be redelivered"
+            );
+        }
+
+        let mut totals = Totals {
+            received: received as u64,
+            ..Totals::default()
+        };
+        for outcome in &written.outcomes {
+            match outcome {
+                Outcome::Stored => {
+                    totals.stored += 1;
+                    self.metrics.count_message("stored", "");
+                }
+                Outcome::Duplicate => {
+                    totals.duplicates += 1;
+                    self.metrics.count_message("duplicate", "");
+                }
+                Outcome::Rejected(kind) => {
+                    totals.rejected += 1;
+                    self.metrics.count_message("rejected", kind);
+                    debug!(kind, "message rejected");
+                }
+            }
+        }
+        debug!(size = received, "batch committed");
+        if !written.to_cache.is_empty() {
+            self.cache
+                .send(Change::Orders(written.to_cache))
+                .await
+                .map_err(|_| BatchError::CacheGone)?;
+        }
+        Ok(totals)
+    }
+
+    /// Publishes a committed batch's orders to the changelog, retrying with backoff until
+    /// JetStream stores them, like a commit that fails. On a stop meanwhile the messages are
+    /// handed back: whoever gets them finds the orders stored, and fans them out before acking.
+    async fn fan_out(
+        &self,
+        orders: &[(OrderUid, String)],
+        messages: &[jetstream::Message],
+        shutdown: &Shutdown,
+    ) -> Result<(), BatchError> {
+        let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
+        loop {
+            let published = tokio::select! {
+                biased;
+                published = self.changelog.publish(orders) => published,
+                _ = self.after_grace(shutdown) => {
+                    warn!("a batch in flight was not fanned out within the shutdown grace period; handing it back");
+                    nak_all(messages).await;
+                    return Err(BatchError::Shutdown);
+                }
+            };
+            match published {
+                Ok(()) => {
+                    if self.health.fanout.problem().is_some() {
+                        info!("the changelog takes orders again");
+                        self.health.fanout.set(None);
+                    }
+                    return Ok(());
+                }
+                Err(e) => {
+                    if self.health.fanout.problem().is_none() {
+                        warn!(error = %format!("{e:#}"), changelog = self.changelog.name(), "cannot publish committed orders to the changelog; retrying");
+                    }
+                    self.health.fanout.set(Some(format!("{e:#}")));
+                    if backoff.wait(shutdown).await.is_break() {
+                        nak_all(messages).await;
+                        return Err(BatchError::Shutdown);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes a batch. If PostgreSQL refuses it because of a message's data (or, with
+    /// `isolate_refusals`, for any reason it answers with), writes the messages one by one so
+    /// that the one it refuses is recorded as rejected and blocks nothing.
+    async fn write(
+        &self,
+        incoming: &[Incoming],
+        isolate_refusals: bool,
+    ) -> Result<Written, sqlx::Error> {
+        let error = match self.store.write_batch(&self.nats.stream, incoming).await {
+            Ok(written) => return Ok(written),
+            Err(e) => e,
+        };
+        let refusal = |e: &sqlx::Error| {
+            is_data_error(e) || (isolate_refusals && matches!(e, sqlx::Error::Database(_)))
+        };
+        if !refusal(&error) {
+            return Err(error);
+        }
+        warn!(error = %error, "PostgreSQL refused a batch; writing it message by message");
+        let mut all = Written::default();
+        let mut refused = Vec::new();
+        for (i, message) in incoming.iter().enumerate() {
+            match self
+                .store
+                .write_batch(&self.nats.stream, std::slice::from_ref(message))
+                .await
+            {
+                Ok(written) => {
+                    all.outcomes.extend(written.outcomes);
+                    all.to_cache.extend(written.to_cache);
+                }
+                Err(e) if refusal(&e) => refused.push((i, e)),
+                Err(e) => return Err(e),
+            }
+        }
+        // When no message escapes a refusal that is not about data, ask whether PostgreSQL takes
+        // a known-good order at all: if not, it is the database's problem (a missing table, a
+        // permission), and the batch is retried rather than every order in it rejected.
+        if refused.len() == incoming.len()
+            && !refused.iter().all(|(_, e)| is_data_error(e))
+            && self.store.probe_write().await.is_err()
+        {
+            return Err(error);
+        }
+        for (i, e) in refused {
+            let message = &incoming[i];
+            warn!(seq = message.seq, error = %e, "PostgreSQL refused a message; recording it as rejected");
+            self.store
+                .reject_one(&self.nats.stream, message, &format!("store error: {e}"))
+                .await?;
+            all.outcomes.push(Outcome::Rejected("store_error"));
+        }
+        Ok(all)
+    }
+
+    /// Resolves `grace` after a stop is requested (never, if none is).
+    async fn after_grace(&self, shutdown: &Shutdown) {
+        shutdown.requested().await;
+        tokio::time::sleep(self.grace).await;
+    }
+}
+
+/// The fault the replica tests inject: with `ORDERSVC_TEST_ABORT_BEFORE_FANOUT` set, the process
+/// aborts (no unwinding, no acks, no cleanup, as `kill -9` would) right after its first commit,
+/// before the fan-out. Compiled into debug builds only (the tests' build): a release binary, the
+/// one that ships, has no such hook, whatever its environment says.
+#[cfg(debug_assertions)]
+fn crash_here_if_testing() {
+    static ABORT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *ABORT.get_or_init(|| std::env::var_os("ORDERSVC_TEST_ABORT_BEFORE_FANOUT").is_some()) {
+        eprintln!("ORDERSVC_TEST_ABORT_BEFORE_FANOUT: aborting between commit and fan-out");
+        std::process::abort();
+    }
+}
+
+/// Release builds: no test hook.
+#[cfg(not(debug_assertions))]
+fn crash_here_if_testing() {}
+
+/// Errors that come from the data of a row, not from PostgreSQL being unavailable: retrying the
+/// same batch would fail forever, so the offending message must be isolated instead.
+fn is_data_error(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // 22: data exception, 23: integrity constraint violation, 54: program limit exceeded.
+            code.starts_with("22") || code.starts_with("23") || code.starts_with("54")
+        }),
+        sqlx::Error::Encode(_) => true,
+        _ => false,
+    }
+}
