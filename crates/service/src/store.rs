@@ -18,10 +18,6 @@ use crate::batch::{self, Incoming, Rejected, Written};
 use crate::config::redact_url as redact;
 use crate::order::Order;
 
-mod reference;
-
-pub use reference::CopyTimed;
-
 /// The migrations under `migrations/`, embedded in the binary.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
 
@@ -117,7 +113,7 @@ pub struct RejectedRow {
 impl Store {
     /// Creates the database if it does not exist, connects, and applies pending migrations.
     pub async fn open(database_url: &str) -> Result<Store> {
-        let options = parse_url(database_url)?;
+        let options = connect_options(database_url)?;
         create_database_if_missing(&options).await?;
         let (pool_options, options) = pool_for(Role::Ingest, &options);
         let pool = pool_options
@@ -150,7 +146,7 @@ impl Store {
         // sqlx would panic without one (it spawns the reaper at once): say so instead.
         tokio::runtime::Handle::try_current()
             .wrap_err("a PostgreSQL pool must be opened on the tokio runtime that will use it")?;
-        let options = parse_url(database_url)?;
+        let options = connect_options(database_url)?;
         let (pool_options, options) = pool_for(role, &options);
         Ok(Store {
             pool: pool_options.connect_lazy_with(options),
@@ -364,7 +360,7 @@ impl Store {
     /// `open`, nothing is created or migrated): a mistyped name is an error naming it, not a
     /// new empty database that a replay would "successfully" read nothing from.
     pub async fn connect(database_url: &str) -> Result<Store> {
-        let options = parse_url(database_url)?;
+        let options = connect_options(database_url)?;
         // Without a name in the URL, PostgreSQL takes the user's.
         let name = options
             .get_database()
@@ -414,8 +410,10 @@ impl DbProbe {
     }
 }
 
-/// The options in a database URL, with libpq's meaning of `sslmode=require`.
-fn parse_url(database_url: &str) -> Result<PgConnectOptions> {
+/// The options in a database URL, with libpq's meaning of `sslmode=require`: also for a command
+/// that needs a connection of its own (the bench's reference COPY), so that a `DATABASE_URL`
+/// means the same there.
+pub fn connect_options(database_url: &str) -> Result<PgConnectOptions> {
     if database_url.contains("sslpassword=") {
         // sqlx cannot decrypt a client key, and its parser would log the unknown parameter with
         // its value: refuse it before parsing.
@@ -693,7 +691,7 @@ mod tests {
 
     #[test]
     fn require_with_a_root_certificate_verifies_the_ca_as_libpq_does() {
-        let mode = |url: &str| parse_url(url).map(|o| o.get_ssl_mode());
+        let mode = |url: &str| connect_options(url).map(|o| o.get_ssl_mode());
         assert!(matches!(
             mode("postgres://h/db?sslmode=require&sslrootcert=/ca.pem"),
             Ok(PgSslMode::VerifyCa)
@@ -718,7 +716,7 @@ mod tests {
 
     #[test]
     fn sslpassword_is_refused_without_showing_it() {
-        let error = parse_url("postgres://h/db?sslkey=/k.pem&sslpassword=s3cret")
+        let error = connect_options("postgres://h/db?sslkey=/k.pem&sslpassword=s3cret")
             .expect_err("sslpassword is refused");
         assert!(!format!("{error:#}").contains("s3cret"), "{error:#}");
     }
