@@ -87,138 +87,198 @@ fn registered<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str
     metric
 }
 
+/// The cache counts its own hits, misses and evictions (see `cache::Stats`): they are only
+/// registered here.
+fn register_cache_counters(registry: &mut Registry, cache: &Cache) {
+    for (name, help, counter) in [
+        (
+            "cache_hits",
+            "Order lookups answered from memory",
+            &cache.stats.hits,
+        ),
+        (
+            "cache_misses",
+            "Order lookups that went to PostgreSQL (only with --cache-max-bytes)",
+            &cache.stats.misses,
+        ),
+        (
+            "cache_evictions",
+            "Orders dropped from memory to stay within --cache-max-bytes",
+            &cache.stats.evictions,
+        ),
+    ] {
+        registry.register(name, help, counter.clone());
+    }
+}
+
+/// The ingest thread's metrics (see the fields of the same names on `Metrics`).
+struct IngestMetrics {
+    messages: Family<MessageLabels, Counter>,
+    batch_size: Histogram,
+    commit_seconds: Histogram,
+    commit_failures: Counter,
+    consumer_pending: Gauge,
+    batches_in_flight: Gauge,
+}
+
+impl IngestMetrics {
+    fn register(registry: &mut Registry) -> IngestMetrics {
+        IngestMetrics {
+            messages: registered(
+                registry,
+                "messages",
+                "Messages received from the stream, by outcome",
+                Family::<MessageLabels, Counter>::default(),
+            ),
+            batch_size: registered(
+                registry,
+                "batch_size",
+                "Messages per committed batch",
+                Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+            ),
+            commit_seconds: registered(
+                registry,
+                "commit_seconds",
+                "Time to write and commit one batch",
+                Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
+            ),
+            commit_failures: registered(
+                registry,
+                "commit_failures",
+                "Failed attempts to commit a batch; the batch stays unacked and is retried in \
+                 place, with backoff, until PostgreSQL takes it",
+                Counter::default(),
+            ),
+            consumer_pending: registered(
+                registry,
+                "consumer_pending_messages",
+                "Messages waiting in the stream for this consumer (lag), as of the last one \
+                 received",
+                Gauge::default(),
+            ),
+            batches_in_flight: registered(
+                registry,
+                "ingest_batches_in_flight",
+                "Batches pulled and not yet acked or handed back: one being parsed, one \
+                 committing, one being fanned out and acked",
+                Gauge::default(),
+            ),
+        }
+    }
+}
+
+/// What the service holds and whether it is ready: the restore's progress, and the gauges that
+/// `Metrics::encode` reads at each scrape.
+struct StateGauges {
+    restored_orders: Gauge,
+    cache_orders: Gauge,
+    cache_bytes: Gauge,
+    ready: Gauge,
+}
+
+impl StateGauges {
+    fn register(registry: &mut Registry) -> StateGauges {
+        StateGauges {
+            restored_orders: registered(
+                registry,
+                "restored_orders",
+                "Orders loaded into the cache at start",
+                Gauge::default(),
+            ),
+            cache_orders: registered(
+                registry,
+                "cache_orders",
+                "Orders in the cache",
+                Gauge::default(),
+            ),
+            cache_bytes: registered(
+                registry,
+                "cache_bytes",
+                "Bytes of order documents in the cache",
+                Gauge::default(),
+            ),
+            ready: registered(
+                registry,
+                "ready",
+                "1 when /readyz answers 200",
+                Gauge::default(),
+            ),
+        }
+    }
+}
+
+/// The HTTP side's metrics (see the `http_` fields of `Metrics`).
+struct HttpMetrics {
+    requests: Family<HttpLabels, Counter>,
+    seconds: HistogramFamily<RouteLabels>,
+    connections: Gauge,
+    connections_refused: Counter,
+    connections_timed_out: Counter,
+}
+
+impl HttpMetrics {
+    fn register(registry: &mut Registry) -> HttpMetrics {
+        HttpMetrics {
+            requests: registered(
+                registry,
+                "http_requests",
+                "HTTP responses by route and status",
+                Family::<HttpLabels, Counter>::default(),
+            ),
+            seconds: registered(
+                registry,
+                "http_request_seconds",
+                "HTTP handling time by route",
+                Family::new_with_constructor(latency_histogram),
+            ),
+            connections: registered(
+                registry,
+                "http_connections",
+                "HTTP connections open",
+                Gauge::default(),
+            ),
+            connections_refused: registered(
+                registry,
+                "http_connections_refused",
+                "HTTP connections refused with 503 because --http-max-connections were open",
+                Counter::default(),
+            ),
+            connections_timed_out: registered(
+                registry,
+                "http_connections_timed_out",
+                "HTTP connections closed for sending or taking nothing within --http-timeout",
+                Counter::default(),
+            ),
+        }
+    }
+}
+
 impl Metrics {
-    /// Registers every metric, including the cache's own counters.
+    /// Registers every metric, including the cache's own counters. The order of registration is
+    /// the order of the exposition.
     pub fn new(cache: &Cache) -> Metrics {
         let mut registry = Registry::with_prefix("ordersvc");
-        for (name, help, counter) in [
-            (
-                "cache_hits",
-                "Order lookups answered from memory",
-                &cache.stats.hits,
-            ),
-            (
-                "cache_misses",
-                "Order lookups that went to PostgreSQL (only with --cache-max-bytes)",
-                &cache.stats.misses,
-            ),
-            (
-                "cache_evictions",
-                "Orders dropped from memory to stay within --cache-max-bytes",
-                &cache.stats.evictions,
-            ),
-        ] {
-            registry.register(name, help, counter.clone());
-        }
-        let messages = registered(
-            &mut registry,
-            "messages",
-            "Messages received from the stream, by outcome",
-            Family::<MessageLabels, Counter>::default(),
-        );
-        let batch_size = registered(
-            &mut registry,
-            "batch_size",
-            "Messages per committed batch",
-            Histogram::new(exponential_buckets(1.0, 2.0, 14)),
-        );
-        let commit_seconds = registered(
-            &mut registry,
-            "commit_seconds",
-            "Time to write and commit one batch",
-            Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
-        );
-        let commit_failures = registered(
-            &mut registry,
-            "commit_failures",
-            "Failed attempts to commit a batch; the batch stays unacked and is retried in place, \
-             with backoff, until PostgreSQL takes it",
-            Counter::default(),
-        );
-        let consumer_pending = registered(
-            &mut registry,
-            "consumer_pending_messages",
-            "Messages waiting in the stream for this consumer (lag), as of the last one received",
-            Gauge::default(),
-        );
-        let batches_in_flight = registered(
-            &mut registry,
-            "ingest_batches_in_flight",
-            "Batches pulled and not yet acked or handed back: one being parsed, one committing, \
-             one being fanned out and acked",
-            Gauge::default(),
-        );
-        let restored_orders = registered(
-            &mut registry,
-            "restored_orders",
-            "Orders loaded into the cache at start",
-            Gauge::default(),
-        );
-        let cache_orders = registered(
-            &mut registry,
-            "cache_orders",
-            "Orders in the cache",
-            Gauge::default(),
-        );
-        let cache_bytes = registered(
-            &mut registry,
-            "cache_bytes",
-            "Bytes of order documents in the cache",
-            Gauge::default(),
-        );
-        let ready = registered(
-            &mut registry,
-            "ready",
-            "1 when /readyz answers 200",
-            Gauge::default(),
-        );
-        let http_requests = registered(
-            &mut registry,
-            "http_requests",
-            "HTTP responses by route and status",
-            Family::<HttpLabels, Counter>::default(),
-        );
-        let http_seconds: HistogramFamily<RouteLabels> = registered(
-            &mut registry,
-            "http_request_seconds",
-            "HTTP handling time by route",
-            Family::new_with_constructor(latency_histogram),
-        );
-        let http_connections = registered(
-            &mut registry,
-            "http_connections",
-            "HTTP connections open",
-            Gauge::default(),
-        );
-        let http_connections_refused = registered(
-            &mut registry,
-            "http_connections_refused",
-            "HTTP connections refused with 503 because --http-max-connections were open",
-            Counter::default(),
-        );
-        let http_connections_timed_out = registered(
-            &mut registry,
-            "http_connections_timed_out",
-            "HTTP connections closed for sending or taking nothing within --http-timeout",
-            Counter::default(),
-        );
+        register_cache_counters(&mut registry, cache);
+        let ingest = IngestMetrics::register(&mut registry);
+        let state = StateGauges::register(&mut registry);
+        let http = HttpMetrics::register(&mut registry);
         Metrics {
             registry,
-            messages,
-            batch_size,
-            commit_seconds,
-            commit_failures,
-            consumer_pending,
-            batches_in_flight,
-            restored_orders,
-            cache_orders,
-            cache_bytes,
-            ready,
-            http_requests,
-            http_seconds,
-            http_connections,
-            http_connections_refused,
-            http_connections_timed_out,
+            messages: ingest.messages,
+            batch_size: ingest.batch_size,
+            commit_seconds: ingest.commit_seconds,
+            commit_failures: ingest.commit_failures,
+            consumer_pending: ingest.consumer_pending,
+            batches_in_flight: ingest.batches_in_flight,
+            restored_orders: state.restored_orders,
+            cache_orders: state.cache_orders,
+            cache_bytes: state.cache_bytes,
+            ready: state.ready,
+            http_requests: http.requests,
+            http_seconds: http.seconds,
+            http_connections: http.connections,
+            http_connections_refused: http.connections_refused,
+            http_connections_timed_out: http.connections_timed_out,
         }
     }
 
