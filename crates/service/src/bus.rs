@@ -14,13 +14,13 @@ mod connect;
 pub use connect::connect;
 
 /// How long JetStream remembers a `Nats-Msg-Id` to drop a repeated publish.
-pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+pub(crate) const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// How long the server waits for an ack before redelivering a message.
-pub const ACK_WAIT: Duration = Duration::from_secs(30);
+pub(crate) const ACK_WAIT: Duration = Duration::from_secs(30);
 /// Messages delivered but not yet acked, across all instances sharing the durable consumer.
-pub const MAX_ACK_PENDING: i64 = 20_000;
+pub(crate) const MAX_ACK_PENDING: i64 = 20_000;
 /// NATS's default max payload: nothing larger can be published.
-pub const MAX_PAYLOAD: usize = 1024 * 1024;
+pub(crate) const MAX_PAYLOAD: usize = 1024 * 1024;
 
 /// Bytes of NATS's max payload that an order's document leaves free. The changelog carries each
 /// stored order to the other replicas in a message that adds a frame (at most 69 bytes) and
@@ -58,7 +58,10 @@ fn stream_config(args: &NatsArgs) -> stream::Config {
 }
 
 /// Creates the stream if it does not exist (an existing one is used as it is).
-pub async fn ensure_stream(js: &jetstream::Context, args: &NatsArgs) -> Result<stream::Stream> {
+pub(crate) async fn ensure_stream(
+    js: &jetstream::Context,
+    args: &NatsArgs,
+) -> Result<stream::Stream> {
     ensure_stream_within(js, args, Duration::ZERO).await
 }
 
@@ -124,7 +127,7 @@ fn warn_if_replicas_differ(stream: &stream::Stream, wanted: u8) {
 
 /// Creates the durable pull consumer with explicit acks if it does not exist. An existing consumer
 /// keeps its configuration (the server does not update it here): delete it to change it.
-pub async fn ensure_consumer(
+pub(crate) async fn ensure_consumer(
     stream: &stream::Stream,
     durable: &str,
 ) -> Result<consumer::Consumer<consumer::pull::Config>> {

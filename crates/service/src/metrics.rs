@@ -16,63 +16,63 @@ use crate::health::Health;
 
 /// Labels of `ordersvc_messages_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct MessageLabels {
+pub(crate) struct MessageLabels {
     /// `stored`, `duplicate` or `rejected`.
-    pub outcome: &'static str,
+    pub(crate) outcome: &'static str,
     /// For rejections, why (a `RejectKind` label, `conflicting_duplicate` or `store_error`); else empty.
-    pub reason: &'static str,
+    pub(crate) reason: &'static str,
 }
 
 /// Labels of the HTTP metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct HttpLabels {
+pub(crate) struct HttpLabels {
     /// The route, not the path (ids would make the label set unbounded).
-    pub route: &'static str,
+    pub(crate) route: &'static str,
     /// The status code sent.
-    pub status: u16,
+    pub(crate) status: u16,
 }
 
 /// Labels of the HTTP latency histogram.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RouteLabels {
+pub(crate) struct RouteLabels {
     /// The route.
-    pub route: &'static str,
+    pub(crate) route: &'static str,
 }
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Every metric of the service.
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     /// Messages by outcome.
-    pub messages: Family<MessageLabels, Counter>,
+    pub(crate) messages: Family<MessageLabels, Counter>,
     /// Messages per committed batch.
-    pub batch_size: Histogram,
+    pub(crate) batch_size: Histogram,
     /// Seconds from the start of a batch's transaction to its commit.
-    pub commit_seconds: Histogram,
+    pub(crate) commit_seconds: Histogram,
     /// Failed attempts to commit a batch (each failed batch is kept and retried in place).
-    pub commit_failures: Counter,
+    pub(crate) commit_failures: Counter,
     /// Messages the consumer still has to deliver, as of the last message received.
-    pub consumer_pending: Gauge,
+    pub(crate) consumer_pending: Gauge,
     /// Batches pulled and not yet acked or handed back (ingest's pipeline holds up to three).
-    pub batches_in_flight: Gauge,
+    pub(crate) batches_in_flight: Gauge,
     /// Orders loaded into the cache by the restore so far.
-    pub restored_orders: Gauge,
+    pub(crate) restored_orders: Gauge,
     cache_orders: Gauge,
     cache_bytes: Gauge,
     ready: Gauge,
     /// HTTP responses by route and status.
-    pub http_requests: Family<HttpLabels, Counter>,
+    pub(crate) http_requests: Family<HttpLabels, Counter>,
     /// HTTP handling time by route (from the request being read to the response being ready).
-    pub http_seconds: HistogramFamily<RouteLabels>,
+    pub(crate) http_seconds: HistogramFamily<RouteLabels>,
     /// HTTP connections open now.
-    pub http_connections: Gauge,
+    pub(crate) http_connections: Gauge,
     /// Connections answered 503 and closed because `--http-max-connections` were already open.
-    pub http_connections_refused: Counter,
+    pub(crate) http_connections_refused: Counter,
     /// Connections closed because they sent or took nothing for `--http-timeout`, or did not
     /// send a request head within it.
-    pub http_connections_timed_out: Counter,
+    pub(crate) http_connections_timed_out: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -256,7 +256,7 @@ impl HttpMetrics {
 impl Metrics {
     /// Registers every metric, including the cache's own counters. The order of registration is
     /// the order of the exposition.
-    pub fn new(cache: &Cache) -> Metrics {
+    pub(crate) fn new(cache: &Cache) -> Metrics {
         let mut registry = Registry::with_prefix("ordersvc");
         register_cache_counters(&mut registry, cache);
         let ingest = IngestMetrics::register(&mut registry);
@@ -283,14 +283,14 @@ impl Metrics {
     }
 
     /// Counts one message's outcome.
-    pub fn count_message(&self, outcome: &'static str, reason: &'static str) {
+    pub(crate) fn count_message(&self, outcome: &'static str, reason: &'static str) {
         self.messages
             .get_or_create(&MessageLabels { outcome, reason })
             .inc();
     }
 
     /// The Prometheus text exposition, with the cache and readiness gauges read now.
-    pub fn encode(&self, cache: &Cache, health: &Health) -> String {
+    pub(crate) fn encode(&self, cache: &Cache, health: &Health) -> String {
         self.cache_orders
             .set(i64::try_from(cache.len()).unwrap_or(i64::MAX));
         self.cache_bytes

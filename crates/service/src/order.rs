@@ -29,10 +29,10 @@ pub(crate) use crate::bus::max_document;
 pub use crate::bus::MAX_DOCUMENT;
 
 /// Longest accepted `order_uid`, in characters (all ASCII, so also bytes).
-pub const MAX_UID_LEN: usize = 64;
+pub(crate) const MAX_UID_LEN: usize = 64;
 
 /// Deepest JSON nesting (objects and arrays together) accepted anywhere in a message.
-pub const MAX_DEPTH: usize = 32;
+pub(crate) const MAX_DEPTH: usize = 32;
 
 /// The order_uid rule, shared by `UidError` and the rejection of a message.
 const UID_RULE: &str = "order_uid must be 1 to 64 characters of A-Z a-z 0-9 _ -";
@@ -168,17 +168,17 @@ impl Order {
     }
 
     /// The date_created, as parsed from RFC 3339 (offset kept).
-    pub fn date_created(&self) -> OffsetDateTime {
+    pub(crate) fn date_created(&self) -> OffsetDateTime {
         self.date_created
     }
 
     /// The customer_id.
-    pub fn customer_id(&self) -> &str {
+    pub(crate) fn customer_id(&self) -> &str {
         &self.customer_id
     }
 
     /// The top-level track_number.
-    pub fn track_number(&self) -> &str {
+    pub(crate) fn track_number(&self) -> &str {
         &self.track_number
     }
 
@@ -191,17 +191,14 @@ impl Order {
     pub fn document(&self) -> &str {
         &self.document
     }
-
-    /// The document, without copying it.
-    pub fn into_document(self) -> String {
-        self.document
-    }
 }
 
 /// Why a message was refused.  Display = "{path}: {rule}", e.g. "payment.amount: expected a non-negative integer".
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rejection {
+    /// Where: a field path such as `items[2].rid`, or `payload` for the message as a whole.
     path: String,
+    /// What: the rule that was broken, e.g. `missing required field`.
     rule: String,
     kind: RejectKind,
 }
@@ -210,16 +207,6 @@ impl Rejection {
     /// Which class of rule was broken (a metrics label).
     pub fn kind(&self) -> RejectKind {
         self.kind
-    }
-
-    /// Where: a field path such as `items[2].rid`, or `payload` for the message as a whole.
-    pub fn path(&self) -> &str {
-        &self.path
-    }
-
-    /// What: the rule that was broken, e.g. `missing required field`.
-    pub fn rule(&self) -> &str {
-        &self.rule
     }
 
     fn payload(kind: RejectKind, rule: impl Into<String>) -> Rejection {
@@ -262,7 +249,7 @@ pub enum RejectKind {
 
 impl RejectKind {
     /// The snake_case label, e.g. `missing_field`.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             RejectKind::NotUtf8 => "not_utf8",
             RejectKind::TooLarge => "too_large",
@@ -667,7 +654,7 @@ mod tests {
     fn assert_rejected(raw: impl AsRef<[u8]>, kind: RejectKind, path: &str, rule: &str) {
         let r = reject(raw);
         assert_eq!(
-            (r.kind(), r.path(), r.rule()),
+            (r.kind(), r.path.as_str(), r.rule.as_str()),
             (kind, path, rule),
             "got {r}"
         );
@@ -703,7 +690,6 @@ mod tests {
             order.date_created(),
             time::macros::datetime!(2021-11-26 06:22:19 UTC)
         );
-        assert_eq!(order.clone().into_document(), MODEL);
     }
 
     #[test]
@@ -900,7 +886,7 @@ mod tests {
         assert_eq!(order.document().len(), LIMIT);
         let r = reject_within(model_of_len(LIMIT + 1), LIMIT);
         assert_eq!(
-            (r.kind(), r.path(), r.rule()),
+            (r.kind(), r.path.as_str(), r.rule.as_str()),
             (
                 RejectKind::TooLarge,
                 "payload",
@@ -957,27 +943,27 @@ mod tests {
     fn plain_text_is_rejected_as_bad_json() {
         let r = reject("hello, order");
         assert_eq!(r.kind(), RejectKind::BadJson);
-        assert!(r.rule().starts_with("invalid JSON: "), "{r}");
-        assert!(r.rule().contains("line 1 column"), "{r}");
+        assert!(r.rule.starts_with("invalid JSON: "), "{r}");
+        assert!(r.rule.contains("line 1 column"), "{r}");
     }
 
     #[test]
     fn truncated_input_is_rejected_as_bad_json_with_its_position() {
         let raw = &MODEL[..MODEL.find("\"payment_dt\"").unwrap()];
         let r = reject(raw);
-        assert_eq!((r.kind(), r.path()), (RejectKind::BadJson, "payload"));
-        assert!(
-            r.rule().starts_with("invalid JSON: EOF while parsing"),
-            "{r}"
+        assert_eq!(
+            (r.kind(), r.path.as_str()),
+            (RejectKind::BadJson, "payload")
         );
-        assert!(r.rule().contains(" at line "), "{r}");
+        assert!(r.rule.starts_with("invalid JSON: EOF while parsing"), "{r}");
+        assert!(r.rule.contains(" at line "), "{r}");
     }
 
     #[test]
     fn trailing_garbage_after_the_object_is_rejected_as_bad_json() {
         let r = reject(format!("{MODEL} x"));
         assert_eq!(r.kind(), RejectKind::BadJson);
-        assert!(r.rule().contains("trailing characters"), "{r}");
+        assert!(r.rule.contains("trailing characters"), "{r}");
         assert_eq!(
             reject(format!("{MODEL}{MODEL}")).kind(),
             RejectKind::BadJson
@@ -1029,7 +1015,7 @@ mod tests {
     fn an_empty_object_is_rejected_for_its_first_missing_field() {
         let r = reject("{}");
         assert_eq!(r.kind(), RejectKind::MissingField);
-        assert_eq!(r.rule(), "missing required field");
+        assert_eq!(r.rule, "missing required field");
     }
 
     // ---- Missing fields ----
@@ -1294,7 +1280,10 @@ mod tests {
                 accept(empty);
             } else {
                 let r = reject(empty);
-                assert_eq!((r.kind(), r.path()), (RejectKind::InvalidValue, path));
+                assert_eq!(
+                    (r.kind(), r.path.as_str()),
+                    (RejectKind::InvalidValue, path)
+                );
             }
         }
     }
@@ -1521,7 +1510,7 @@ mod tests {
         for (raw, kind) in inputs {
             let r = reject_within(&raw, LIMIT);
             assert_eq!(r.kind(), kind, "{r}");
-            assert_eq!(r.to_string(), format!("{}: {}", r.path(), r.rule()));
+            assert_eq!(r.to_string(), format!("{}: {}", r.path, r.rule));
         }
     }
 
@@ -1577,7 +1566,7 @@ mod tests {
                 }
                 Err(r) => {
                     assert!(!r.to_string().is_empty());
-                    assert!(!r.path().is_empty() && !r.rule().is_empty(), "{r:?}");
+                    assert!(!r.path.is_empty() && !r.rule.is_empty(), "{r:?}");
                 }
             }
         }
@@ -1640,7 +1629,7 @@ mod tests {
         for (name, kind, path) in expected {
             let raw = read(&format!("invalid/{name}"));
             let r = reject(&raw);
-            assert_eq!((r.kind(), r.path()), (kind, path), "{name}: {r}");
+            assert_eq!((r.kind(), r.path.as_str()), (kind, path), "{name}: {r}");
             // The uid, wherever one can be read, must not collide with another sample's.
             if let Some(uid) = sample_uid(&raw) {
                 assert!(uids.insert(uid.clone()), "{name}: uid {uid} reused");

@@ -58,20 +58,20 @@ impl Role {
 
 /// One row of the recent-orders list.
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct Summary {
+pub(crate) struct Summary {
     /// The order's id.
-    pub order_uid: String,
+    pub(crate) order_uid: String,
     /// When the producer says it was created.
-    pub date_created: OffsetDateTime,
+    pub(crate) date_created: OffsetDateTime,
     /// The customer's id.
-    pub customer_id: String,
+    pub(crate) customer_id: String,
     /// The order's track number.
-    pub track_number: String,
+    pub(crate) track_number: String,
 }
 
 /// Which orders a recent-orders listing holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Matching {
+pub(crate) enum Matching {
     /// Every order.
     All,
     /// Those whose `track_number` is exactly this (at most `SEARCH_MAX_CHARS` characters).
@@ -89,25 +89,25 @@ pub enum Matching {
 /// The longest track number or customer id the search indexes hold (migration
 /// `20261201000001_orders_search.sql` says why they are partial). Validation sets no maximum, so
 /// a longer value is stored but cannot be searched for.
-pub const SEARCH_MAX_CHARS: usize = 256;
+pub(crate) const SEARCH_MAX_CHARS: usize = 256;
 
 /// A row of `rejected_messages`, for operators and tests.
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct RejectedRow {
+pub(crate) struct RejectedRow {
     /// The row's id (newest is highest): the paging cursor.
-    pub id: i64,
+    pub(crate) id: i64,
     /// The stream the message came from.
-    pub stream: String,
+    pub(crate) stream: String,
     /// Stream sequence number of the message.
-    pub stream_seq: i64,
+    pub(crate) stream_seq: i64,
     /// When it was recorded.
-    pub received_at: OffsetDateTime,
+    pub(crate) received_at: OffsetDateTime,
     /// `RejectKind` label or `conflicting_duplicate`.
-    pub kind: String,
+    pub(crate) kind: String,
     /// Human-readable reason naming the rule and the field path.
-    pub reason: String,
+    pub(crate) reason: String,
     /// The payload exactly as received.
-    pub payload: Vec<u8>,
+    pub(crate) payload: Vec<u8>,
 }
 
 impl Store {
@@ -129,7 +129,7 @@ impl Store {
 
     /// A probe for the health monitor, on a connection of its own: never waiting in the pool's
     /// queue, it tells an outage at once, however busy or stuck the pool is.
-    pub fn probe(&self) -> DbProbe {
+    pub(crate) fn probe(&self) -> DbProbe {
         DbProbe {
             options: (*self.pool.connect_options())
                 .clone()
@@ -142,7 +142,7 @@ impl Store {
     /// connects on first use, so call it, and use the store, only on the runtime that is to own
     /// its connections: sqlx registers each connection's socket, and the pool's reaper task, with
     /// the current tokio runtime, and they stop working once that runtime is gone.
-    pub fn open_pool(database_url: &str, role: Role) -> Result<Store> {
+    pub(crate) fn open_pool(database_url: &str, role: Role) -> Result<Store> {
         // sqlx would panic without one (it spawns the reaper at once): say so instead.
         tokio::runtime::Handle::try_current()
             .wrap_err("a PostgreSQL pool must be opened on the tokio runtime that will use it")?;
@@ -156,7 +156,7 @@ impl Store {
     /// Writes one batch in one transaction: new orders, and a rejection record for every
     /// refused message. Duplicates of stored orders are recognised and not written again.
     /// Nothing is visible (and nothing may be acked) unless this returns `Ok`.
-    pub async fn write_batch(
+    pub(crate) async fn write_batch(
         &self,
         stream: &str,
         batch: &[Incoming],
@@ -193,7 +193,7 @@ impl Store {
 
     /// Writes a known-good order (testdata/model.json under a reserved id) and rolls it back:
     /// tells whether PostgreSQL takes orders at all, when every message of a batch is refused.
-    pub async fn probe_write(&self) -> Result<(), sqlx::Error> {
+    pub(crate) async fn probe_write(&self) -> Result<(), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO orders (order_uid, document, date_created, customer_id, track_number, stream_seq) \
@@ -208,7 +208,7 @@ impl Store {
 
     /// Records one message as rejected for a reason found while storing it (a row PostgreSQL
     /// refuses), so that it cannot block the messages behind it.
-    pub async fn reject_one(
+    pub(crate) async fn reject_one(
         &self,
         stream: &str,
         message: &Incoming,
@@ -235,7 +235,9 @@ impl Store {
     }
 
     /// Every stored (order_uid, document), newest first (for a restore that stops when memory is full).
-    pub fn documents_newest_first(&self) -> BoxStream<'_, Result<(String, String), sqlx::Error>> {
+    pub(crate) fn documents_newest_first(
+        &self,
+    ) -> BoxStream<'_, Result<(String, String), sqlx::Error>> {
         sqlx::query_as(
             "SELECT order_uid, document FROM orders ORDER BY date_created DESC, order_uid DESC",
         )
@@ -288,14 +290,14 @@ impl Store {
     }
 
     /// Number of stored orders (an estimate would do for progress, but this is exact and cheap enough).
-    pub async fn count_orders(&self) -> Result<i64, sqlx::Error> {
+    pub(crate) async fn count_orders(&self) -> Result<i64, sqlx::Error> {
         sqlx::query_scalar("SELECT count(*) FROM orders")
             .fetch_one(&self.pool)
             .await
     }
 
     /// One stored document by id.
-    pub async fn document(&self, uid: &str) -> Result<Option<String>, sqlx::Error> {
+    pub(crate) async fn document(&self, uid: &str) -> Result<Option<String>, sqlx::Error> {
         sqlx::query_scalar("SELECT document FROM orders WHERE order_uid = $1")
             .bind(uid)
             .fetch_optional(&self.pool)
@@ -304,7 +306,7 @@ impl Store {
 
     /// Recent orders that match, newest first, strictly older than `before` (keyset pagination
     /// on an index).
-    pub async fn recent(
+    pub(crate) async fn recent(
         &self,
         limit: i64,
         matching: &Matching,
@@ -336,7 +338,7 @@ impl Store {
     }
 
     /// The most recent rejected messages, newest first, older than the row `before` if given.
-    pub async fn rejected(
+    pub(crate) async fn rejected(
         &self,
         limit: i64,
         before: Option<i64>,
@@ -385,7 +387,7 @@ impl Store {
 }
 
 /// See `Store::probe`.
-pub struct DbProbe {
+pub(crate) struct DbProbe {
     options: PgConnectOptions,
     /// Kept between probes (a connect per probe would be most of its cost), dropped on any error.
     conn: Option<PgConnection>,
@@ -394,7 +396,7 @@ pub struct DbProbe {
 impl DbProbe {
     /// `Ok` when PostgreSQL answers a `SELECT 1` now (connecting first if needed). Unbounded
     /// here: the health monitor bounds it.
-    pub async fn check(&mut self) -> Result<(), String> {
+    pub(crate) async fn check(&mut self) -> Result<(), String> {
         // Taken out first: if the caller's timeout drops this future mid-query, the half-used
         // connection is gone with it and never reused.
         let mut conn = match self.conn.take() {
