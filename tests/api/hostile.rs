@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use ordersvc_service::order::MAX_DOCUMENT;
+use ordersvc_service::bus::MAX_DOCUMENT;
 
 use crate::helpers::{model_with_uid, order_of_size, replace_once, spawn_app, status_of, TestApp};
 

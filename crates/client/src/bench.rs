@@ -13,6 +13,7 @@
 mod client;
 mod http;
 mod ingest;
+mod reference;
 mod report;
 mod targets;
 

@@ -148,7 +148,8 @@ async fn replay(args: ReplayArgs) -> Result<()> {
         bytes += document.len() as u64;
 
         let t = Instant::now();
-        if let Err(rejection) = Order::parse(document.as_bytes()) {
+        // Within the bus's limit too: ingest would refuse a larger document as too_large.
+        if let Err(rejection) = Order::parse_within(document.as_bytes(), bus::MAX_DOCUMENT) {
             invalid += 1;
             progress.suspend(|| eprintln!("{uid}: stored document no longer valid: {rejection}"));
         }

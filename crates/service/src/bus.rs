@@ -15,13 +15,35 @@ mod connect;
 pub use connect::connect;
 
 /// How long JetStream remembers a `Nats-Msg-Id` to drop a repeated publish.
-pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+pub(crate) const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// How long the server waits for an ack before redelivering a message.
-pub const ACK_WAIT: Duration = Duration::from_secs(30);
+pub(crate) const ACK_WAIT: Duration = Duration::from_secs(30);
 /// Messages delivered but not yet acked, across all instances sharing the durable consumer.
-pub const MAX_ACK_PENDING: i64 = 20_000;
+pub(crate) const MAX_ACK_PENDING: i64 = 20_000;
 /// NATS's default max payload: nothing larger can be published.
-pub const MAX_PAYLOAD: usize = 1024 * 1024;
+pub(crate) const MAX_PAYLOAD: usize = 1024 * 1024;
+
+/// Bytes of NATS's max payload that an order's document leaves free. The changelog carries each
+/// stored order to the other replicas in a message that adds a frame (at most 69 bytes) and
+/// headers (under 128) to the document: without this room, a document within a few dozen bytes
+/// of the max payload would be stored and then never fanned out, so never acked.
+pub(crate) const PAYLOAD_ROOM: usize = 512;
+
+/// The largest document accepted at NATS's default max payload of 1 MiB: 1,048,064 bytes.
+pub const MAX_DOCUMENT: usize = max_document(MAX_PAYLOAD);
+
+/// The largest document accepted when the NATS server takes payloads of up to `max_payload`
+/// bytes (the stream takes no more than 1 MiB in any case): the limit that ingest hands to
+/// `Order::parse_within`. It lives here, not with the order model, because it is the
+/// transport's arithmetic: the model checks whatever limit it is given.
+pub(crate) const fn max_document(max_payload: usize) -> usize {
+    let max_payload = if max_payload < MAX_PAYLOAD {
+        max_payload
+    } else {
+        MAX_PAYLOAD
+    };
+    max_payload.saturating_sub(PAYLOAD_ROOM)
+}
 
 /// The stream's configuration: file storage, so that messages survive a NATS restart.
 fn stream_config(args: &NatsArgs) -> stream::Config {
@@ -37,7 +59,10 @@ fn stream_config(args: &NatsArgs) -> stream::Config {
 }
 
 /// Creates the stream if it does not exist (an existing one is used as it is).
-pub async fn ensure_stream(js: &jetstream::Context, args: &NatsArgs) -> Result<stream::Stream> {
+pub(crate) async fn ensure_stream(
+    js: &jetstream::Context,
+    args: &NatsArgs,
+) -> Result<stream::Stream> {
     ensure_stream_within(js, args, Duration::ZERO).await
 }
 
@@ -103,7 +128,7 @@ fn warn_if_replicas_differ(stream: &stream::Stream, wanted: u8) {
 
 /// Creates the durable pull consumer with explicit acks if it does not exist. An existing consumer
 /// keeps its configuration (the server does not update it here): delete it to change it.
-pub async fn ensure_consumer(
+pub(crate) async fn ensure_consumer(
     stream: &stream::Stream,
     durable: &str,
 ) -> Result<consumer::Consumer<consumer::pull::Config>> {
@@ -127,7 +152,42 @@ pub async fn ensure_consumer(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::order::{Order, RejectKind};
     use async_nats::jetstream::context::{CreateStreamError, CreateStreamErrorKind as Kind};
+
+    /// model.json padded (in customer_id) to exactly `len` bytes.
+    fn model_of_len(len: usize) -> String {
+        const MODEL: &str = include_str!("../../../testdata/model.json");
+        let field = "\"customer_id\": \"test\"";
+        assert!(MODEL.contains(field), "model.json has no {field}");
+        let short = MODEL.len() - "test".len();
+        let padding = "c".repeat(len - short);
+        MODEL.replacen(field, &format!("\"customer_id\": \"{padding}\""), 1)
+    }
+
+    #[test]
+    fn a_document_of_the_limit_is_accepted_and_one_byte_more_is_too_large() {
+        let order = Order::parse_within(model_of_len(MAX_DOCUMENT).as_bytes(), MAX_DOCUMENT)
+            .expect("accepted");
+        assert_eq!(order.document().len(), MAX_DOCUMENT);
+        let r = Order::parse_within(model_of_len(MAX_DOCUMENT + 1).as_bytes(), MAX_DOCUMENT)
+            .expect_err("too large");
+        assert_eq!(
+            (r.kind(), r.to_string()),
+            (
+                RejectKind::TooLarge,
+                "payload: 1048065 bytes, more than the 1048064 an order may take".to_owned()
+            )
+        );
+    }
+
+    #[test]
+    fn the_limit_follows_a_smaller_max_payload_and_never_exceeds_the_streams() {
+        assert_eq!(MAX_DOCUMENT, 1024 * 1024 - PAYLOAD_ROOM);
+        assert_eq!(max_document(64 * 1024), 64 * 1024 - PAYLOAD_ROOM);
+        assert_eq!(max_document(8 * 1024 * 1024), MAX_DOCUMENT);
+        assert_eq!(max_document(100), 0);
+    }
 
     fn api_error(json: &str) -> CreateStreamError {
         let error: jetstream::Error = serde_json::from_str(json).expect("an API error");

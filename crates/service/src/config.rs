@@ -10,20 +10,20 @@ use clap::{Args, ValueEnum};
 /// `sslmode=disable` is explicit because libpq's and sqlx's default, `prefer`, would silently
 /// start TLS wherever the server offers it (Debian's does, with a self-signed certificate) and
 /// pay for encryption that loopback does not need.
-pub const DEFAULT_DATABASE_URL: &str =
+pub(crate) const DEFAULT_DATABASE_URL: &str =
     "postgres://ordersvc:ordersvc@127.0.0.1:5432/orders?sslmode=disable";
 /// Default NATS server.
-pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+pub(crate) const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 /// Default JetStream stream name.
-pub const DEFAULT_STREAM: &str = "ORDERS";
+pub(crate) const DEFAULT_STREAM: &str = "ORDERS";
 /// Default subject the stream captures and `publish` writes to.
-pub const DEFAULT_SUBJECT: &str = "orders";
+pub(crate) const DEFAULT_SUBJECT: &str = "orders";
 /// Default durable consumer name.
 pub const DEFAULT_DURABLE: &str = "ordersvc";
 /// Default HTTP listen address (loopback: put a proxy in front to expose it).
-pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
+pub(crate) const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
 /// Default admin listen address (`/metrics`, `/rejected`, the health endpoints): loopback only.
-pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:8081";
+pub(crate) const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:8081";
 
 /// Where PostgreSQL is.
 #[derive(Args, Clone)]
@@ -36,7 +36,7 @@ pub struct DbArgs {
 }
 
 /// How long a command keeps trying to reach a NATS server that is not up yet.
-pub const DEFAULT_NATS_CONNECT_TIMEOUT: &str = "10s";
+pub(crate) const DEFAULT_NATS_CONNECT_TIMEOUT: &str = "10s";
 
 /// Where the JetStream stream is, and how to log in to NATS.
 #[derive(Args, Clone)]
@@ -107,7 +107,7 @@ pub enum LogFormat {
 
 /// The longest duration any flag takes: a day. Longer is a typo, and bounding it keeps every
 /// `Instant + duration` far from overflow.
-pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 
 /// How a duration flag is written, for help texts and error messages.
 const DURATION_SYNTAX: &str = "a number with a unit: 250ms, 10s, 2m, 1h (a bare number is seconds)";
@@ -176,7 +176,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// a NATS token (`nats://token@host`: a user name alone is a secret there, unlike in a PostgreSQL
 /// URL) and `password=`/`sslpassword=` parameters become `***`. A NATS list (`nats://a,nats://b`)
 /// is redacted address by address.
-pub fn redact_url(url: &str) -> String {
+pub(crate) fn redact_url(url: &str) -> String {
     let postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
     if postgres {
         // A PostgreSQL URL's commas separate hosts inside one authority: redact it whole.

@@ -33,8 +33,9 @@ use crate::order::OrderUid;
 use crate::page;
 use crate::store::{Matching, Store, SEARCH_MAX_CHARS};
 
-pub use self::admin::{check_exposure, Listener, Token};
-pub use self::server::{Endpoint, HttpServer, Limits, MAX_HEAD_BYTES};
+pub(crate) use self::admin::{check_exposure, Listener, Token};
+pub use self::server::MAX_HEAD_BYTES;
+pub(crate) use self::server::{Endpoint, HttpServer, Limits};
 
 /// Default page size of the listings, and the largest of each.
 const LIST_DEFAULT_LIMIT: i64 = 20;
@@ -48,19 +49,19 @@ const DB_TIMEOUT: Duration = Duration::from_secs(1);
 const ECHO_MAX: usize = 128;
 
 /// A response, whole in memory (orders are shared with the cache, not copied).
-pub type Reply = Response<Full<Bytes>>;
+pub(crate) type Reply = Response<Full<Bytes>>;
 
 /// What serve shares with the request handlers.
-pub struct AppState {
+pub(crate) struct AppState {
     /// The read model: read by every request, and written (through its one writer) by a miss
     /// loaded from PostgreSQL.
-    pub cache: CacheWriter,
+    pub(crate) cache: CacheWriter,
     /// Dependency health for `/readyz`.
-    pub health: Arc<Health>,
+    pub(crate) health: Arc<Health>,
     /// Where requests are counted and timed.
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
     /// When set, `/metrics` and `/rejected` need `Authorization: Bearer <token>`.
-    pub admin_token: Option<Token>,
+    pub(crate) admin_token: Option<Token>,
 }
 
 /// What every connection task reads: serve's state, and the HTTP side's own pool.
@@ -131,15 +132,15 @@ pub enum Route<'a> {
 #[derive(Debug, PartialEq, Eq)]
 pub struct BadId {
     /// The rule it breaks.
-    pub reason: String,
+    pub(crate) reason: String,
     /// The id as received (lossily decoded), for the error body.
-    pub id: String,
+    pub(crate) id: String,
 }
 
 impl Route<'_> {
     /// Whether `listener` answers this route: operator data only on the admin listener, the
     /// page and the order API only on the public one, the health endpoints on both.
-    pub fn served_on(&self, listener: Listener) -> bool {
+    pub(crate) fn served_on(&self, listener: Listener) -> bool {
         match self {
             Route::Healthz | Route::Readyz | Route::ReadyzReads | Route::NotFound => true,
             Route::Metrics | Route::Rejected(_) => listener == Listener::Admin,

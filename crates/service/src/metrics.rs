@@ -16,63 +16,63 @@ use crate::health::Health;
 
 /// Labels of `ordersvc_messages_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct MessageLabels {
+pub(crate) struct MessageLabels {
     /// `stored`, `duplicate` or `rejected`.
-    pub outcome: &'static str,
+    pub(crate) outcome: &'static str,
     /// For rejections, why (a `RejectKind` label, `conflicting_duplicate` or `store_error`); else empty.
-    pub reason: &'static str,
+    pub(crate) reason: &'static str,
 }
 
 /// Labels of the HTTP metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct HttpLabels {
+pub(crate) struct HttpLabels {
     /// The route, not the path (ids would make the label set unbounded).
-    pub route: &'static str,
+    pub(crate) route: &'static str,
     /// The status code sent.
-    pub status: u16,
+    pub(crate) status: u16,
 }
 
 /// Labels of the HTTP latency histogram.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RouteLabels {
+pub(crate) struct RouteLabels {
     /// The route.
-    pub route: &'static str,
+    pub(crate) route: &'static str,
 }
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Every metric of the service.
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     /// Messages by outcome.
-    pub messages: Family<MessageLabels, Counter>,
+    pub(crate) messages: Family<MessageLabels, Counter>,
     /// Messages per committed batch.
-    pub batch_size: Histogram,
+    pub(crate) batch_size: Histogram,
     /// Seconds from the start of a batch's transaction to its commit.
-    pub commit_seconds: Histogram,
+    pub(crate) commit_seconds: Histogram,
     /// Failed attempts to commit a batch (each failed batch is kept and retried in place).
-    pub commit_failures: Counter,
+    pub(crate) commit_failures: Counter,
     /// Messages the consumer still has to deliver, as of the last message received.
-    pub consumer_pending: Gauge,
+    pub(crate) consumer_pending: Gauge,
     /// Batches pulled and not yet acked or handed back (ingest's pipeline holds up to three).
-    pub batches_in_flight: Gauge,
+    pub(crate) batches_in_flight: Gauge,
     /// Orders loaded into the cache by the restore so far.
-    pub restored_orders: Gauge,
+    pub(crate) restored_orders: Gauge,
     cache_orders: Gauge,
     cache_bytes: Gauge,
     ready: Gauge,
     /// HTTP responses by route and status.
-    pub http_requests: Family<HttpLabels, Counter>,
+    pub(crate) http_requests: Family<HttpLabels, Counter>,
     /// HTTP handling time by route (from the request being read to the response being ready).
-    pub http_seconds: HistogramFamily<RouteLabels>,
+    pub(crate) http_seconds: HistogramFamily<RouteLabels>,
     /// HTTP connections open now.
-    pub http_connections: Gauge,
+    pub(crate) http_connections: Gauge,
     /// Connections answered 503 and closed because `--http-max-connections` were already open.
-    pub http_connections_refused: Counter,
+    pub(crate) http_connections_refused: Counter,
     /// Connections closed because they sent or took nothing for `--http-timeout`, or did not
     /// send a request head within it.
-    pub http_connections_timed_out: Counter,
+    pub(crate) http_connections_timed_out: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -87,150 +87,210 @@ fn registered<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str
     metric
 }
 
-impl Metrics {
-    /// Registers every metric, including the cache's own counters.
-    pub fn new(cache: &Cache) -> Metrics {
-        let mut registry = Registry::with_prefix("ordersvc");
-        for (name, help, counter) in [
-            (
-                "cache_hits",
-                "Order lookups answered from memory",
-                &cache.stats.hits,
+/// The cache counts its own hits, misses and evictions (see `cache::Stats`): they are only
+/// registered here.
+fn register_cache_counters(registry: &mut Registry, cache: &Cache) {
+    for (name, help, counter) in [
+        (
+            "cache_hits",
+            "Order lookups answered from memory",
+            &cache.stats.hits,
+        ),
+        (
+            "cache_misses",
+            "Order lookups that went to PostgreSQL (only with --cache-max-bytes)",
+            &cache.stats.misses,
+        ),
+        (
+            "cache_evictions",
+            "Orders dropped from memory to stay within --cache-max-bytes",
+            &cache.stats.evictions,
+        ),
+    ] {
+        registry.register(name, help, counter.clone());
+    }
+}
+
+/// The ingest thread's metrics (see the fields of the same names on `Metrics`).
+struct IngestMetrics {
+    messages: Family<MessageLabels, Counter>,
+    batch_size: Histogram,
+    commit_seconds: Histogram,
+    commit_failures: Counter,
+    consumer_pending: Gauge,
+    batches_in_flight: Gauge,
+}
+
+impl IngestMetrics {
+    fn register(registry: &mut Registry) -> IngestMetrics {
+        IngestMetrics {
+            messages: registered(
+                registry,
+                "messages",
+                "Messages received from the stream, by outcome",
+                Family::<MessageLabels, Counter>::default(),
             ),
-            (
-                "cache_misses",
-                "Order lookups that went to PostgreSQL (only with --cache-max-bytes)",
-                &cache.stats.misses,
+            batch_size: registered(
+                registry,
+                "batch_size",
+                "Messages per committed batch",
+                Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             ),
-            (
-                "cache_evictions",
-                "Orders dropped from memory to stay within --cache-max-bytes",
-                &cache.stats.evictions,
+            commit_seconds: registered(
+                registry,
+                "commit_seconds",
+                "Time to write and commit one batch",
+                Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
             ),
-        ] {
-            registry.register(name, help, counter.clone());
+            commit_failures: registered(
+                registry,
+                "commit_failures",
+                "Failed attempts to commit a batch; the batch stays unacked and is retried in \
+                 place, with backoff, until PostgreSQL takes it",
+                Counter::default(),
+            ),
+            consumer_pending: registered(
+                registry,
+                "consumer_pending_messages",
+                "Messages waiting in the stream for this consumer (lag), as of the last one \
+                 received",
+                Gauge::default(),
+            ),
+            batches_in_flight: registered(
+                registry,
+                "ingest_batches_in_flight",
+                "Batches pulled and not yet acked or handed back: one being parsed, one \
+                 committing, one being fanned out and acked",
+                Gauge::default(),
+            ),
         }
-        let messages = registered(
-            &mut registry,
-            "messages",
-            "Messages received from the stream, by outcome",
-            Family::<MessageLabels, Counter>::default(),
-        );
-        let batch_size = registered(
-            &mut registry,
-            "batch_size",
-            "Messages per committed batch",
-            Histogram::new(exponential_buckets(1.0, 2.0, 14)),
-        );
-        let commit_seconds = registered(
-            &mut registry,
-            "commit_seconds",
-            "Time to write and commit one batch",
-            Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
-        );
-        let commit_failures = registered(
-            &mut registry,
-            "commit_failures",
-            "Failed attempts to commit a batch; the batch stays unacked and is retried in place, \
-             with backoff, until PostgreSQL takes it",
-            Counter::default(),
-        );
-        let consumer_pending = registered(
-            &mut registry,
-            "consumer_pending_messages",
-            "Messages waiting in the stream for this consumer (lag), as of the last one received",
-            Gauge::default(),
-        );
-        let batches_in_flight = registered(
-            &mut registry,
-            "ingest_batches_in_flight",
-            "Batches pulled and not yet acked or handed back: one being parsed, one committing, \
-             one being fanned out and acked",
-            Gauge::default(),
-        );
-        let restored_orders = registered(
-            &mut registry,
-            "restored_orders",
-            "Orders loaded into the cache at start",
-            Gauge::default(),
-        );
-        let cache_orders = registered(
-            &mut registry,
-            "cache_orders",
-            "Orders in the cache",
-            Gauge::default(),
-        );
-        let cache_bytes = registered(
-            &mut registry,
-            "cache_bytes",
-            "Bytes of order documents in the cache",
-            Gauge::default(),
-        );
-        let ready = registered(
-            &mut registry,
-            "ready",
-            "1 when /readyz answers 200",
-            Gauge::default(),
-        );
-        let http_requests = registered(
-            &mut registry,
-            "http_requests",
-            "HTTP responses by route and status",
-            Family::<HttpLabels, Counter>::default(),
-        );
-        let http_seconds: HistogramFamily<RouteLabels> = registered(
-            &mut registry,
-            "http_request_seconds",
-            "HTTP handling time by route",
-            Family::new_with_constructor(latency_histogram),
-        );
-        let http_connections = registered(
-            &mut registry,
-            "http_connections",
-            "HTTP connections open",
-            Gauge::default(),
-        );
-        let http_connections_refused = registered(
-            &mut registry,
-            "http_connections_refused",
-            "HTTP connections refused with 503 because --http-max-connections were open",
-            Counter::default(),
-        );
-        let http_connections_timed_out = registered(
-            &mut registry,
-            "http_connections_timed_out",
-            "HTTP connections closed for sending or taking nothing within --http-timeout",
-            Counter::default(),
-        );
+    }
+}
+
+/// What the service holds and whether it is ready: the restore's progress, and the gauges that
+/// `Metrics::encode` reads at each scrape.
+struct StateGauges {
+    restored_orders: Gauge,
+    cache_orders: Gauge,
+    cache_bytes: Gauge,
+    ready: Gauge,
+}
+
+impl StateGauges {
+    fn register(registry: &mut Registry) -> StateGauges {
+        StateGauges {
+            restored_orders: registered(
+                registry,
+                "restored_orders",
+                "Orders loaded into the cache at start",
+                Gauge::default(),
+            ),
+            cache_orders: registered(
+                registry,
+                "cache_orders",
+                "Orders in the cache",
+                Gauge::default(),
+            ),
+            cache_bytes: registered(
+                registry,
+                "cache_bytes",
+                "Bytes of order documents in the cache",
+                Gauge::default(),
+            ),
+            ready: registered(
+                registry,
+                "ready",
+                "1 when /readyz answers 200",
+                Gauge::default(),
+            ),
+        }
+    }
+}
+
+/// The HTTP side's metrics (see the `http_` fields of `Metrics`).
+struct HttpMetrics {
+    requests: Family<HttpLabels, Counter>,
+    seconds: HistogramFamily<RouteLabels>,
+    connections: Gauge,
+    connections_refused: Counter,
+    connections_timed_out: Counter,
+}
+
+impl HttpMetrics {
+    fn register(registry: &mut Registry) -> HttpMetrics {
+        HttpMetrics {
+            requests: registered(
+                registry,
+                "http_requests",
+                "HTTP responses by route and status",
+                Family::<HttpLabels, Counter>::default(),
+            ),
+            seconds: registered(
+                registry,
+                "http_request_seconds",
+                "HTTP handling time by route",
+                Family::new_with_constructor(latency_histogram),
+            ),
+            connections: registered(
+                registry,
+                "http_connections",
+                "HTTP connections open",
+                Gauge::default(),
+            ),
+            connections_refused: registered(
+                registry,
+                "http_connections_refused",
+                "HTTP connections refused with 503 because --http-max-connections were open",
+                Counter::default(),
+            ),
+            connections_timed_out: registered(
+                registry,
+                "http_connections_timed_out",
+                "HTTP connections closed for sending or taking nothing within --http-timeout",
+                Counter::default(),
+            ),
+        }
+    }
+}
+
+impl Metrics {
+    /// Registers every metric, including the cache's own counters. The order of registration is
+    /// the order of the exposition.
+    pub(crate) fn new(cache: &Cache) -> Metrics {
+        let mut registry = Registry::with_prefix("ordersvc");
+        register_cache_counters(&mut registry, cache);
+        let ingest = IngestMetrics::register(&mut registry);
+        let state = StateGauges::register(&mut registry);
+        let http = HttpMetrics::register(&mut registry);
         Metrics {
             registry,
-            messages,
-            batch_size,
-            commit_seconds,
-            commit_failures,
-            consumer_pending,
-            batches_in_flight,
-            restored_orders,
-            cache_orders,
-            cache_bytes,
-            ready,
-            http_requests,
-            http_seconds,
-            http_connections,
-            http_connections_refused,
-            http_connections_timed_out,
+            messages: ingest.messages,
+            batch_size: ingest.batch_size,
+            commit_seconds: ingest.commit_seconds,
+            commit_failures: ingest.commit_failures,
+            consumer_pending: ingest.consumer_pending,
+            batches_in_flight: ingest.batches_in_flight,
+            restored_orders: state.restored_orders,
+            cache_orders: state.cache_orders,
+            cache_bytes: state.cache_bytes,
+            ready: state.ready,
+            http_requests: http.requests,
+            http_seconds: http.seconds,
+            http_connections: http.connections,
+            http_connections_refused: http.connections_refused,
+            http_connections_timed_out: http.connections_timed_out,
         }
     }
 
     /// Counts one message's outcome.
-    pub fn count_message(&self, outcome: &'static str, reason: &'static str) {
+    pub(crate) fn count_message(&self, outcome: &'static str, reason: &'static str) {
         self.messages
             .get_or_create(&MessageLabels { outcome, reason })
             .inc();
     }
 
     /// The Prometheus text exposition, with the cache and readiness gauges read now.
-    pub fn encode(&self, cache: &Cache, health: &Health) -> String {
+    pub(crate) fn encode(&self, cache: &Cache, health: &Health) -> String {
         self.cache_orders
             .set(i64::try_from(cache.len()).unwrap_or(i64::MAX));
         self.cache_bytes

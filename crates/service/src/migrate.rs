@@ -11,7 +11,7 @@ use crate::store::Store;
 pub struct MigrateArgs {
     /// Where PostgreSQL is.
     #[command(flatten)]
-    pub db: DbArgs,
+    pub(crate) db: DbArgs,
 }
 
 /// Runs the migrations and says so.

@@ -1,5 +1,5 @@
-//! The order model and the one gate every message passes: `Order::parse_within` (`Order::parse`
-//! at the default size limit).
+//! The order model and the one gate every message passes: `Order::parse_within`, which checks
+//! the size limit its caller names (ingest names the bus's), or `Order::parse`, which sets none.
 //!
 //! "Parse, don't validate": an [`Order`] can only be obtained from that gate, so every
 //! later stage (store, cache, HTTP) holds a message that is already known to follow every rule of
@@ -20,33 +20,11 @@ use serde::Deserialize;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::bus::MAX_PAYLOAD;
-
 /// Longest accepted `order_uid`, in characters (all ASCII, so also bytes).
-pub const MAX_UID_LEN: usize = 64;
+pub(crate) const MAX_UID_LEN: usize = 64;
 
 /// Deepest JSON nesting (objects and arrays together) accepted anywhere in a message.
-pub const MAX_DEPTH: usize = 32;
-
-/// Bytes of NATS's max payload that an order's document leaves free. The changelog carries each
-/// stored order to the other replicas in a message that adds a frame (at most 69 bytes) and
-/// headers (under 128) to the document: without this room, a document within a few dozen bytes
-/// of the max payload would be stored and then never fanned out, so never acked.
-pub const PAYLOAD_ROOM: usize = 512;
-
-/// The largest document accepted at NATS's default max payload of 1 MiB: 1,048,064 bytes.
-pub const MAX_DOCUMENT: usize = max_document(MAX_PAYLOAD);
-
-/// The largest document accepted when the NATS server takes payloads of up to `max_payload`
-/// bytes (the stream takes no more than 1 MiB in any case).
-pub const fn max_document(max_payload: usize) -> usize {
-    let max_payload = if max_payload < MAX_PAYLOAD {
-        max_payload
-    } else {
-        MAX_PAYLOAD
-    };
-    max_payload.saturating_sub(PAYLOAD_ROOM)
-}
+pub(crate) const MAX_DEPTH: usize = 32;
 
 /// The order_uid rule, shared by `UidError` and the rejection of a message.
 const UID_RULE: &str = "order_uid must be 1 to 64 characters of A-Z a-z 0-9 _ -";
@@ -127,14 +105,15 @@ pub struct Order {
 }
 
 impl Order {
-    /// Parses and checks one raw message of at most `MAX_DOCUMENT` bytes; with
-    /// `parse_within`, the only way to obtain an `Order`.
+    /// Parses and checks one raw message of any size: for bytes whose size their source already
+    /// bounds (samples, generated orders, tests). With `parse_within`, the only way to obtain an
+    /// `Order`.
     pub fn parse(raw: &[u8]) -> Result<Order, Rejection> {
-        Order::parse_within(raw, MAX_DOCUMENT)
+        Order::parse_within(raw, usize::MAX)
     }
 
-    /// Parses and checks one raw message of at most `max_len` bytes (`max_document` of the
-    /// server's max payload).
+    /// Parses and checks one raw message of at most `max_len` bytes: the limit is the caller's,
+    /// who knows what the message must fit into afterwards (ingest: a changelog message).
     pub fn parse_within(raw: &[u8], max_len: usize) -> Result<Order, Rejection> {
         if raw.len() > max_len {
             return Err(Rejection::payload(
@@ -181,17 +160,17 @@ impl Order {
     }
 
     /// The date_created, as parsed from RFC 3339 (offset kept).
-    pub fn date_created(&self) -> OffsetDateTime {
+    pub(crate) fn date_created(&self) -> OffsetDateTime {
         self.date_created
     }
 
     /// The customer_id.
-    pub fn customer_id(&self) -> &str {
+    pub(crate) fn customer_id(&self) -> &str {
         &self.customer_id
     }
 
     /// The top-level track_number.
-    pub fn track_number(&self) -> &str {
+    pub(crate) fn track_number(&self) -> &str {
         &self.track_number
     }
 
@@ -204,17 +183,14 @@ impl Order {
     pub fn document(&self) -> &str {
         &self.document
     }
-
-    /// The document, without copying it.
-    pub fn into_document(self) -> String {
-        self.document
-    }
 }
 
 /// Why a message was refused.  Display = "{path}: {rule}", e.g. "payment.amount: expected a non-negative integer".
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rejection {
+    /// Where: a field path such as `items[2].rid`, or `payload` for the message as a whole.
     path: String,
+    /// What: the rule that was broken, e.g. `missing required field`.
     rule: String,
     kind: RejectKind,
 }
@@ -223,16 +199,6 @@ impl Rejection {
     /// Which class of rule was broken (a metrics label).
     pub fn kind(&self) -> RejectKind {
         self.kind
-    }
-
-    /// Where: a field path such as `items[2].rid`, or `payload` for the message as a whole.
-    pub fn path(&self) -> &str {
-        &self.path
-    }
-
-    /// What: the rule that was broken, e.g. `missing required field`.
-    pub fn rule(&self) -> &str {
-        &self.rule
     }
 
     fn payload(kind: RejectKind, rule: impl Into<String>) -> Rejection {
@@ -257,7 +223,7 @@ impl std::error::Error for Rejection {}
 pub enum RejectKind {
     /// The bytes are not UTF-8.
     NotUtf8,
-    /// Larger than the document limit (`max_document`).
+    /// Larger than the size limit given to `Order::parse_within`.
     TooLarge,
     /// Nested deeper than `MAX_DEPTH`.
     TooDeep,
@@ -275,7 +241,7 @@ pub enum RejectKind {
 
 impl RejectKind {
     /// The snake_case label, e.g. `missing_field`.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             RejectKind::NotUtf8 => "not_utf8",
             RejectKind::TooLarge => "too_large",
@@ -680,7 +646,7 @@ mod tests {
     fn assert_rejected(raw: impl AsRef<[u8]>, kind: RejectKind, path: &str, rule: &str) {
         let r = reject(raw);
         assert_eq!(
-            (r.kind(), r.path(), r.rule()),
+            (r.kind(), r.path.as_str(), r.rule.as_str()),
             (kind, path, rule),
             "got {r}"
         );
@@ -716,7 +682,6 @@ mod tests {
             order.date_created(),
             time::macros::datetime!(2021-11-26 06:22:19 UTC)
         );
-        assert_eq!(order.clone().into_document(), MODEL);
     }
 
     #[test]
@@ -772,9 +737,10 @@ mod tests {
 
     #[test]
     fn a_ten_thousand_item_order_is_accepted_by_the_parser() {
-        // Larger than a max payload, so no size limit here: the parser itself has no item limit.
+        // Larger than a max payload, which `parse` does not care about: the parser itself has no
+        // item limit.
         let raw = order_with_items("big-order", 10_000);
-        let order = Order::parse_within(raw.as_bytes(), usize::MAX).expect("accepted");
+        let order = accept(&raw);
         assert_eq!(order.item_count(), 10_000);
         assert_eq!(order.uid().as_str(), "big-order");
     }
@@ -876,10 +842,10 @@ mod tests {
     }
 
     #[test]
-    fn the_largest_document_of_open_brackets_is_rejected_as_too_deep() {
+    fn a_megabyte_of_open_brackets_is_rejected_as_too_deep() {
         // The scan stops at level 33, so it never walks the rest.
         assert_rejected(
-            vec![b'['; MAX_DOCUMENT],
+            vec![b'['; 1024 * 1024],
             RejectKind::TooDeep,
             "payload",
             "nested deeper than 32 levels",
@@ -896,37 +862,40 @@ mod tests {
         )
     }
 
+    /// A size limit for the tests of `parse_within` (the bus's own is tested in `bus`).
+    const LIMIT: usize = 2000;
+
+    fn reject_within(raw: impl AsRef<[u8]>, max_len: usize) -> Rejection {
+        match Order::parse_within(raw.as_ref(), max_len) {
+            Ok(order) => panic!("accepted: {}", order.document()),
+            Err(r) => r,
+        }
+    }
+
     #[test]
     fn a_document_of_the_limit_is_accepted_and_one_byte_more_is_too_large() {
+        let order = Order::parse_within(model_of_len(LIMIT).as_bytes(), LIMIT).expect("accepted");
+        assert_eq!(order.document().len(), LIMIT);
+        let r = reject_within(model_of_len(LIMIT + 1), LIMIT);
         assert_eq!(
-            accept(model_of_len(MAX_DOCUMENT)).document().len(),
-            MAX_DOCUMENT
-        );
-        assert_rejected(
-            model_of_len(MAX_DOCUMENT + 1),
-            RejectKind::TooLarge,
-            "payload",
-            "1048065 bytes, more than the 1048064 an order may take",
+            (r.kind(), r.path.as_str(), r.rule.as_str()),
+            (
+                RejectKind::TooLarge,
+                "payload",
+                "2001 bytes, more than the 2000 an order may take"
+            )
         );
         // Size comes first: what is too large is not read at all.
         assert_eq!(
-            reject(vec![0xFF; MAX_DOCUMENT + 1]).kind(),
+            reject_within(vec![0xFF; LIMIT + 1], LIMIT).kind(),
             RejectKind::TooLarge
         );
     }
 
     #[test]
-    fn the_limit_follows_a_smaller_max_payload_and_never_exceeds_the_streams() {
-        assert_eq!(MAX_DOCUMENT, 1024 * 1024 - PAYLOAD_ROOM);
-        assert_eq!(max_document(64 * 1024), 64 * 1024 - PAYLOAD_ROOM);
-        assert_eq!(max_document(8 * 1024 * 1024), MAX_DOCUMENT);
-        assert_eq!(max_document(100), 0);
-        let within = Order::parse_within(model_of_len(2000).as_bytes(), 1999);
-        assert_eq!(
-            within.map(|_| ()).map_err(|r| r.kind()),
-            Err(RejectKind::TooLarge)
-        );
-        assert!(Order::parse_within(model_of_len(2000).as_bytes(), 2000).is_ok());
+    fn parse_sets_no_size_limit() {
+        let big = model_of_len(4 * 1024 * 1024);
+        assert_eq!(accept(&big).document().len(), big.len());
     }
 
     #[test]
@@ -966,27 +935,27 @@ mod tests {
     fn plain_text_is_rejected_as_bad_json() {
         let r = reject("hello, order");
         assert_eq!(r.kind(), RejectKind::BadJson);
-        assert!(r.rule().starts_with("invalid JSON: "), "{r}");
-        assert!(r.rule().contains("line 1 column"), "{r}");
+        assert!(r.rule.starts_with("invalid JSON: "), "{r}");
+        assert!(r.rule.contains("line 1 column"), "{r}");
     }
 
     #[test]
     fn truncated_input_is_rejected_as_bad_json_with_its_position() {
         let raw = &MODEL[..MODEL.find("\"payment_dt\"").unwrap()];
         let r = reject(raw);
-        assert_eq!((r.kind(), r.path()), (RejectKind::BadJson, "payload"));
-        assert!(
-            r.rule().starts_with("invalid JSON: EOF while parsing"),
-            "{r}"
+        assert_eq!(
+            (r.kind(), r.path.as_str()),
+            (RejectKind::BadJson, "payload")
         );
-        assert!(r.rule().contains(" at line "), "{r}");
+        assert!(r.rule.starts_with("invalid JSON: EOF while parsing"), "{r}");
+        assert!(r.rule.contains(" at line "), "{r}");
     }
 
     #[test]
     fn trailing_garbage_after_the_object_is_rejected_as_bad_json() {
         let r = reject(format!("{MODEL} x"));
         assert_eq!(r.kind(), RejectKind::BadJson);
-        assert!(r.rule().contains("trailing characters"), "{r}");
+        assert!(r.rule.contains("trailing characters"), "{r}");
         assert_eq!(
             reject(format!("{MODEL}{MODEL}")).kind(),
             RejectKind::BadJson
@@ -1038,7 +1007,7 @@ mod tests {
     fn an_empty_object_is_rejected_for_its_first_missing_field() {
         let r = reject("{}");
         assert_eq!(r.kind(), RejectKind::MissingField);
-        assert_eq!(r.rule(), "missing required field");
+        assert_eq!(r.rule, "missing required field");
     }
 
     // ---- Missing fields ----
@@ -1303,7 +1272,10 @@ mod tests {
                 accept(empty);
             } else {
                 let r = reject(empty);
-                assert_eq!((r.kind(), r.path()), (RejectKind::InvalidValue, path));
+                assert_eq!(
+                    (r.kind(), r.path.as_str()),
+                    (RejectKind::InvalidValue, path)
+                );
             }
         }
     }
@@ -1513,7 +1485,7 @@ mod tests {
         bad_utf8[3] = 0xc3;
         let inputs: Vec<(Vec<u8>, RejectKind)> = vec![
             (bad_utf8, RejectKind::NotUtf8),
-            (vec![b' '; MAX_DOCUMENT + 1], RejectKind::TooLarge),
+            (vec![b' '; LIMIT + 1], RejectKind::TooLarge),
             ("[".repeat(33).into_bytes(), RejectKind::TooDeep),
             (b"{".to_vec(), RejectKind::BadJson),
             (b"[]".to_vec(), RejectKind::NotObject),
@@ -1528,9 +1500,9 @@ mod tests {
             ),
         ];
         for (raw, kind) in inputs {
-            let r = reject(&raw);
+            let r = reject_within(&raw, LIMIT);
             assert_eq!(r.kind(), kind, "{r}");
-            assert_eq!(r.to_string(), format!("{}: {}", r.path(), r.rule()));
+            assert_eq!(r.to_string(), format!("{}: {}", r.path, r.rule));
         }
     }
 
@@ -1586,7 +1558,7 @@ mod tests {
                 }
                 Err(r) => {
                     assert!(!r.to_string().is_empty());
-                    assert!(!r.path().is_empty() && !r.rule().is_empty(), "{r:?}");
+                    assert!(!r.path.is_empty() && !r.rule.is_empty(), "{r:?}");
                 }
             }
         }
@@ -1649,7 +1621,7 @@ mod tests {
         for (name, kind, path) in expected {
             let raw = read(&format!("invalid/{name}"));
             let r = reject(&raw);
-            assert_eq!((r.kind(), r.path()), (kind, path), "{name}: {r}");
+            assert_eq!((r.kind(), r.path.as_str()), (kind, path), "{name}: {r}");
             // The uid, wherever one can be read, must not collide with another sample's.
             if let Some(uid) = sample_uid(&raw) {
                 assert!(uids.insert(uid.clone()), "{name}: uid {uid} reused");

@@ -11,7 +11,7 @@ use hyper::Response;
 
 /// A whole asset response. Built here with hyper alone, so that the page needs nothing of the
 /// `http` module that serves it.
-pub type Asset = Response<Full<Bytes>>;
+pub(crate) type Asset = Response<Full<Bytes>>;
 
 const INDEX_HTML: &str = include_str!("page/index.html");
 const APP_JS: &str = include_str!("page/app.js");
@@ -20,23 +20,23 @@ const APP_CSS: &str = include_str!("page/app.css");
 const CSP: &str = "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; img-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 /// The page itself.
-pub fn html() -> Asset {
+pub(crate) fn html() -> Asset {
     asset(INDEX_HTML, "text/html; charset=utf-8")
 }
 
 /// The page's script.
-pub fn script() -> Asset {
+pub(crate) fn script() -> Asset {
     asset(APP_JS, "text/javascript; charset=utf-8")
 }
 
 /// The page's style sheet.
-pub fn style() -> Asset {
+pub(crate) fn style() -> Asset {
     asset(APP_CSS, "text/css; charset=utf-8")
 }
 
 /// A static asset built into the binary (the page's files, the API document), with the headers
 /// every one of them gets: no sniffing, no framing, nothing from other origins.
-pub fn asset(body: &'static str, content_type: &'static str) -> Asset {
+pub(crate) fn asset(body: &'static str, content_type: &'static str) -> Asset {
     let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     let headers = response.headers_mut();
     for (name, value) in [

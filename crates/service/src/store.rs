@@ -18,10 +18,6 @@ use crate::batch::{self, Incoming, Rejected, Written};
 use crate::config::redact_url as redact;
 use crate::order::Order;
 
-mod reference;
-
-pub use reference::CopyTimed;
-
 /// The migrations under `migrations/`, embedded in the binary.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
 
@@ -62,20 +58,20 @@ impl Role {
 
 /// One row of the recent-orders list.
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct Summary {
+pub(crate) struct Summary {
     /// The order's id.
-    pub order_uid: String,
+    pub(crate) order_uid: String,
     /// When the producer says it was created.
-    pub date_created: OffsetDateTime,
+    pub(crate) date_created: OffsetDateTime,
     /// The customer's id.
-    pub customer_id: String,
+    pub(crate) customer_id: String,
     /// The order's track number.
-    pub track_number: String,
+    pub(crate) track_number: String,
 }
 
 /// Which orders a recent-orders listing holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Matching {
+pub(crate) enum Matching {
     /// Every order.
     All,
     /// Those whose `track_number` is exactly this (at most `SEARCH_MAX_CHARS` characters).
@@ -93,31 +89,31 @@ pub enum Matching {
 /// The longest track number or customer id the search indexes hold (migration
 /// `20261201000001_orders_search.sql` says why they are partial). Validation sets no maximum, so
 /// a longer value is stored but cannot be searched for.
-pub const SEARCH_MAX_CHARS: usize = 256;
+pub(crate) const SEARCH_MAX_CHARS: usize = 256;
 
 /// A row of `rejected_messages`, for operators and tests.
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct RejectedRow {
+pub(crate) struct RejectedRow {
     /// The row's id (newest is highest): the paging cursor.
-    pub id: i64,
+    pub(crate) id: i64,
     /// The stream the message came from.
-    pub stream: String,
+    pub(crate) stream: String,
     /// Stream sequence number of the message.
-    pub stream_seq: i64,
+    pub(crate) stream_seq: i64,
     /// When it was recorded.
-    pub received_at: OffsetDateTime,
+    pub(crate) received_at: OffsetDateTime,
     /// `RejectKind` label or `conflicting_duplicate`.
-    pub kind: String,
+    pub(crate) kind: String,
     /// Human-readable reason naming the rule and the field path.
-    pub reason: String,
+    pub(crate) reason: String,
     /// The payload exactly as received.
-    pub payload: Vec<u8>,
+    pub(crate) payload: Vec<u8>,
 }
 
 impl Store {
     /// Creates the database if it does not exist, connects, and applies pending migrations.
     pub async fn open(database_url: &str) -> Result<Store> {
-        let options = parse_url(database_url)?;
+        let options = connect_options(database_url)?;
         create_database_if_missing(&options).await?;
         let (pool_options, options) = pool_for(Role::Ingest, &options);
         let pool = pool_options
@@ -133,7 +129,7 @@ impl Store {
 
     /// A probe for the health monitor, on a connection of its own: never waiting in the pool's
     /// queue, it tells an outage at once, however busy or stuck the pool is.
-    pub fn probe(&self) -> DbProbe {
+    pub(crate) fn probe(&self) -> DbProbe {
         DbProbe {
             options: (*self.pool.connect_options())
                 .clone()
@@ -146,11 +142,11 @@ impl Store {
     /// connects on first use, so call it, and use the store, only on the runtime that is to own
     /// its connections: sqlx registers each connection's socket, and the pool's reaper task, with
     /// the current tokio runtime, and they stop working once that runtime is gone.
-    pub fn open_pool(database_url: &str, role: Role) -> Result<Store> {
+    pub(crate) fn open_pool(database_url: &str, role: Role) -> Result<Store> {
         // sqlx would panic without one (it spawns the reaper at once): say so instead.
         tokio::runtime::Handle::try_current()
             .wrap_err("a PostgreSQL pool must be opened on the tokio runtime that will use it")?;
-        let options = parse_url(database_url)?;
+        let options = connect_options(database_url)?;
         let (pool_options, options) = pool_for(role, &options);
         Ok(Store {
             pool: pool_options.connect_lazy_with(options),
@@ -160,7 +156,7 @@ impl Store {
     /// Writes one batch in one transaction: new orders, and a rejection record for every
     /// refused message. Duplicates of stored orders are recognised and not written again.
     /// Nothing is visible (and nothing may be acked) unless this returns `Ok`.
-    pub async fn write_batch(
+    pub(crate) async fn write_batch(
         &self,
         stream: &str,
         batch: &[Incoming],
@@ -197,7 +193,7 @@ impl Store {
 
     /// Writes a known-good order (testdata/model.json under a reserved id) and rolls it back:
     /// tells whether PostgreSQL takes orders at all, when every message of a batch is refused.
-    pub async fn probe_write(&self) -> Result<(), sqlx::Error> {
+    pub(crate) async fn probe_write(&self) -> Result<(), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO orders (order_uid, document, date_created, customer_id, track_number, stream_seq) \
@@ -212,7 +208,7 @@ impl Store {
 
     /// Records one message as rejected for a reason found while storing it (a row PostgreSQL
     /// refuses), so that it cannot block the messages behind it.
-    pub async fn reject_one(
+    pub(crate) async fn reject_one(
         &self,
         stream: &str,
         message: &Incoming,
@@ -239,7 +235,9 @@ impl Store {
     }
 
     /// Every stored (order_uid, document), newest first (for a restore that stops when memory is full).
-    pub fn documents_newest_first(&self) -> BoxStream<'_, Result<(String, String), sqlx::Error>> {
+    pub(crate) fn documents_newest_first(
+        &self,
+    ) -> BoxStream<'_, Result<(String, String), sqlx::Error>> {
         sqlx::query_as(
             "SELECT order_uid, document FROM orders ORDER BY date_created DESC, order_uid DESC",
         )
@@ -292,14 +290,14 @@ impl Store {
     }
 
     /// Number of stored orders (an estimate would do for progress, but this is exact and cheap enough).
-    pub async fn count_orders(&self) -> Result<i64, sqlx::Error> {
+    pub(crate) async fn count_orders(&self) -> Result<i64, sqlx::Error> {
         sqlx::query_scalar("SELECT count(*) FROM orders")
             .fetch_one(&self.pool)
             .await
     }
 
     /// One stored document by id.
-    pub async fn document(&self, uid: &str) -> Result<Option<String>, sqlx::Error> {
+    pub(crate) async fn document(&self, uid: &str) -> Result<Option<String>, sqlx::Error> {
         sqlx::query_scalar("SELECT document FROM orders WHERE order_uid = $1")
             .bind(uid)
             .fetch_optional(&self.pool)
@@ -308,7 +306,7 @@ impl Store {
 
     /// Recent orders that match, newest first, strictly older than `before` (keyset pagination
     /// on an index).
-    pub async fn recent(
+    pub(crate) async fn recent(
         &self,
         limit: i64,
         matching: &Matching,
@@ -340,7 +338,7 @@ impl Store {
     }
 
     /// The most recent rejected messages, newest first, older than the row `before` if given.
-    pub async fn rejected(
+    pub(crate) async fn rejected(
         &self,
         limit: i64,
         before: Option<i64>,
@@ -364,7 +362,7 @@ impl Store {
     /// `open`, nothing is created or migrated): a mistyped name is an error naming it, not a
     /// new empty database that a replay would "successfully" read nothing from.
     pub async fn connect(database_url: &str) -> Result<Store> {
-        let options = parse_url(database_url)?;
+        let options = connect_options(database_url)?;
         // Without a name in the URL, PostgreSQL takes the user's.
         let name = options
             .get_database()
@@ -389,7 +387,7 @@ impl Store {
 }
 
 /// See `Store::probe`.
-pub struct DbProbe {
+pub(crate) struct DbProbe {
     options: PgConnectOptions,
     /// Kept between probes (a connect per probe would be most of its cost), dropped on any error.
     conn: Option<PgConnection>,
@@ -398,7 +396,7 @@ pub struct DbProbe {
 impl DbProbe {
     /// `Ok` when PostgreSQL answers a `SELECT 1` now (connecting first if needed). Unbounded
     /// here: the health monitor bounds it.
-    pub async fn check(&mut self) -> Result<(), String> {
+    pub(crate) async fn check(&mut self) -> Result<(), String> {
         // Taken out first: if the caller's timeout drops this future mid-query, the half-used
         // connection is gone with it and never reused.
         let mut conn = match self.conn.take() {
@@ -414,8 +412,10 @@ impl DbProbe {
     }
 }
 
-/// The options in a database URL, with libpq's meaning of `sslmode=require`.
-fn parse_url(database_url: &str) -> Result<PgConnectOptions> {
+/// The options in a database URL, with libpq's meaning of `sslmode=require`: also for a command
+/// that needs a connection of its own (the bench's reference COPY), so that a `DATABASE_URL`
+/// means the same there.
+pub fn connect_options(database_url: &str) -> Result<PgConnectOptions> {
     if database_url.contains("sslpassword=") {
         // sqlx cannot decrypt a client key, and its parser would log the unknown parameter with
         // its value: refuse it before parsing.
@@ -693,7 +693,7 @@ mod tests {
 
     #[test]
     fn require_with_a_root_certificate_verifies_the_ca_as_libpq_does() {
-        let mode = |url: &str| parse_url(url).map(|o| o.get_ssl_mode());
+        let mode = |url: &str| connect_options(url).map(|o| o.get_ssl_mode());
         assert!(matches!(
             mode("postgres://h/db?sslmode=require&sslrootcert=/ca.pem"),
             Ok(PgSslMode::VerifyCa)
@@ -718,7 +718,7 @@ mod tests {
 
     #[test]
     fn sslpassword_is_refused_without_showing_it() {
-        let error = parse_url("postgres://h/db?sslkey=/k.pem&sslpassword=s3cret")
+        let error = connect_options("postgres://h/db?sslkey=/k.pem&sslpassword=s3cret")
             .expect_err("sslpassword is refused");
         assert!(!format!("{error:#}").contains("s3cret"), "{error:#}");
     }

@@ -13,7 +13,7 @@ use rustls::pki_types::CertificateDer;
 
 /// TLS settings for a client: the public CAs built into the binary (a `FROM scratch` image has
 /// no system store) and a private CA from a PEM file (`--nats-tls-ca`).
-pub fn client_config(ca: Option<&Path>) -> Result<rustls::ClientConfig> {
+pub(crate) fn client_config(ca: Option<&Path>) -> Result<rustls::ClientConfig> {
     let mut roots =
         rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = ca {
@@ -51,7 +51,7 @@ pub fn client_config(ca: Option<&Path>) -> Result<rustls::ClientConfig> {
 
 /// Whether rustls's error is anywhere in `error`'s chain. An `io::Error` does not list the error
 /// it wraps as its source, so each one is looked inside.
-pub fn caused_by_tls(error: &(dyn std::error::Error + 'static)) -> bool {
+pub(crate) fn caused_by_tls(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut next = Some(error);
     while let Some(e) = next {
         if e.is::<rustls::Error>() {

@@ -29,6 +29,7 @@ use hdrhistogram::Histogram;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::client::{Client, ClientError, Target};
+use super::reference::{self, CopyTimed};
 use super::report::{self, IngestSummary, RateStep};
 use super::targets;
 use super::{parse_ratio, DEFAULT_URL};
@@ -37,7 +38,6 @@ use crate::generate::{self, Rng};
 use crate::publisher::{Outcome, Pipeline, RetryArgs};
 use ordersvc_service::bus;
 use ordersvc_service::config::{self, DbArgs, NatsArgs, DEFAULT_DURABLE};
-use ordersvc_service::store::{CopyTimed, Store};
 
 /// Random stream of the kind of each message.
 const STREAM_KIND: u64 = 20;
@@ -482,12 +482,7 @@ impl Run<'_> {
 /// Times PostgreSQL's own COPY of the orders this run stored (their ids start with its seed's
 /// prefix), on the service's database, once the service has stopped.
 async fn reference_copy(args: &IngestArgs, plan: &Plan) -> Result<CopyTimed> {
-    let store = Store::connect(&args.db.database_url).await?;
-    let timed = store
-        .time_reference_copy(&generate::uid_prefix(plan.seed))
-        .await;
-    store.close().await;
-    timed
+    reference::time_copy(&args.db.database_url, &generate::uid_prefix(plan.seed)).await
 }
 
 /// Runs the benchmark and prints the report.

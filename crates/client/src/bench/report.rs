@@ -8,8 +8,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use ordersvc_service::store::CopyTimed;
 use serde_json::{json, Value};
+
+use super::reference::CopyTimed;
 
 /// Largest latency the histograms hold, in microseconds (one hour); larger values are clamped.
 pub(crate) const MAX_MICROS: u64 = 3_600_000_000;

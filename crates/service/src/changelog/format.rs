@@ -47,7 +47,7 @@ pub(super) fn new_origin() -> String {
 
 /// Frames orders into payloads of at most `limit` bytes each, in order. An order whose frame
 /// alone is larger goes alone (the server then refuses it, and the fan-out says why); ingest
-/// accepts no such order (`order::PAYLOAD_ROOM`).
+/// accepts no such order (`bus::PAYLOAD_ROOM`).
 pub(super) fn pack(orders: &[(OrderUid, String)], limit: usize) -> Vec<Bytes> {
     let mut payloads = Vec::new();
     let mut current = BytesMut::new();
@@ -142,7 +142,7 @@ mod tests {
         assert!(headers.len() <= HEADER_ROOM, "{} bytes", headers.len());
         let largest = order(
             &"Z".repeat(crate::order::MAX_UID_LEN),
-            &"x".repeat(crate::order::MAX_DOCUMENT),
+            &"x".repeat(crate::bus::MAX_DOCUMENT),
         );
         let limit = crate::bus::MAX_PAYLOAD - HEADER_ROOM;
         let payloads = pack(std::slice::from_ref(&largest), limit);

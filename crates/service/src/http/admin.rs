@@ -12,7 +12,7 @@ use hyper::header::{self, HeaderMap};
 
 /// Which listener a request came in on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Listener {
+pub(crate) enum Listener {
     /// `--http-addr`: the page and the order API.
     Public,
     /// `--admin-addr`: metrics, rejected messages and the health endpoints.
@@ -25,7 +25,7 @@ pub struct Token(ring::digest::Digest);
 
 impl Token {
     /// A token from its text; an empty one is refused (it would guard nothing).
-    pub fn new(text: &str) -> Result<Token> {
+    pub(crate) fn new(text: &str) -> Result<Token> {
         if text.is_empty() {
             bail!("--admin-token is empty: give a token, or leave the flag out");
         }
@@ -35,7 +35,7 @@ impl Token {
     /// True when `headers` carry `Authorization: Bearer <this token>`. Both sides are compared
     /// as SHA-256 digests, in constant time: neither the length nor the first differing byte of
     /// the token shows in the time an answer takes.
-    pub fn admits(&self, headers: &HeaderMap) -> bool {
+    pub(crate) fn admits(&self, headers: &HeaderMap) -> bool {
         let Some(presented) = headers
             .get(header::AUTHORIZATION)
             .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "))
@@ -66,7 +66,7 @@ fn digest(bytes: &[u8]) -> ring::digest::Digest {
 }
 
 /// Refuses an admin listener that the network can reach with nothing guarding operator data.
-pub fn check_exposure(admin_addr: SocketAddr, token: Option<&Token>) -> Result<()> {
+pub(crate) fn check_exposure(admin_addr: SocketAddr, token: Option<&Token>) -> Result<()> {
     if token.is_none() && !admin_addr.ip().is_loopback() {
         bail!(
             "--admin-addr {admin_addr} is not a loopback address, and no --admin-token is set: \

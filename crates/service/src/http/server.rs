@@ -56,24 +56,24 @@ Content-Length: 37\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{\"error\":\"to
 
 /// What a client may hold, and for how long.
 #[derive(Clone, Copy, Debug)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Most connections open at once.
-    pub max_connections: u32,
+    pub(crate) max_connections: u32,
     /// Longest a client may take to send a request head, and longest a connection may move no
     /// bytes at all (an idle keep-alive, a client that stops reading its response).
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
 }
 
 /// Where one listener binds, and what its clients may hold.
 #[derive(Clone, Copy, Debug)]
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     /// Port 0 picks a free port (see `HttpServer::local_addr`).
-    pub addr: SocketAddr,
-    pub limits: Limits,
+    pub(crate) addr: SocketAddr,
+    pub(crate) limits: Limits,
 }
 
 /// A running HTTP server: the public listener and the admin one.
-pub struct HttpServer {
+pub(crate) struct HttpServer {
     runtime: tokio::runtime::Runtime,
     addr: SocketAddr,
     admin_addr: SocketAddr,
@@ -87,7 +87,7 @@ pub struct HttpServer {
 impl HttpServer {
     /// Binds both listeners and serves them on `workers` threads, reading PostgreSQL at
     /// `database_url` (already created and migrated) through a pool of the HTTP side's own.
-    pub fn start(
+    pub(crate) fn start(
         public: Endpoint,
         admin: Endpoint,
         workers: usize,
@@ -163,16 +163,16 @@ impl HttpServer {
     }
 
     /// The address actually bound (useful with port 0).
-    pub fn local_addr(&self) -> SocketAddr {
+    pub(crate) fn local_addr(&self) -> SocketAddr {
         self.addr
     }
 
     /// The admin listener's address actually bound.
-    pub fn admin_addr(&self) -> SocketAddr {
+    pub(crate) fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
     }
 
-    pub fn shutdown(self, wait: Duration) {
+    pub(crate) fn shutdown(self, wait: Duration) {
         // One deadline for every step, so that the whole stop stays within its share.
         let deadline = std::time::Instant::now() + wait;
         let left = || deadline.saturating_duration_since(std::time::Instant::now());

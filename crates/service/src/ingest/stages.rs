@@ -11,8 +11,9 @@ use tracing::{debug, info, warn};
 use super::in_flight::{nak_all, InFlight};
 use super::{Ingest, Totals, BACKOFF_MAX, BACKOFF_MIN};
 use crate::batch::{Incoming, Outcome, Written};
+use crate::bus;
 use crate::cache::Change;
-use crate::order::{self, Order, OrderUid};
+use crate::order::{Order, OrderUid};
 use crate::retry::Backoff;
 use crate::shutdown::Shutdown;
 
@@ -76,7 +77,7 @@ impl Ingest {
         in_flight: &InFlight,
     ) -> Prepared {
         // Of the server this batch came through: the changelog publishes through the same one.
-        let max_len = order::max_document(self.js.client().server_info().max_payload);
+        let max_len = bus::max_document(self.js.client().server_info().max_payload);
         let incoming: Vec<Incoming> = messages
             .iter()
             .map(|m| Incoming {

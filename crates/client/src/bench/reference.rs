@@ -1,14 +1,17 @@
 //! PostgreSQL's own bulk load of rows that ordersvc stored, timed: the yardstick that
 //! `bench ingest --mode backlog --reference-copy` sets beside the drain rate, in the same run, on
 //! the same rows, into a table of the same schema.
+//!
+//! The bench's own, on a connection of its own: the service never runs it, so it is no part of
+//! `Store`. Only the reading of `DATABASE_URL` is the service's (`store::connect_options`), so
+//! that TLS settings mean the same here as in the service.
 
 use std::time::{Duration, Instant};
 
 use color_eyre::eyre::{bail, Result, WrapErr};
 use futures::TryStreamExt;
-use sqlx::PgConnection;
-
-use super::Store;
+use ordersvc_service::store::{self, Role};
+use sqlx::{ConnectOptions, Connection, PgConnection};
 
 /// Bytes of COPY data sent per message: one per row would cost a flush each, which a bulk
 /// loader (psql among them) does not pay.
@@ -16,43 +19,48 @@ const SEND_CHUNK: usize = 1024 * 1024;
 
 /// What the reference COPY did.
 #[derive(Debug, Clone, Copy)]
-pub struct CopyTimed {
+pub(crate) struct CopyTimed {
     /// Rows copied.
-    pub rows: u64,
+    pub(crate) rows: u64,
     /// From the `COPY … FROM STDIN` statement to its completion (committed: autocommit).
-    pub time: Duration,
+    pub(crate) time: Duration,
 }
 
-impl Store {
-    /// Exports the stored orders whose order_uid starts with `uid_prefix` (untimed, into
-    /// memory), then times a binary `COPY` of them into a scratch table made `LIKE orders
-    /// INCLUDING ALL` (the same primary key, index, check constraint and lz4 compression), which
-    /// is dropped afterwards, also when the copy fails.
-    pub async fn time_reference_copy(&self, uid_prefix: &str) -> Result<CopyTimed> {
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .wrap_err("cannot connect to PostgreSQL for the reference COPY")?;
-        let table = format!("ordersvc_bench_copy_{}", std::process::id());
-        sqlx::raw_sql(&format!(
-            "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (LIKE orders INCLUDING ALL)"
-        ))
+/// Connects to the database at `database_url` (which must exist), exports the stored orders
+/// whose order_uid starts with `uid_prefix` (untimed, into memory), then times a binary `COPY` of
+/// them into a scratch table made `LIKE orders INCLUDING ALL` (the same primary key, index, check
+/// constraint and lz4 compression), which is dropped afterwards, also when the copy fails.
+pub(crate) async fn time_copy(database_url: &str, uid_prefix: &str) -> Result<CopyTimed> {
+    let mut conn = store::connect_options(database_url)?
+        .application_name(Role::Client.application_name())
+        .connect()
+        .await
+        .wrap_err("cannot connect to PostgreSQL for the reference COPY")?;
+    let timed = time_copy_on(&mut conn, uid_prefix).await;
+    // Only a courtesy to the server: the copy's outcome is what matters.
+    let _ = conn.close().await;
+    timed
+}
+
+async fn time_copy_on(conn: &mut PgConnection, uid_prefix: &str) -> Result<CopyTimed> {
+    let table = format!("ordersvc_bench_copy_{}", std::process::id());
+    sqlx::raw_sql(&format!(
+        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (LIKE orders INCLUDING ALL)"
+    ))
+    .execute(&mut *conn)
+    .await
+    .wrap_err_with(|| format!("cannot create the scratch table {table}"))?;
+    let timed = match same_compression(conn, &table).await {
+        Ok(()) => export_and_copy(conn, uid_prefix, &table).await,
+        Err(e) => Err(e),
+    };
+    let dropped = sqlx::raw_sql(&format!("DROP TABLE IF EXISTS {table}"))
         .execute(&mut *conn)
         .await
-        .wrap_err_with(|| format!("cannot create the scratch table {table}"))?;
-        let timed = match same_compression(&mut conn, &table).await {
-            Ok(()) => export_and_copy(&mut conn, uid_prefix, &table).await,
-            Err(e) => Err(e),
-        };
-        let dropped = sqlx::raw_sql(&format!("DROP TABLE IF EXISTS {table}"))
-            .execute(&mut *conn)
-            .await
-            .wrap_err_with(|| format!("cannot drop the scratch table {table}"));
-        let timed = timed?;
-        dropped?;
-        Ok(timed)
-    }
+        .wrap_err_with(|| format!("cannot drop the scratch table {table}"));
+    let timed = timed?;
+    dropped?;
+    Ok(timed)
 }
 
 /// Makes sure the scratch table compresses documents as `orders` does (lz4 where the build has
