@@ -6,7 +6,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use crate::helpers::{ordersvc, run_to_end, spawn_app, spawn_app_with, status_of};
+use crate::support::commands::{ordersvc, run_to_end};
+use crate::support::http::status_of;
+use crate::support::service::{spawn_app, spawn_app_with, spawn_child_app_with};
 
 const TOKEN: &str = "an-admin-token-of-this-test";
 
@@ -69,7 +71,8 @@ fn operator_data_is_served_only_on_the_admin_listener() {
 #[test]
 fn with_a_token_metrics_and_rejected_need_it_and_the_health_endpoints_do_not() {
     // Arrange
-    let app = spawn_app_with(&["--admin-token", TOKEN]);
+    // A child: its log is read.
+    let app = spawn_child_app_with(&["--admin-token", TOKEN]);
     let bearer = format!("Bearer {TOKEN}");
 
     for path in ["/metrics", "/rejected"] {

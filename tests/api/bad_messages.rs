@@ -1,6 +1,7 @@
 //! Bad messages: each is recorded with its reason and raw bytes, acked, and blocks nothing.
 
-use crate::helpers::{spawn_app, testdata};
+use crate::support::orders::testdata;
+use crate::support::service::spawn_app;
 
 /// A bad message and what the service must record for it.
 struct Bad {

@@ -3,9 +3,10 @@
 
 use serde_json::Value;
 
-use crate::helpers::{
-    generated_orders, ordersvc, run_successfully, spawn_app, with_ids, TempDir, TestApp,
-};
+use crate::support::commands::{ordersvc, run_successfully};
+use crate::support::isolation::TempDir;
+use crate::support::orders::{generated_orders, with_ids};
+use crate::support::service::{spawn_app, TestApp};
 
 /// `GET /order/{id}` requests the service has answered 200, from its own `/metrics`: what really
 /// reached it, whatever the bench believes it sent where.
@@ -25,15 +26,15 @@ fn bench_http_with_two_urls_loads_both_services_and_reports_each_beside_the_tota
     // Arrange: two services (each with its own database) holding the same orders, and the ids
     // in a file, since ids read from the first URL's `/orders` would be that service's alone.
     let (a, b) = (spawn_app(), spawn_app());
-    let orders = generated_orders(&format!("bench-{}", a.suffix), 20);
+    let orders = generated_orders(&format!("bench-{}", a.names.suffix), 20);
     for app in [&a, &b] {
         app.publish_many(with_ids(&orders));
         for (uid, _) in &orders {
             app.wait_for_order(uid);
         }
     }
-    let dir = TempDir::new(&a.suffix);
-    let ids = dir.0.join("ids.txt");
+    let dir = TempDir::new(&a.names.suffix);
+    let ids = dir.path().join("ids.txt");
     let list: String = orders.iter().map(|(uid, _)| format!("{uid}\n")).collect();
     std::fs::write(&ids, list).expect("cannot write the ids file");
     let served_before = (orders_served(&a), orders_served(&b));

@@ -5,8 +5,11 @@
 use serde_json::Value;
 use sqlx::{Connection, PgConnection};
 
-use crate::helpers::{closed_port, ordersvc, run_successfully, spawn_app, Serving};
-use crate::servers::{Names, SharedDatabase, SharedStream};
+use crate::support::commands::{ordersvc, run_successfully};
+use crate::support::isolation::{closed_port, Names};
+use crate::support::nats::SharedStream;
+use crate::support::postgres::SharedDatabase;
+use crate::support::service::{spawn_app, Runs};
 
 /// Messages published; every one a valid order.
 const ORDERS: u64 = 600;
@@ -43,32 +46,30 @@ fn a_backlog_run_with_reference_copy_times_copy_of_the_rows_it_stored_and_drops_
 
     // Act
     let stdout = run_successfully(
-        ordersvc(&[
-            "bench",
-            "ingest",
-            "--mode",
-            "backlog",
-            "--reference-copy",
-            "--orders",
-            &orders,
-            "--seed",
-            "11",
-            "--sample-every",
-            "50",
-            "--url",
-            &url,
-            "--database-url",
-            &db.url,
-            "--nats-url",
-            &stream.nats_url,
-            "--stream",
-            &names.stream,
-            "--subject",
-            &names.subject,
-            "--durable",
-            &names.durable,
-            "--json",
-        ]),
+        ordersvc(
+            &[
+                &[
+                    "bench",
+                    "ingest",
+                    "--mode",
+                    "backlog",
+                    "--reference-copy",
+                    "--orders",
+                    &orders,
+                    "--seed",
+                    "11",
+                    "--sample-every",
+                    "50",
+                    "--url",
+                    &url,
+                    "--database-url",
+                    &db.url,
+                    "--json",
+                ][..],
+                &names.consumer_flags(&stream.nats_url),
+            ]
+            .concat(),
+        ),
         b"",
     );
 
@@ -98,37 +99,35 @@ fn a_backlog_run_with_reference_copy_times_copy_of_the_rows_it_stored_and_drops_
 fn a_live_run_at_fixed_rates_reports_a_step_per_rate_with_orders_visible_on_every_replica() {
     // Arrange: two replicas of one service.
     let app = spawn_app();
-    let second = Serving::start(app.serve_command::<&str>(&[]), &app.suffix);
+    let second = app.spawn_replica(Runs::InProcess, &[]);
     let urls = format!("http://{},http://{}", app.addr, second.addr);
     let orders = 300u64;
 
     // Act: two steps, 300 messages each at 500/s and at 1,000/s.
     let stdout = run_successfully(
-        ordersvc(&[
-            "bench",
-            "ingest",
-            "--mode",
-            "live",
-            "--rate",
-            "500,1000",
-            "--orders",
-            &orders.to_string(),
-            "--seed",
-            "21",
-            "--sample-every",
-            "10",
-            "--url",
-            &urls,
-            "--nats-url",
-            &app.nats_url,
-            "--stream",
-            &app.stream,
-            "--subject",
-            &app.subject,
-            "--durable",
-            &app.durable,
-            "--json",
-        ]),
+        ordersvc(
+            &[
+                &[
+                    "bench",
+                    "ingest",
+                    "--mode",
+                    "live",
+                    "--rate",
+                    "500,1000",
+                    "--orders",
+                    &orders.to_string(),
+                    "--seed",
+                    "21",
+                    "--sample-every",
+                    "10",
+                    "--url",
+                    &urls,
+                    "--json",
+                ][..],
+                &app.names.consumer_flags(&app.nats_url),
+            ]
+            .concat(),
+        ),
         b"",
     );
 

@@ -1,7 +1,8 @@
 //! `--cache-max-bytes`: memory holds at most the bound, and every stored order is still served,
 //! byte for byte, before and after a restart (what is not in memory is read from PostgreSQL).
 
-use crate::helpers::{assert_every_order_is_served, generated_orders, spawn_app_with, with_ids};
+use crate::support::orders::{assert_every_order_is_served, generated_orders, with_ids};
+use crate::support::service::spawn_app_with;
 
 /// Room for about a dozen model-sized orders (~1.1 KB each); the test stores two thousand.
 const BOUND: u64 = 15_000;
@@ -30,7 +31,7 @@ fn a_cache_smaller_than_the_data_still_serves_every_order_within_its_bound() {
     );
 
     // And after a restart, which restores only what fits.
-    assert!(app.terminate().success());
+    app.stop();
     app.restart();
     assert!(app.metric("ordersvc_cache_bytes") <= BOUND as f64);
     assert!(app.metric("ordersvc_cache_orders") < orders.len() as f64);

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use crate::cluster::{publish_through, NatsCluster};
-use crate::servers::Names;
+use crate::support::isolation::Names;
+use crate::support::nats_cluster::{publish_through, NatsCluster};
 
 /// `count` small messages, each with its own id `{prefix}-{i:05}` (its `Nats-Msg-Id`).
 fn numbered(prefix: &str, count: usize) -> Vec<(String, Vec<u8>)> {

@@ -7,9 +7,13 @@ use std::time::{Duration, Instant};
 
 use sqlx::{Connection, PgConnection};
 
-use crate::cluster::{publish_through, NatsCluster};
-use crate::helpers::{cached_orders, generated_orders, serve_with, stored_here, Serving};
-use crate::servers::{Names, SharedDatabase};
+use crate::support::commands::serve_with;
+use crate::support::http::{cached_orders, stored_here};
+use crate::support::isolation::Names;
+use crate::support::nats_cluster::{publish_through, NatsCluster};
+use crate::support::orders::generated_orders;
+use crate::support::postgres::SharedDatabase;
+use crate::support::service::TestApp;
 
 /// How long the service may take to store and spread everything after a fault.
 const SETTLE: Duration = Duration::from_secs(240);
@@ -19,7 +23,7 @@ const POLL: Duration = Duration::from_millis(100);
 /// The service under test. Field order is drop order: the replicas go first (they hold
 /// connections to both), then the cluster, then the database.
 struct Service {
-    replicas: Vec<Option<Serving>>,
+    replicas: Vec<Option<TestApp>>,
     cluster: NatsCluster,
     db: SharedDatabase,
     names: Names,
@@ -52,7 +56,8 @@ impl Service {
 
     /// Starts replica `i` and waits until it is ready.
     fn start_replica(&mut self, i: usize) {
-        let serving = Serving::start(self.serve_command(), &format!("{}-r{i}", self.names.suffix));
+        let serving =
+            TestApp::start_child(self.serve_command(), &format!("{}-r{i}", self.names.suffix));
         self.replicas[i] = Some(serving);
     }
 
@@ -61,7 +66,7 @@ impl Service {
         drop(self.replicas[i].take());
     }
 
-    fn replica(&self, i: usize) -> &Serving {
+    fn replica(&self, i: usize) -> &TestApp {
         self.replicas[i].as_ref().expect("the replica runs")
     }
 

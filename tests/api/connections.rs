@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use ordersvc_service::http::MAX_HEAD_BYTES;
 
-use crate::helpers::{order_of_size, spawn_app, spawn_app_with, status_of, TestApp};
+use crate::support::http::status_of;
+use crate::support::orders::order_of_size;
+use crate::support::service::{spawn_app, spawn_app_with, TestApp};
 /// How long a test client waits for the service to act before it gives up: far above the
 /// one-second HTTP timeout the tests set, so that only a service that never acts fails.
 const CLIENT_PATIENCE: Duration = Duration::from_secs(30);

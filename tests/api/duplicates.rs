@@ -1,6 +1,7 @@
 //! Idempotent storage: repeats are stored once; a conflicting repeat never replaces an order.
 
-use crate::helpers::{spawn_app, testdata};
+use crate::support::orders::testdata;
+use crate::support::service::spawn_app;
 
 #[test]
 fn the_same_order_published_three_times_is_stored_once() {

@@ -3,7 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::helpers::{generated_orders, model_with_uid, spawn_app};
+use crate::support::orders::{generated_orders, model_with_uid};
+use crate::support::service::spawn_app;
 
 /// How long the failing store is watched for anything being acked or served.
 const WATCH: Duration = Duration::from_secs(4);

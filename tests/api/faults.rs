@@ -11,11 +11,14 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
-use crate::helpers::{
-    assert_every_order_is_served, generated_orders, model_with_uid, spawn_app,
-    spawn_app_behind_proxy, with_ids, OrdersLocked, Server, TestApp,
+use crate::support::orders::{
+    assert_every_order_is_served, generated_orders, model_with_uid, with_ids,
 };
-use crate::proxy::Proxy;
+use crate::support::postgres::OrdersLocked;
+use crate::support::proxy::Proxy;
+use crate::support::service::{
+    spawn_app, spawn_app_behind_proxy, spawn_child_app, Runs, Server, TestApp,
+};
 
 /// How long PostgreSQL stays unreachable.
 const DB_OUTAGE: Duration = Duration::from_secs(10);
@@ -56,7 +59,7 @@ fn cut_mid_ingest(
 #[test]
 fn orders_published_while_postgres_is_unreachable_are_all_stored_once_it_returns() {
     // Arrange: the service reaches PostgreSQL only through the proxy.
-    let (db, app) = spawn_app_behind_proxy(Server::Postgres);
+    let (db, app) = spawn_app_behind_proxy(Server::Postgres, Runs::InProcess);
     let orders = generated_orders("pg-outage", 20_000);
     let (stored_before, stored_before_body) = &orders[0];
 
@@ -122,7 +125,7 @@ fn assert_recovered_with_every_order_stored_once(app: &TestApp, orders: &[(Strin
 #[test]
 fn a_cut_nats_connection_mid_ingest_loses_nothing() {
     // Arrange: the service reaches NATS only through the proxy; the test publishes directly.
-    let (nats, app) = spawn_app_behind_proxy(Server::Nats);
+    let (nats, app) = spawn_app_behind_proxy(Server::Nats, Runs::InProcess);
     let orders = generated_orders("nats-outage", 10_000);
 
     // Act: the connection is cut while the first half is being published and ingested;
@@ -152,7 +155,7 @@ fn a_cut_nats_connection_mid_ingest_loses_nothing() {
 fn sigterm_while_a_write_hangs_in_postgres_still_stops_the_service_in_time() {
     // Arrange: a write of the service is in flight and PostgreSQL does not answer it (here a
     // lock; a network partition or an overloaded server look the same to the service).
-    let mut app = spawn_app();
+    let mut app = spawn_child_app();
     let orders = generated_orders("write-hangs", 200);
     let (before, during) = orders.split_at(100);
     app.publish_many(with_ids(before));
@@ -194,7 +197,7 @@ fn kill_9_at_random_moments_during_ingest_loses_nothing() {
     const ROUNDS: usize = 4;
     const NEW_PER_ROUND: usize = 1_500;
     // Arrange
-    let mut app = spawn_app();
+    let mut app = spawn_child_app();
     let mut rng = rand::rng();
     let mut valid: HashMap<String, Vec<u8>> = HashMap::new();
     let mut invalid: Vec<(u64, &'static str, Option<String>, Vec<u8>)> = Vec::new();
@@ -327,7 +330,7 @@ fn read_orders(addr: SocketAddr, orders: &[(String, Vec<u8>)], stop: &AtomicBool
 #[test]
 fn sigterm_under_load_finishes_the_batch_in_flight_and_exits_zero() {
     // Arrange: orders to read, then a stream of orders being ingested.
-    let mut app = spawn_app();
+    let mut app = spawn_child_app();
     let readable = generated_orders("sigterm-read", 200);
     app.publish_many(with_ids(&readable));
     app.wait_for_order(&readable[readable.len() - 1].0);

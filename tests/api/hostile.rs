@@ -5,7 +5,9 @@ use std::collections::HashMap;
 
 use ordersvc_service::bus::MAX_DOCUMENT;
 
-use crate::helpers::{model_with_uid, order_of_size, replace_once, spawn_app, status_of, TestApp};
+use crate::support::http::status_of;
+use crate::support::orders::{model_with_uid, order_of_size, replace_once};
+use crate::support::service::{spawn_app, spawn_child_app, TestApp};
 
 /// NATS's default max payload (and the stream's max message size): nothing larger reaches us.
 const MAX_PAYLOAD: usize = 1024 * 1024;
@@ -116,7 +118,7 @@ fn a_backlog_of_messages_at_the_max_payload_is_ingested_within_a_memory_bound() 
     // Arrange: 300 messages of 1 MiB waiting in the stream when the service starts (300 MiB,
     // which one unbounded batch could hold at once), then a valid order.
     const MESSAGES: usize = 300;
-    let mut app = spawn_app();
+    let mut app = spawn_child_app();
     app.kill();
     let huge = garbage(MAX_PAYLOAD);
     app.publish_many((0..MESSAGES).map(|_| (None, huge.as_slice())));

@@ -1,6 +1,7 @@
 //! The HTTP contract: orders served byte for byte, JSON errors, methods, paths, health.
 
-use crate::helpers::{spawn_app, testdata};
+use crate::support::orders::testdata;
+use crate::support::service::spawn_app;
 
 #[test]
 fn a_published_valid_order_is_served_with_the_exact_bytes_that_were_sent() {

@@ -10,10 +10,12 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::helpers::{
-    closed_port, model_with_uid, ordersvc, printed, run_to_end, serve_with, Serving,
-};
-use crate::servers::{random_secret, Names, NatsAuth, NatsTls, OwnNats, SharedDatabase};
+use crate::support::commands::{ordersvc, printed, run_to_end, serve_with};
+use crate::support::isolation::{closed_port, random_secret, Names};
+use crate::support::nats::{NatsAuth, NatsTls, OwnNats};
+use crate::support::orders::model_with_uid;
+use crate::support::postgres::SharedDatabase;
+use crate::support::service::TestApp;
 
 /// The connect timeout of the runs that must fail at once: far above `NOT_RETRIED`.
 const CONNECT_TIMEOUT: &str = "30s";
@@ -60,17 +62,8 @@ impl Reach {
 /// `ordersvc publish` of what it reads on stdin to the test's stream, reaching NATS by `reach`
 /// (the URL as `--nats-url`), with `extra` flags.
 fn publish_command(reach: &Reach, names: &Names, extra: &[&str]) -> Command {
-    let mut command = ordersvc(&[
-        "publish",
-        "--nats-url",
-        &reach.url,
-        "--stream",
-        &names.stream,
-        "--subject",
-        &names.subject,
-        "-j",
-        "-",
-    ]);
+    let mut command =
+        ordersvc(&[&["publish", "-j", "-"][..], &names.stream_flags(&reach.url)].concat());
     reach.apply(&mut command);
     command.args(extra);
     command
@@ -108,7 +101,7 @@ fn assert_publishes_and_serves(
     let db = SharedDatabase::named(&names.suffix);
     let mut command = serve_command(serve, &names, &db, &[]);
     command.env("RUST_LOG", log_filter);
-    let serving = Serving::start(command, &names.suffix);
+    let serving = TestApp::start_child(command, &names.suffix);
 
     for (n, reach) in publishes.iter().enumerate() {
         let uid = format!("auth-{}-{n}", names.suffix);

@@ -6,7 +6,8 @@
 
 use std::process::Command;
 
-use crate::helpers::{run_to_end, spawn_app};
+use crate::support::commands::run_to_end;
+use crate::support::service::spawn_app;
 
 /// The order_uid of `testdata/model.json`, which the document also gives as its example: the
 /// examples phase then asks for an order that exists, and its body is checked too.
@@ -36,7 +37,7 @@ fn schemathesis_finds_nothing_the_document_and_the_service_disagree_on() {
     app.publish(&model);
     app.wait_for_order(MODEL_UID);
     let python = std::env::var("SCHEMATHESIS_PYTHON").unwrap_or_else(|_| "python3".to_owned());
-    let report = std::env::temp_dir().join(format!("ordersvc-schemathesis-{}", app.suffix));
+    let report = std::env::temp_dir().join(format!("ordersvc-schemathesis-{}", app.names.suffix));
 
     // Act: deterministic (a fixed seed), bounded in examples per operation.
     // In a directory of the test's own: schemathesis keeps a cache of examples where it runs.

@@ -5,7 +5,8 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
 
-use crate::helpers::{model_with_uid, spawn_app, spawn_app_with_options, SpawnOptions};
+use crate::support::orders::model_with_uid;
+use crate::support::service::{spawn_app, spawn_app_with_options, Runs, SpawnOptions};
 
 #[test]
 fn rejected_messages_are_listed_newest_first_with_their_reason_and_payload() {
@@ -29,7 +30,7 @@ fn rejected_messages_are_listed_newest_first_with_their_reason_and_payload() {
     let newest = &page["rejected"][0];
     assert_eq!(newest["payload"], r#"{"order_uid": 5}"#);
     assert_eq!(newest["payload_bytes"], 16);
-    assert_eq!(newest["stream"].as_str(), Some(app.stream.as_str()));
+    assert_eq!(newest["stream"].as_str(), Some(app.names.stream.as_str()));
     assert!(
         newest["reason"]
             .as_str()
@@ -122,6 +123,7 @@ fn no_log_line_carries_the_personal_data_of_an_order() {
     let app = spawn_app_with_options(SpawnOptions {
         serve_args: &["--log-format", "json"],
         log_filter: Some("debug"),
+        runs: Runs::Child,
         ..SpawnOptions::default()
     });
     let personal = [

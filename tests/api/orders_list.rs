@@ -1,6 +1,7 @@
 //! `GET /orders`: newest first, keyset paging with an opaque cursor, strict parameters.
 
-use crate::helpers::{model_with_uid, spawn_app, TestApp};
+use crate::support::orders::model_with_uid;
+use crate::support::service::{spawn_app, TestApp};
 
 fn order_created_at(uid: &str, date: &str) -> Vec<u8> {
     String::from_utf8(model_with_uid(uid))

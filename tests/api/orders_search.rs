@@ -3,7 +3,8 @@
 
 use std::collections::HashSet;
 
-use crate::helpers::{model_with, spawn_app, TestApp};
+use crate::support::orders::model_with;
+use crate::support::service::{spawn_app, TestApp};
 
 /// One page of a listing: its orders as JSON, and the next cursor.
 fn page(app: &TestApp, query: &str) -> (Vec<serde_json::Value>, Option<String>) {

@@ -3,8 +3,9 @@
 
 use std::path::PathBuf;
 
-use crate::browser::{dump_dom, screenshot, text_of_element};
-use crate::helpers::{model_with_uid, spawn_app, testdata};
+use crate::support::browser::{dump_dom, screenshot, text_of_element};
+use crate::support::orders::{model_with_uid, testdata};
+use crate::support::service::spawn_app;
 
 /// The (serialised) text of the element whose `data-field` is `name`.
 fn field<'a>(dom: &'a str, name: &str) -> &'a str {

@@ -2,8 +2,9 @@
 //! lookup box's "Track number" and "Customer id" choices navigate to) list the matching orders as
 //! the recent list does; no match and a bad value say so; hostile query text stays text.
 
-use crate::browser::{dump_dom, text_of_element};
-use crate::helpers::{model_with, spawn_app, TestApp};
+use crate::support::browser::{dump_dom, text_of_element};
+use crate::support::orders::model_with;
+use crate::support::service::{spawn_app, TestApp};
 
 fn publish_all(app: &TestApp, orders: &[(String, Vec<u8>)]) {
     for (_, message) in orders {

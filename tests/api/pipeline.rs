@@ -3,7 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::helpers::{generated_orders, spawn_app_with, TestApp};
+use crate::support::orders::generated_orders;
+use crate::support::service::{spawn_app_with, spawn_child_app_with, TestApp};
 
 /// How long the failing store is watched for anything being acked.
 const WATCH: Duration = Duration::from_secs(3);
@@ -61,7 +62,7 @@ fn a_batch_parsed_behind_one_whose_commit_fails_is_not_acked_until_both_are_comm
 #[test]
 fn kill_9_with_two_batches_in_flight_loses_nothing() {
     // Arrange
-    let mut app = spawn_app_with(&["--batch-size", "1"]);
+    let mut app = spawn_child_app_with(&["--batch-size", "1"]);
     let orders = generated_orders("pipelined-kill", 2);
     two_batches_in_flight(&app, &orders);
 

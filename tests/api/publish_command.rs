@@ -1,6 +1,9 @@
 //! `ordersvc publish`: files, stdin, JSON Lines, and the embedded samples reach the service.
 
-use crate::helpers::{model_with_uid, run_successfully, spawn_app, testdata, TempDir, TestApp};
+use crate::support::commands::run_successfully;
+use crate::support::isolation::TempDir;
+use crate::support::orders::{model_with_uid, testdata};
+use crate::support::service::{spawn_app, TestApp};
 
 /// Runs `ordersvc publish ARGS` (feeding it `stdin`), checks that it succeeded, and returns the
 /// summary line it printed.
@@ -29,7 +32,7 @@ const INVALID_SAMPLES: [(&str, &str); 11] = [
 fn publish_command_publishes_files_and_samples() {
     // Arrange
     let app = spawn_app();
-    let dir = TempDir::new(&app.suffix);
+    let dir = TempDir::new(&app.names.suffix);
     let lines: Vec<(String, Vec<u8>)> = (1..=3)
         .map(|i| {
             let uid = format!("from-lines-{i}");
@@ -38,7 +41,7 @@ fn publish_command_publishes_files_and_samples() {
             (uid, serde_json::to_vec(&value).expect("serialisable"))
         })
         .collect();
-    let jsonl = dir.0.join("orders.jsonl");
+    let jsonl = dir.path().join("orders.jsonl");
     let mut content = Vec::new();
     for (_, line) in &lines {
         content.extend_from_slice(line);

@@ -8,9 +8,9 @@ use std::process::{Child, ExitStatus, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::cluster::NatsCluster;
-use crate::helpers::ordersvc;
-use crate::servers::Names;
+use crate::support::commands::ordersvc;
+use crate::support::isolation::Names;
+use crate::support::nats_cluster::NatsCluster;
 
 /// Orders published: enough that the run is still under way when the leader dies.
 const ORDERS: u64 = 5000;

@@ -5,7 +5,8 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::helpers::{model_with_uid, spawn_app, with_ids, TestApp};
+use crate::support::orders::{model_with_uid, with_ids};
+use crate::support::service::{spawn_app, TestApp};
 
 /// Orders ingested while the readers hammer the listing.
 const ORDERS: usize = 20_000;
@@ -45,7 +46,7 @@ fn listing_connections(app: &TestApp, application_name: &str) -> i64 {
     app.query_i64(&format!(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = 'ordersvc_test_{}' \
          AND application_name = '{application_name}' AND query LIKE '{LISTING_QUERY}%'",
-        app.suffix
+        app.names.suffix
     ))
 }
 

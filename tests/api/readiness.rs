@@ -7,10 +7,9 @@ use std::time::{Duration, Instant};
 
 use ordersvc_client::child::{OnDrop, ServeProcess, Stopped};
 
-use crate::helpers::{
-    generated_orders, model_with_uid, spawn_app, spawn_app_behind_proxy, with_ids, OrdersLocked,
-    Server, TestApp,
-};
+use crate::support::orders::{generated_orders, model_with_uid, with_ids};
+use crate::support::postgres::OrdersLocked;
+use crate::support::service::{spawn_app, spawn_app_behind_proxy, Runs, Server, TestApp};
 
 /// How long anything here may take before the test gives up (generous: a slow machine is no bug).
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -45,7 +44,7 @@ fn readyz_counts_the_cached_orders_and_healthz_answers_while_alive() {
 fn readyz_turns_503_with_the_reason_when_postgres_goes_away_on_an_idle_service_and_200_when_it_returns(
 ) {
     // Arrange: an idle service that reaches PostgreSQL only through the proxy.
-    let (db, app) = spawn_app_behind_proxy(Server::Postgres);
+    let (db, app) = spawn_app_behind_proxy(Server::Postgres, Runs::InProcess);
     assert_eq!(app.readiness().0, 200);
 
     // Act: PostgreSQL goes away, and nothing is being ingested to notice it.
@@ -82,7 +81,7 @@ fn readyz_stays_503_while_ingest_cannot_subscribe_and_recovers_when_it_can() {
     // ingest can neither consume nor recreate it, while the NATS connection itself is fine.
     let app = spawn_app();
     app.delete_stream();
-    let blocker = app.take_subject_with_another_stream(&app.subject);
+    let blocker = app.take_subject_with_another_stream(&app.names.subject);
 
     // Act + Assert: not ready, with the reason, on every sample (the monitor that sees the
     // connection up must not overwrite ingest's news).
@@ -128,7 +127,7 @@ fn sigterm_during_the_cache_restore_stops_the_service_cleanly() {
     // Arrange: a database and stream set up by a first run, then locked so that the next
     // run's restore waits.
     let mut app = spawn_app();
-    assert!(app.terminate().success());
+    app.stop();
     let lock = OrdersLocked::take(&app.database_url);
 
     let mut command = app.serve_command(&["--shutdown-timeout", "5s"]);
@@ -160,7 +159,7 @@ fn waiting_on_the_lock(app: &TestApp) -> String {
     format!(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = 'ordersvc_test_{}' \
          AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()",
-        app.suffix
+        app.names.suffix
     )
 }
 

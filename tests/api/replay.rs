@@ -3,9 +3,10 @@
 
 use std::process::Command;
 
-use crate::helpers::{
-    generated_orders, run_successfully, spawn_app, testdata, with_database, TestApp,
-};
+use crate::support::commands::run_successfully;
+use crate::support::orders::{generated_orders, testdata};
+use crate::support::postgres::with_database;
+use crate::support::service::{spawn_app, TestApp};
 
 /// `ordersvc replay-from-db` reading `source`'s database and publishing to `target`'s stream.
 fn replay_command(source: &TestApp, target: &TestApp, extra: &[&str]) -> Command {
@@ -19,8 +20,8 @@ fn replay_command_from(database_url: &str, target: &TestApp, extra: &[&str]) -> 
         .arg("replay-from-db")
         .args(["--database-url", database_url])
         .args(["--nats-url", &target.nats_url])
-        .args(["--stream", &target.stream])
-        .args(["--subject", &target.subject])
+        .args(["--stream", &target.names.stream])
+        .args(["--subject", &target.names.subject])
         .args(extra);
     command
 }
@@ -128,7 +129,7 @@ fn replaying_after_an_unknown_order_fails_clearly() {
 fn replaying_from_a_database_that_does_not_exist_fails_and_creates_nothing() {
     // Arrange: a mistyped database name on a server that is up.
     let source = spawn_app();
-    let missing = format!("ordersvc_test_{}_mistyped", source.suffix);
+    let missing = format!("ordersvc_test_{}_mistyped", source.names.suffix);
     let missing_url = with_database(&source.database_url, &missing);
     let exists = |app: &TestApp| {
         app.query_i64(&format!(

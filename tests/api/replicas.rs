@@ -4,9 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::helpers::{
-    cached_orders, generated_orders, spawn_app, stored_here, with_ids, Reply, Serving,
-};
+use crate::support::http::{cached_orders, stored_here, Reply};
+use crate::support::orders::{generated_orders, with_ids};
+use crate::support::service::{spawn_app, spawn_child_app, Runs};
 
 /// How long a replica may take to hold every order in memory.
 const EVENTUALLY: Duration = Duration::from_secs(60);
@@ -28,12 +28,12 @@ fn stored_by(get: Get) -> f64 {
 fn two_replicas_share_the_ingest_and_each_serves_every_order_from_memory() {
     // Arrange: replica A (the test app) and replica B on the same stream, durable and database.
     let app = spawn_app();
-    let second = Serving::start(app.serve_command::<&str>(&[]), &app.suffix);
+    let second = app.spawn_replica(Runs::InProcess, &[]);
     let a: Get = &|path| app.get(path);
     let b: Get = &|path| second.get(path);
     let (a_admin, b_admin): (Get, Get) =
         (&|path| app.admin_get(path), &|path| second.admin_get(path));
-    let orders = generated_orders(&format!("rep-{}", app.suffix), 2_000);
+    let orders = generated_orders(&format!("rep-{}", app.names.suffix), 2_000);
 
     // Act
     app.publish_many(with_ids(&orders));
@@ -92,17 +92,17 @@ fn wait_until_cached(name: &str, get: Get, n: u64) {
 fn a_replica_whose_changelog_was_recreated_restores_afresh_and_ends_complete() {
     // Arrange: two replicas in step, then the changelog is deleted under them, so that what they
     // follow from no longer exists (the stream comes back empty, its sequences from 1).
-    let app = spawn_app();
-    let second = Serving::start(app.serve_command::<&str>(&[]), &app.suffix);
+    let app = spawn_child_app();
+    let second = app.spawn_replica(Runs::Child, &[]);
     let (a, b): (Get, Get) = (&|path| app.get(path), &|path| second.get(path));
-    let before = generated_orders(&format!("gap-a-{}", app.suffix), 300);
+    let before = generated_orders(&format!("gap-a-{}", app.names.suffix), 300);
     app.publish_many(with_ids(&before));
     wait_until_cached("A", a, 300);
     wait_until_cached("B", b, 300);
     app.delete_changelog();
 
     // Act: more orders, which reach the other replica only through the recreated changelog.
-    let after = generated_orders(&format!("gap-b-{}", app.suffix), 300);
+    let after = generated_orders(&format!("gap-b-{}", app.names.suffix), 300);
     app.publish_many(with_ids(&after));
     app.wait_until(|app| app.orders_count() == 600, "600 orders stored");
 
@@ -136,7 +136,7 @@ fn orders_of_a_replica_that_died_between_commit_and_fan_out_reach_every_other_re
     // Arrange: replicas A and C, and B, which aborts right after its first commit, before it
     // publishes to the changelog or acks (a test hook).
     let app = spawn_app();
-    let third = Serving::start(app.serve_command::<&str>(&[]), &app.suffix);
+    let third = app.spawn_replica(Runs::InProcess, &[]);
     let mut doomed = app.serve_command::<&str>(&[]);
     doomed
         .env("ORDERSVC_TEST_ABORT_BEFORE_FANOUT", "1")
@@ -149,7 +149,7 @@ fn orders_of_a_replica_that_died_between_commit_and_fan_out_reach_every_other_re
         |app| app.consumer_info().num_waiting >= 3,
         "three replicas pulling from the consumer",
     );
-    let orders = generated_orders(&format!("abort-{}", app.suffix), 2_000);
+    let orders = generated_orders(&format!("abort-{}", app.names.suffix), 2_000);
 
     // Act
     app.publish_many(with_ids(&orders));
@@ -174,14 +174,14 @@ fn a_replica_behind_a_purge_of_the_changelog_restores_afresh_and_ends_complete()
     // Arrange: replica B frozen (SIGSTOP) while A stores orders and fans them out, then the
     // changelog is purged: what B needs next is gone.
     let app = spawn_app();
-    let second = Serving::start(app.serve_command::<&str>(&[]), &app.suffix);
+    let second = app.spawn_replica(Runs::Child, &[]);
     let (a, b): (Get, Get) = (&|path| app.get(path), &|path| second.get(path));
     second.signal("STOP");
     // Far more than B's pulls can hold: the follower asks for 2 MiB at a time and asks again at
     // half of that, so at most 3 MiB of the changelog is on its way to B while it is frozen. Of
     // these ~9 MB (1.1 KB an order), the rest can only come from the changelog, which the purge
     // empties.
-    let orders = generated_orders(&format!("purge-{}", app.suffix), 8_000);
+    let orders = generated_orders(&format!("purge-{}", app.names.suffix), 8_000);
     app.publish_many(with_ids(&orders));
     // A alone is pulling: it stores them all and publishes them to the changelog (any that B
     // pulled before it froze come back to A after the ack wait of 30 s).

@@ -1,9 +1,9 @@
 //! Crashes, restarts and stops: everything stored is served again, byte for byte.
 
-use crate::helpers::{
-    assert_every_order_is_served, generated_orders, model_with_uid, spawn_app, spawn_app_with,
-    testdata, with_ids, TestApp,
+use crate::support::orders::{
+    assert_every_order_is_served, generated_orders, model_with_uid, testdata, with_ids,
 };
+use crate::support::service::{spawn_child_app, spawn_child_app_with, TestApp};
 
 /// How many generated orders the restart tests store beside the samples: a restore of a few
 /// thousand, not a handful.
@@ -28,7 +28,7 @@ fn some_valid_orders() -> Vec<(String, Vec<u8>)> {
 /// A service that has stored `some_valid_orders()` and served each of them byte for byte, with
 /// those orders.
 fn spawn_app_serving_some_valid_orders() -> (TestApp, Vec<(String, Vec<u8>)>) {
-    let app = spawn_app();
+    let app = spawn_child_app();
     let orders = some_valid_orders();
     app.publish_many(with_ids(&orders));
     for (uid, message) in &orders {
@@ -73,7 +73,7 @@ fn after_a_restart_with_the_stream_deleted_orders_are_restored_from_postgres() {
 #[test]
 fn sigterm_stops_the_service_with_exit_code_zero() {
     // Arrange
-    let mut app = spawn_app();
+    let mut app = spawn_child_app();
     app.publish(&testdata("model.json"));
     app.wait_for_order("b563feb7b2b84b6test");
 
@@ -92,7 +92,7 @@ fn sigterm_stops_the_service_with_exit_code_zero() {
 fn restoring_documents_near_the_max_payload_stays_within_the_memory_bound() {
     // Arrange: 300 stored documents of about 1 MiB (the NATS max payload), written straight
     // into the table, and a cache bound of 64 MiB.
-    let mut app = spawn_app_with(&["--cache-max-bytes", "64MiB"]);
+    let mut app = spawn_child_app_with(&["--cache-max-bytes", "64MiB"]);
     app.execute_as_owner(
         "INSERT INTO orders (order_uid, document, date_created, customer_id, track_number, stream_seq) \
          SELECT 'big-' || i, '\"' || repeat(md5(i::text), 32000) || '\"', now(), 'c', 't', i \

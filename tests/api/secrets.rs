@@ -4,15 +4,17 @@
 
 use std::process::Command;
 
-use crate::helpers::{self, closed_port, run_to_end, spawn_app};
+use crate::support::commands::{self, run_to_end};
+use crate::support::isolation::closed_port;
+use crate::support::service::spawn_app;
 
 /// The secret in every URL below; nothing a command prints may contain it.
 const SECRET: &str = "s3cretpw";
 
-/// `helpers::ordersvc`, with the retries while NATS does not answer cut short: nothing listens
+/// `commands::ordersvc`, with the retries while NATS does not answer cut short: nothing listens
 /// on the ports below (their log lines are checked too).
 fn ordersvc(args: &[&str]) -> Command {
-    let mut command = helpers::ordersvc(args);
+    let mut command = commands::ordersvc(args);
     command.env("ORDERSVC_NATS_CONNECT_TIMEOUT", "1s");
     command
 }
@@ -84,20 +86,16 @@ fn serve_with_a_database_or_nats_url_it_cannot_use_does_not_show_the_password() 
     let nats_url = format!("nats://user:{SECRET}@127.0.0.1:{port}");
     assert_fails_without_the_secret(
         &[
-            "serve",
-            "--database-url",
-            &app.database_url,
-            "--nats-url",
-            &nats_url,
-            "--stream",
-            &app.stream,
-            "--subject",
-            &app.subject,
-            "--durable",
-            &app.durable,
-            "--http-addr",
-            "127.0.0.1:0",
-        ],
+            &[
+                "serve",
+                "--database-url",
+                &app.database_url,
+                "--http-addr",
+                "127.0.0.1:0",
+            ][..],
+            &app.names.consumer_flags(&nats_url),
+        ]
+        .concat(),
         &format!("127.0.0.1:{port}"),
     );
 }

@@ -7,10 +7,12 @@
 
 use std::process::Output;
 
-use crate::helpers::{
-    model_with_uid, ordersvc, printed, run_successfully, run_to_end, serve_with, Serving,
-};
-use crate::servers::{Names, OwnPostgres, SharedStream};
+use crate::support::commands::{ordersvc, printed, run_successfully, run_to_end, serve_with};
+use crate::support::isolation::Names;
+use crate::support::nats::SharedStream;
+use crate::support::orders::model_with_uid;
+use crate::support::postgres::OwnPostgres;
+use crate::support::service::TestApp;
 
 /// The service's connections that use TLS, as the server sees them.
 const TLS_CONNECTIONS_OF_THE_SERVICE: &str = "SELECT count(*) FROM pg_stat_ssl \
@@ -48,21 +50,17 @@ fn assert_migrates_and_serves_over_tls(pg: &OwnPostgres, params: &str) {
     // Before the service, so that it outlives it and deletes the stream the service made.
     let stream = SharedStream::of(&names);
     let settings = names.serve_settings(&url, &stream.nats_url);
-    let serving = Serving::start(serve_with(&settings, &[]), &names.suffix);
+    let serving = TestApp::start_child(serve_with(&settings, &[]), &names.suffix);
 
     let uid = format!("tls-{}", names.suffix);
     let order = model_with_uid(&uid);
-    let publish = ordersvc(&[
-        "publish",
-        "--nats-url",
-        &stream.nats_url,
-        "--stream",
-        &names.stream,
-        "--subject",
-        &names.subject,
-        "-j",
-        "-",
-    ]);
+    let publish = ordersvc(
+        &[
+            &["publish", "-j", "-"][..],
+            &names.stream_flags(&stream.nats_url),
+        ]
+        .concat(),
+    );
     run_successfully(publish, &order);
     assert!(
         serving.wait_for_order(&uid) == order,

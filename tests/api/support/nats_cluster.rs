@@ -37,7 +37,8 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, message::PublishMessage};
 use serde_json::Value;
 
-use crate::servers::{free_ports, nats_server_program, random_suffix, write, TempDir};
+use super::isolation::{free_ports, random_suffix, write, TempDir};
+use super::nats::nats_server_program;
 
 /// How long a new cluster may take to route its nodes together and elect a JetStream meta
 /// leader, and a restarted node to rejoin.
