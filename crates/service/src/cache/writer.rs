@@ -114,9 +114,8 @@ impl WriterThread {
     /// Applies what was sent before, then ends the thread and waits for it. Must not be called
     /// on a tokio runtime's thread (it blocks).
     pub fn stop(self) {
-        if self.tx.blocking_send(Message::Stop).is_err() {
-            // The receiver is gone: the thread has ended already (it panicked).
-        }
+        // An error means the receiver is gone: the thread has ended already (it panicked).
+        let _ = self.tx.blocking_send(Message::Stop);
         if self.thread.join().is_err() {
             warn!("the cache writer panicked");
         }

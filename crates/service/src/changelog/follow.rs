@@ -4,7 +4,6 @@
 //! The follower runs on the ingest runtime beside ingest, from the moment the restore has ended.
 //! Everything it reads goes to the cache through the one writer, like ingest's own orders.
 
-use std::ops::ControlFlow;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
@@ -94,6 +93,7 @@ impl Follower {
     /// Follows the changelog from `next` until a stop; after a gap, restores afresh (reads wait
     /// meanwhile) and follows on from there.
     pub async fn run(self, mut next: Position, shutdown: Shutdown) {
+        let mut again = Backoff::new(RESTORE_AGAIN_AFTER, RESTORE_AGAIN_AFTER);
         loop {
             let why = match self.follow(next, &shutdown).await {
                 Stopped::Shutdown => return,
@@ -112,8 +112,7 @@ impl Follower {
                     Ok(None) => return,
                     Err(e) => {
                         warn!(error = %format!("{e:#}"), "the restore afresh failed; trying again");
-                        let mut pause = Backoff::new(RESTORE_AGAIN_AFTER, RESTORE_AGAIN_AFTER);
-                        if pause.wait(&shutdown).await.is_break() {
+                        if again.wait(&shutdown).await.is_break() {
                             return;
                         }
                     }
@@ -137,7 +136,7 @@ impl Follower {
                 Err(e) => {
                     warn!(error = %format!("{e:#}"), changelog = %self.changelog.name, "cannot follow the changelog; retrying");
                     self.health.follow.set(Some(format!("{e:#}")));
-                    if let ControlFlow::Break(()) = backoff.wait(shutdown).await {
+                    if backoff.wait(shutdown).await.is_break() {
                         return Stopped::Shutdown;
                     }
                 }

@@ -334,7 +334,7 @@ fn finished_event(
             totals.add(done);
             Ok(Event::Finished)
         }
-        Err(BatchError::Shutdown) => Ok(Event::FinishHandedBack),
+        Err(BatchError::HandedBack) => Ok(Event::FinishHandedBack),
         Err(BatchError::CacheGone) => Err(eyre!("the cache writer stopped")),
     }
 }

@@ -44,10 +44,10 @@ impl fmt::Display for CommitError {
 /// redelivery.
 pub(super) struct HandedBack;
 
-/// Why a batch was not finished.
+/// Why a committed batch was not finished.
 pub(super) enum BatchError {
-    /// Shutdown came while PostgreSQL was refusing the batch: it was nak'd for redelivery.
-    Shutdown,
+    /// A stop came while the changelog would not take the batch: it was nak'd for redelivery.
+    HandedBack,
     /// The cache writer is gone: the process cannot serve what it stores, so it must stop.
     CacheGone,
 }
@@ -249,7 +249,7 @@ impl Ingest {
                 _ = self.after_grace(shutdown) => {
                     warn!("a batch in flight was not fanned out within the shutdown grace period; handing it back");
                     nak_all(messages).await;
-                    return Err(BatchError::Shutdown);
+                    return Err(BatchError::HandedBack);
                 }
             };
             match published {
@@ -267,7 +267,7 @@ impl Ingest {
                     self.health.fanout.set(Some(format!("{e:#}")));
                     if backoff.wait(shutdown).await.is_break() {
                         nak_all(messages).await;
-                        return Err(BatchError::Shutdown);
+                        return Err(BatchError::HandedBack);
                     }
                 }
             }
