@@ -174,11 +174,11 @@ impl Reporter {
 /// retrying a refused connect until its own, much longer, timeout).
 pub trait Probe {
     /// `Ok` when PostgreSQL answers now.
-    fn check(&mut self) -> impl Future<Output = Result<(), String>> + Send;
+    fn check(&mut self) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 }
 
 impl Probe for DbProbe {
-    fn check(&mut self) -> impl Future<Output = Result<(), String>> + Send {
+    fn check(&mut self) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
         DbProbe::check(self)
     }
 }
@@ -199,7 +199,7 @@ pub async fn monitor(
         };
         database.set(match checked {
             Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(e),
+            Ok(Err(e)) => Some(e.to_string()),
             Err(_) => Some(format!("no answer within {} ms", PROBE_TIMEOUT.as_millis())),
         });
         connection.set(nats());
@@ -259,7 +259,7 @@ mod tests {
     struct Hangs(Arc<AtomicBool>);
 
     impl Probe for Hangs {
-        fn check(&mut self) -> impl Future<Output = Result<(), String>> + Send {
+        fn check(&mut self) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
             let hang = self.0.load(Ordering::SeqCst);
             async move {
                 if hang {

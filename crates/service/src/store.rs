@@ -396,17 +396,14 @@ pub(crate) struct DbProbe {
 impl DbProbe {
     /// `Ok` when PostgreSQL answers a `SELECT 1` now (connecting first if needed). Unbounded
     /// here: the health monitor bounds it.
-    pub(crate) async fn check(&mut self) -> Result<(), String> {
+    pub(crate) async fn check(&mut self) -> Result<(), sqlx::Error> {
         // Taken out first: if the caller's timeout drops this future mid-query, the half-used
         // connection is gone with it and never reused.
         let mut conn = match self.conn.take() {
             Some(conn) => conn,
-            None => self.options.connect().await.map_err(|e| e.to_string())?,
+            None => self.options.connect().await?,
         };
-        sqlx::query("SELECT 1")
-            .execute(&mut conn)
-            .await
-            .map_err(|e| e.to_string())?;
+        sqlx::query("SELECT 1").execute(&mut conn).await?;
         self.conn = Some(conn);
         Ok(())
     }

@@ -199,10 +199,15 @@ impl Ingest {
             }
             let done = self
                 .keep_in_progress(&in_flight, async {
+                    // Biased, commit and finish first: a stage just started sends its query
+                    // and its publishes before a pull that is ready at once (messages already
+                    // buffered) has its batch parsed on this thread, so that PostgreSQL, NATS
+                    // and parsing overlap instead of waiting for one another.
                     tokio::select! {
-                        (subscription, next) = run(&mut pull) => Done::Pull(subscription, next),
+                        biased;
                         committed = run(&mut commit) => Done::Commit(committed),
                         finished = run(&mut finish) => Done::Finish(finished),
+                        (subscription, next) = run(&mut pull) => Done::Pull(subscription, next),
                     }
                 })
                 .await;
