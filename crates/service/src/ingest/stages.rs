@@ -286,9 +286,8 @@ impl Ingest {
             Ok(written) => return Ok(written),
             Err(e) => e,
         };
-        let refusal = |e: &sqlx::Error| {
-            is_data_error(e) || (isolate_refusals && matches!(e, sqlx::Error::Database(_)))
-        };
+        let refusal =
+            |e: &sqlx::Error| is_data_error(e) || (isolate_refusals && !is_server_state(e));
         if !refusal(&error) {
             return Err(error);
         }
@@ -352,6 +351,26 @@ fn crash_here_if_testing() {
 /// Release builds: no test hook.
 #[cfg(not(debug_assertions))]
 fn crash_here_if_testing() {}
+
+/// Errors that say something about the server, the connection or the settings rather than about
+/// any message: a batch that meets one is retried whole, however often, and never taken apart to
+/// record its messages as rejected. Only PostgreSQL's answers about a statement (a trigger, a
+/// rule, a constraint added by hand) are left for the isolation to look into.
+fn is_server_state(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = e else {
+        // No answer at all: a lost connection, a timeout, TLS, a pool with no connection.
+        return true;
+    };
+    let Some(code) = db.code() else { return true };
+    // 08 connection, 25 transaction state (25006: a read-only server), 28 login, 3D database,
+    // 40 rolled back (serialization, deadlock, a standby's conflict), 42 a missing table or
+    // permission, 53 resources (disk full, too many connections), 55 object state (a lock not
+    // available), 57 operator intervention (shutdown, cancel), 58 system errors, XX internal.
+    const SERVER_CLASSES: [&str; 11] = [
+        "08", "25", "28", "3D", "40", "42", "53", "55", "57", "58", "XX",
+    ];
+    SERVER_CLASSES.iter().any(|class| code.starts_with(class))
+}
 
 /// Errors that come from the data of a row, not from PostgreSQL being unavailable: retrying the
 /// same batch would fail forever, so the offending message must be isolated instead.
