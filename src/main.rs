@@ -29,7 +29,8 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Consume orders from JetStream, store them in PostgreSQL and serve them over HTTP.
-    Serve(serve::ServeArgs),
+    // Boxed: its settings are far larger than any other command's.
+    Serve(Box<serve::ServeArgs>),
     /// Publish messages to the stream: files, stdin, or the embedded samples.
     Publish(publish::PublishArgs),
     /// Create the database if needed and apply the embedded migrations.
@@ -56,7 +57,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     logging::init(cli.log_format, cli.command.default_log_level());
     match cli.command {
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Publish(args) => publish::run(args),
         Command::Migrate(args) => migrate::run(args),
         Command::ReplayFromDb(args) => replay::run(args),

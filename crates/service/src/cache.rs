@@ -38,7 +38,7 @@ mod flight;
 mod restore;
 mod writer;
 
-pub use self::restore::{restore, Restored};
+pub use self::restore::{restore, Restored, Source};
 pub use self::writer::{start, CacheWriter, Change, Pending, WriterGone, WriterThread};
 
 /// One cached order: its id and body in one buffer, and its entity tag.

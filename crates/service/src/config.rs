@@ -35,6 +35,32 @@ pub struct DbArgs {
     pub database_url: String,
 }
 
+/// Default of `--read-catch-up-timeout`.
+pub(crate) const DEFAULT_READ_CATCH_UP_TIMEOUT: &str = "30s";
+/// Default of `--restore-connections`: on 2 cores, two scans keep both busy (docs/BENCHMARKS.md).
+pub(crate) const DEFAULT_RESTORE_CONNECTIONS: u16 = 2;
+
+/// Where `serve` reads what it does not write: the cache's restore, `/orders` listings and search.
+#[derive(Args, Clone)]
+pub struct ReadArgs {
+    /// PostgreSQL URL the restore, `/orders` listings and search read: a standby, or a proxy's
+    /// read port in front of standbys. Default: --database-url. Writes and cache misses (an
+    /// order another replica has just stored) always go to --database-url. TLS parameters as
+    /// in --database-url.
+    #[arg(long, env = "DATABASE_READ_URL", hide_env_values = true)]
+    pub database_read_url: Option<String>,
+    /// How long a restore from --database-read-url waits for that server to replay everything
+    /// the primary had committed when the restore began; after it, the restore reads the
+    /// primary instead (and says so in the log).
+    #[arg(long, env = "ORDERSVC_READ_CATCH_UP_TIMEOUT", value_name = "DURATION",
+          default_value = DEFAULT_READ_CATCH_UP_TIMEOUT, value_parser = parse_duration)]
+    pub read_catch_up_timeout: Duration,
+    /// Connections the restore reads the orders over, each scanning its share of the table.
+    #[arg(long, env = "ORDERSVC_RESTORE_CONNECTIONS", default_value_t = DEFAULT_RESTORE_CONNECTIONS,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub restore_connections: u16,
+}
+
 /// How long a command keeps trying to reach a NATS server that is not up yet.
 pub(crate) const DEFAULT_NATS_CONNECT_TIMEOUT: &str = "10s";
 
@@ -77,6 +103,19 @@ impl std::fmt::Debug for DbArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DbArgs")
             .field("database_url", &redact_url(&self.database_url))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for ReadArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadArgs")
+            .field(
+                "database_read_url",
+                &self.database_read_url.as_deref().map(redact_url),
+            )
+            .field("read_catch_up_timeout", &self.read_catch_up_timeout)
+            .field("restore_connections", &self.restore_connections)
             .finish()
     }
 }
@@ -284,10 +323,15 @@ mod tests {
             stream: "S".into(),
             subject: "s".into(),
         };
-        let shown = format!("{db:?} {nats:?} {db:#?} {nats:#?}");
+        let reads = ReadArgs {
+            database_read_url: Some("postgres://u:s3cret@standby/db".into()),
+            read_catch_up_timeout: Duration::from_secs(1),
+            restore_connections: 2,
+        };
+        let shown = format!("{db:?} {nats:?} {reads:?} {db:#?} {nats:#?} {reads:#?}");
         assert!(!shown.contains("s3cret"), "{shown}");
         assert!(
-            shown.contains("h:4222") && shown.contains("h/db"),
+            shown.contains("h:4222") && shown.contains("h/db") && shown.contains("standby/db"),
             "{shown}"
         );
     }

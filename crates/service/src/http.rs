@@ -35,7 +35,7 @@ use crate::store::{Matching, Store, SEARCH_MAX_CHARS};
 
 pub(crate) use self::admin::{check_exposure, Listener, Token};
 pub use self::server::MAX_HEAD_BYTES;
-pub(crate) use self::server::{Endpoint, HttpServer, Limits};
+pub(crate) use self::server::{Databases, Endpoint, HttpServer, Limits};
 
 /// Default page size of the listings, and the largest of each.
 const LIST_DEFAULT_LIMIT: i64 = 20;
@@ -64,11 +64,16 @@ pub(crate) struct AppState {
     pub(crate) admin_token: Option<Token>,
 }
 
-/// What every connection task reads: serve's state, and the HTTP side's own pool.
+/// What every connection task reads: serve's state, and the HTTP side's own pools (made on the
+/// HTTP runtime, which owns their connections: see `Store::open_pool`).
 struct Shared {
     state: AppState,
-    /// Made on the HTTP runtime, which owns its connections (see `Store::open_pool`).
+    /// The primary: misses (an order another replica has just stored may not have reached a
+    /// standby yet) and `/rejected`.
     store: Store,
+    /// `--database-read-url`'s server (the primary's pool when there is none): listings and
+    /// search, which may lag a moment behind the primary.
+    reads: Store,
 }
 
 /// Answers one request that came in on `listener`, and counts and times it.
@@ -486,8 +491,8 @@ async fn recent_orders(query: &str, shared: &Shared) -> Reply {
         Some(None) => return bad_request("before is not a cursor returned by /orders"),
     };
     let limit = paging.limit;
-    let (health, store) = (&shared.state.health, &shared.store);
-    let rows = match db_call(health, store.recent(limit + 1, &matching, before)).await {
+    let (health, reads) = (&shared.state.health, &shared.reads);
+    let rows = match db_call(health, reads.recent(limit + 1, &matching, before)).await {
         Ok(rows) => rows,
         Err(e) => return json_response(503, &json!({ "error": e })),
     };

@@ -18,7 +18,7 @@ use crate::bus;
 use crate::cache::{self, CacheWriter, WriterThread};
 use crate::changelog::{Changelog, FollowHealth, Follower};
 use crate::config::{
-    self, DbArgs, NatsArgs, DEFAULT_ADMIN_ADDR, DEFAULT_DURABLE, DEFAULT_HTTP_ADDR,
+    self, DbArgs, NatsArgs, ReadArgs, DEFAULT_ADMIN_ADDR, DEFAULT_DURABLE, DEFAULT_HTTP_ADDR,
 };
 use crate::health::{self, Health};
 use crate::http::{self as web, AppState, Endpoint, HttpServer, Limits, Token};
@@ -33,6 +33,9 @@ pub struct ServeArgs {
     /// Where PostgreSQL is.
     #[command(flatten)]
     pub db: DbArgs,
+    /// Where the restore and the listings read.
+    #[command(flatten)]
+    pub reads: ReadArgs,
     /// Where the stream is.
     #[command(flatten)]
     pub nats: NatsArgs,
@@ -76,6 +79,16 @@ pub struct ServeArgs {
     /// (docs/OPERATIONS.md says how it is shared). Set a supervisor's kill timeout above it.
     #[arg(long, env = "ORDERSVC_SHUTDOWN_TIMEOUT", default_value = "15s", value_parser = config::parse_duration)]
     pub shutdown_timeout: Duration,
+}
+
+impl ServeArgs {
+    /// `--database-read-url` when it names another server than `--database-url`.
+    fn read_url(&self) -> Option<&str> {
+        self.reads
+            .database_read_url
+            .as_deref()
+            .filter(|url| *url != self.db.database_url)
+    }
 }
 
 /// Runs the service until SIGTERM or SIGINT.
@@ -171,8 +184,11 @@ impl App {
             public,
             admin,
             usize::from(settings.http_workers),
-            // After `Store::open`: the HTTP side's own pool expects a migrated database.
-            &settings.db.database_url,
+            // After `Store::open`: the HTTP side's own pools expect a migrated database.
+            web::Databases {
+                primary: &settings.db.database_url,
+                reads: settings.read_url(),
+            },
             state,
         )?;
 
@@ -235,7 +251,13 @@ impl App {
         let changelog = Changelog::new(js.clone(), &self.settings.nats, &self.settings.durable);
         let follower = Follower {
             changelog: changelog.clone(),
-            store: self.store.clone(),
+            source: cache::Source {
+                primary: self.store.clone(),
+                database_url: self.settings.db.database_url.clone(),
+                read_url: self.settings.read_url().map(str::to_owned),
+                catch_up: self.settings.reads.read_catch_up_timeout,
+                connections: self.settings.reads.restore_connections,
+            },
             cache: self.cache.clone(),
             restored: self.metrics.restored_orders.clone(),
             health: self.follow_health,

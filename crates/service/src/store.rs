@@ -4,8 +4,13 @@
 //! HTTP side (listings, orders missing from a bounded cache), each through a pool of its own (see
 //! `Role`). Nothing here knows about NATS or HTTP.
 
+mod retire;
+pub(crate) mod scan;
+pub(crate) mod standby;
+
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use color_eyre::eyre::{bail, Report, Result, WrapErr};
@@ -30,6 +35,9 @@ const PROBE_DOCUMENT: &str = include_str!("../../../testdata/model.json");
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: PgPool,
+    /// When the server behind the pool turned read-only: connections opened before are closed
+    /// rather than reused (see `retire`).
+    retired: Arc<retire::Retired>,
 }
 
 /// Which part of the service a pool serves. Each part has connections of its own, so that a storm
@@ -43,6 +51,8 @@ pub enum Role {
     Http,
     /// A command that only reads (`replay-from-db`), never the service.
     Client,
+    /// The cache's restore: this many connections, each scanning its share of the table.
+    Restore { connections: u16 },
 }
 
 impl Role {
@@ -52,6 +62,7 @@ impl Role {
             Role::Ingest => "ordersvc-ingest",
             Role::Http => "ordersvc-http",
             Role::Client => "ordersvc-client",
+            Role::Restore { .. } => "ordersvc-restore",
         }
     }
 }
@@ -115,8 +126,10 @@ impl Store {
     pub async fn open(database_url: &str) -> Result<Store> {
         let options = connect_options(database_url)?;
         create_database_if_missing(&options).await?;
+        let retired = Arc::new(retire::Retired::default());
         let (pool_options, options) = pool_for(Role::Ingest, &options);
-        let pool = pool_options
+        let pool = retired
+            .guard(pool_options)
             .connect_with(options)
             .await
             .map_err(|e| connect_failed(e, redact(database_url)))?;
@@ -124,7 +137,7 @@ impl Store {
             .run(&pool)
             .await
             .wrap_err("cannot apply the database migrations")?;
-        Ok(Store { pool })
+        Ok(Store { pool, retired })
     }
 
     /// A probe for the health monitor, on a connection of its own: never waiting in the pool's
@@ -147,9 +160,11 @@ impl Store {
         tokio::runtime::Handle::try_current()
             .wrap_err("a PostgreSQL pool must be opened on the tokio runtime that will use it")?;
         let options = connect_options(database_url)?;
+        let retired = Arc::new(retire::Retired::default());
         let (pool_options, options) = pool_for(role, &options);
         Ok(Store {
-            pool: pool_options.connect_lazy_with(options),
+            pool: retired.guard(pool_options).connect_lazy_with(options),
+            retired,
         })
     }
 
@@ -157,6 +172,15 @@ impl Store {
     /// refused message. Duplicates of stored orders are recognised and not written again.
     /// Nothing is visible (and nothing may be acked) unless this returns `Ok`.
     pub(crate) async fn write_batch(
+        &self,
+        stream: &str,
+        batch: &[Incoming],
+    ) -> Result<Written, sqlx::Error> {
+        let written = self.try_write_batch(stream, batch).await;
+        self.retired.note(written)
+    }
+
+    async fn try_write_batch(
         &self,
         stream: &str,
         batch: &[Incoming],
@@ -194,6 +218,11 @@ impl Store {
     /// Writes a known-good order (testdata/model.json under a reserved id) and rolls it back:
     /// tells whether PostgreSQL takes orders at all, when every message of a batch is refused.
     pub(crate) async fn probe_write(&self) -> Result<(), sqlx::Error> {
+        let probed = self.try_probe_write().await;
+        self.retired.note(probed)
+    }
+
+    async fn try_probe_write(&self) -> Result<(), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO orders (order_uid, document, date_created, customer_id, track_number, stream_seq) \
@@ -209,6 +238,16 @@ impl Store {
     /// Records one message as rejected for a reason found while storing it (a row PostgreSQL
     /// refuses), so that it cannot block the messages behind it.
     pub(crate) async fn reject_one(
+        &self,
+        stream: &str,
+        message: &Incoming,
+        reason: &str,
+    ) -> Result<(), sqlx::Error> {
+        let recorded = self.try_reject_one(stream, message, reason).await;
+        self.retired.note(recorded)
+    }
+
+    async fn try_reject_one(
         &self,
         stream: &str,
         message: &Incoming,
@@ -289,13 +328,6 @@ impl Store {
             .await
     }
 
-    /// Number of stored orders (an estimate would do for progress, but this is exact and cheap enough).
-    pub(crate) async fn count_orders(&self) -> Result<i64, sqlx::Error> {
-        sqlx::query_scalar("SELECT count(*) FROM orders")
-            .fetch_one(&self.pool)
-            .await
-    }
-
     /// One stored document by id.
     pub(crate) async fn document(&self, uid: &str) -> Result<Option<String>, sqlx::Error> {
         sqlx::query_scalar("SELECT document FROM orders WHERE order_uid = $1")
@@ -372,7 +404,10 @@ impl Store {
         let (pool_options, options) = pool_for(Role::Client, &options);
         let connected = pool_options.connect_with(options).await;
         match connected {
-            Ok(pool) => Ok(Store { pool }),
+            Ok(pool) => Ok(Store {
+                pool,
+                retired: Arc::default(),
+            }),
             Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(UNDEFINED_DATABASE) => {
                 Err(sqlx::Error::Database(e)).wrap_err_with(|| {
                     format!(
@@ -470,6 +505,11 @@ fn pool_for(role: Role, options: &PgConnectOptions) -> (PgPoolOptions, PgConnect
         Role::Client => PgPoolOptions::new()
             .max_connections(2)
             .acquire_timeout(Duration::from_secs(5)),
+        // One connection per scan, held for the whole restore; none kept once it is over.
+        Role::Restore { connections } => PgPoolOptions::new()
+            .max_connections(u32::from(connections.max(1)))
+            .min_connections(0)
+            .acquire_timeout(Duration::from_secs(10)),
     };
     (
         pool,

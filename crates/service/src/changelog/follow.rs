@@ -18,7 +18,6 @@ use crate::health::Reporter;
 use crate::order::OrderUid;
 use crate::retry::Backoff;
 use crate::shutdown::Shutdown;
-use crate::store::Store;
 
 /// The follower's pull heartbeat: a lost consumer (a NATS node gone) is noticed within two.
 const HEARTBEAT: Duration = Duration::from_secs(2);
@@ -46,7 +45,7 @@ pub struct Follower {
     /// The changelog it follows.
     pub changelog: Changelog,
     /// Where a restore reads (at start, and afresh after a gap).
-    pub store: Store,
+    pub source: cache::Source,
     /// Where followed and restored orders go.
     pub cache: CacheWriter,
     /// `/metrics`: orders loaded by the latest restore.
@@ -86,7 +85,7 @@ impl Follower {
             }
         };
         self.health.follow.set(None);
-        let restored = cache::restore(&self.store, &self.cache, &self.restored, shutdown).await?;
+        let restored = cache::restore(&self.source, &self.cache, &self.restored, shutdown).await?;
         Ok((restored == Restored::Done).then_some(end))
     }
 

@@ -72,6 +72,15 @@ pub(crate) struct Endpoint {
     pub(crate) limits: Limits,
 }
 
+/// The PostgreSQL servers the HTTP side reads (the database is already created and migrated).
+#[derive(Clone, Copy)]
+pub(crate) struct Databases<'a> {
+    /// `--database-url`.
+    pub(crate) primary: &'a str,
+    /// `--database-read-url`, when it names another server.
+    pub(crate) reads: Option<&'a str>,
+}
+
 /// A running HTTP server: the public listener and the admin one.
 pub(crate) struct HttpServer {
     runtime: tokio::runtime::Runtime,
@@ -80,18 +89,18 @@ pub(crate) struct HttpServer {
     stop: Trigger,
     /// Each listener's connection slots, and how many it has: all are taken back at shutdown.
     slots: Vec<(Arc<Semaphore>, u32)>,
-    /// The handlers' pool, closed at shutdown while its runtime still runs.
-    store: Store,
+    /// The handlers' pools, closed at shutdown while their runtime still runs.
+    stores: Vec<Store>,
 }
 
 impl HttpServer {
-    /// Binds both listeners and serves them on `workers` threads, reading PostgreSQL at
-    /// `database_url` (already created and migrated) through a pool of the HTTP side's own.
+    /// Binds both listeners and serves them on `workers` threads, reading `databases` through
+    /// pools of the HTTP side's own.
     pub(crate) fn start(
         public: Endpoint,
         admin: Endpoint,
         workers: usize,
-        database_url: &str,
+        databases: Databases<'_>,
         state: AppState,
     ) -> Result<HttpServer> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -107,7 +116,7 @@ impl HttpServer {
         let admin_listener = bind(admin.addr, "--admin-addr")?;
         let addr = public_listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
-        let (public_listener, admin_listener, store) = {
+        let (public_listener, admin_listener, store, reads) = {
             let _in_runtime = runtime.enter();
             let register = |listener| {
                 TcpListener::from_std(listener).wrap_err("cannot register an HTTP listener")
@@ -115,7 +124,11 @@ impl HttpServer {
             (
                 register(public_listener)?,
                 register(admin_listener)?,
-                Store::open_pool(database_url, Role::Http)?,
+                Store::open_pool(databases.primary, Role::Http)?,
+                databases
+                    .reads
+                    .map(|url| Store::open_pool(url, Role::Http))
+                    .transpose()?,
             )
         };
         // The admin listener's few connections come out of the descriptors kept in reserve for
@@ -131,9 +144,11 @@ impl HttpServer {
             ..public
         };
         let (stop, stopping) = shutdown::channel();
+        let reads = reads.unwrap_or_else(|| store.clone());
         let shared = Arc::new(Shared {
             state,
             store: store.clone(),
+            reads: reads.clone(),
         });
         let mut slots = Vec::new();
         for (listener, endpoint, which) in [
@@ -158,7 +173,7 @@ impl HttpServer {
             admin_addr,
             stop,
             slots,
-            store,
+            stores: vec![store, reads],
         })
     }
 
@@ -188,9 +203,10 @@ impl HttpServer {
         if drained.is_err() {
             warn!("some HTTP connections were still busy at shutdown; closing them");
         }
-        let closed = self
-            .runtime
-            .block_on(async { tokio::time::timeout(left(), self.store.close()).await });
+        let closed = self.runtime.block_on(async {
+            let all = futures::future::join_all(self.stores.iter().map(Store::close));
+            tokio::time::timeout(left(), all).await
+        });
         if closed.is_err() {
             warn!("the HTTP side's PostgreSQL connections did not close in time; dropping them");
         }
