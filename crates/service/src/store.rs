@@ -476,6 +476,15 @@ fn connect_failed(error: sqlx::Error, place: impl std::fmt::Display) -> Report {
             ": the server takes only TLS connections here; set sslmode=require (or verify-full \
              with sslrootcert=FILE) in DATABASE_URL"
         }
+        error if crate::tls::ca_used_as_end_entity(error) => {
+            ": the server's certificate is a CA certificate used as the server's own (a \
+             self-signed certificate made as a CA, as `openssl req -x509` makes it by default). \
+             libpq accepts that; ordersvc's TLS (rustls) does not. Either give the server a \
+             certificate signed by that CA and keep the CA as sslrootcert, or make its \
+             self-signed certificate one that is not a CA and names the host, e.g. `openssl req \
+             -x509 ... -addext basicConstraints=critical,CA:FALSE -addext \
+             subjectAltName=DNS:HOST,IP:ADDRESS` (README, \"Secure connections\")"
+        }
         // sqlx reports a refused certificate as an I/O error wrapping rustls's.
         error if matches!(error, sqlx::Error::Tls(_)) || crate::tls::caused_by_tls(error) => {
             ": TLS could not be set up; check sslmode, that sslrootcert names the CA that signed \

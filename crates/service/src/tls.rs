@@ -52,22 +52,41 @@ pub(crate) fn client_config(ca: Option<&Path>) -> Result<rustls::ClientConfig> {
 /// Whether rustls's error is anywhere in `error`'s chain. An `io::Error` does not list the error
 /// it wraps as its source, so each one is looked inside.
 pub(crate) fn caused_by_tls(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut found = false;
+    walk(error, &mut |e| found |= e.is::<rustls::Error>());
+    found
+}
+
+/// Whether `error` is rustls refusing a server certificate that is a CA certificate (a
+/// self-signed certificate made with `basicConstraints=CA:TRUE`, as `openssl req -x509` makes
+/// one by default). libpq (OpenSSL) accepts such a certificate when it is also the root given
+/// in `sslrootcert`; webpki does not, and rustls offers no way to allow it.
+pub(crate) fn ca_used_as_end_entity(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut found = false;
+    walk(error, &mut |e| {
+        if let Some(rustls) = e.downcast_ref::<rustls::Error>() {
+            found |= format!("{rustls:?}").contains("CaUsedAsEndEntity");
+        }
+    });
+    found
+}
+
+/// Calls `visit` on every error in `error`'s chain, looking inside `io::Error`s too.
+fn walk(
+    error: &(dyn std::error::Error + 'static),
+    visit: &mut dyn FnMut(&(dyn std::error::Error + 'static)),
+) {
     let mut next = Some(error);
     while let Some(e) = next {
-        if e.is::<rustls::Error>() {
-            return true;
-        }
+        visit(e);
         if let Some(inner) = e
             .downcast_ref::<std::io::Error>()
             .and_then(|io| io.get_ref())
         {
-            if caused_by_tls(inner) {
-                return true;
-            }
+            walk(inner, visit);
         }
         next = e.source();
     }
-    false
 }
 
 #[cfg(test)]
@@ -95,5 +114,6 @@ mod tests {
         assert!(caused_by_tls(&handshake));
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
         assert!(!caused_by_tls(&refused));
+        assert!(!ca_used_as_end_entity(&handshake));
     }
 }
