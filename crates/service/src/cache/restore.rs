@@ -21,7 +21,7 @@
 //! failure): what it can hold is the newest orders, not any part of the table.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use color_eyre::eyre::{Report, Result, WrapErr};
@@ -29,7 +29,7 @@ use futures::StreamExt;
 use prometheus_client::metrics::gauge::Gauge;
 use tracing::{info, warn};
 
-use super::{Batch, CacheWriter, Change, Pending};
+use super::{CacheWriter, Change, Entry, Pending};
 use crate::order::OrderUid;
 use crate::retry::Backoff;
 use crate::shutdown::Shutdown;
@@ -101,9 +101,10 @@ impl Source {
     }
 }
 
-/// Orders read but not yet in the cache.
+/// Orders read but not yet in the cache, their entries built by the reader: a restore's
+/// readers share that work out, and the writer only inserts.
 struct Chunk {
-    orders: Batch,
+    orders: Vec<Arc<Entry>>,
     bytes: u64,
     max_bytes: u64,
 }
@@ -118,13 +119,19 @@ impl Chunk {
     }
 
     /// Adds an order; true when the chunk is full and should be handed over.
-    fn push(&mut self, uid: OrderUid, document: String) -> bool {
+    fn push(&mut self, uid: &OrderUid, document: &str) -> bool {
+        self.push_bytes(uid, document.as_bytes())
+    }
+
+    /// `push` with a document known to be UTF-8.
+    fn push_bytes(&mut self, uid: &OrderUid, document: &[u8]) -> bool {
         self.bytes += document.len() as u64;
-        self.orders.push((uid, document));
+        self.orders
+            .push(Arc::new(Entry::from_utf8_bytes(uid, document)));
         self.orders.len() >= CHUNK_ORDERS || self.bytes >= self.max_bytes
     }
 
-    fn take(&mut self) -> (Batch, u64) {
+    fn take(&mut self) -> (Vec<Arc<Entry>>, u64) {
         let bytes = std::mem::take(&mut self.bytes);
         (std::mem::take(&mut self.orders), bytes)
     }
@@ -186,13 +193,13 @@ impl<'a> Handing<'a> {
 
     /// Hands a chunk (orders, bytes) to the writer once the one before it is applied; returns
     /// the document bytes handed over so far by every reader.
-    async fn hand(&mut self, (orders, bytes): (Batch, u64)) -> Result<u64> {
+    async fn hand(&mut self, (orders, bytes): (Vec<Arc<Entry>>, u64)) -> Result<u64> {
         if let Some(before) = self.applying.take() {
             before.applied().await?;
         }
         let handed = self.progress.add(orders.len(), bytes);
         if !orders.is_empty() {
-            self.applying = Some(self.writer.send_tracked(Change::Orders(orders)).await?);
+            self.applying = Some(self.writer.send_tracked(Change::Entries(orders)).await?);
         }
         Ok(handed)
     }
@@ -296,6 +303,15 @@ impl Ranges {
     }
 }
 
+/// What the readers of one restore in parts share.
+struct Scan<'a> {
+    reads: &'a Store,
+    ranges: Ranges,
+    /// The documents are valid UTF-8 as sent (see `Store::utf8_database`).
+    utf8_database: bool,
+    shutdown: &'a Shutdown,
+}
+
 /// Every stored order, read in ranges of blocks by `connections` readers at once; false on a stop.
 async fn in_parts(
     reads: &Store,
@@ -309,9 +325,21 @@ async fn in_parts(
         _ = shutdown.requested() => return Ok(false),
         blocks = reads.order_blocks() => blocks.wrap_err("cannot read the orders table's size")?,
     };
-    let ranges = Ranges::of(blocks);
-    let readers = (0..connections.max(1))
-        .map(|_| read_ranges(reads, &ranges, Handing::new(writer, progress), shutdown));
+    let utf8_database = reads
+        .utf8_database()
+        .await
+        .wrap_err("cannot read the database's encoding")?;
+    let scan = Scan {
+        reads,
+        ranges: Ranges::of(blocks),
+        utf8_database,
+        shutdown,
+    };
+    if let Ok(estimated) = usize::try_from(progress.estimated) {
+        writer.send(Change::Expect(estimated)).await?;
+    }
+    let readers =
+        (0..connections.max(1)).map(|_| read_ranges(&scan, Handing::new(writer, progress)));
     let mut done = true;
     for finished in futures::future::join_all(readers).await {
         done &= finished?;
@@ -320,15 +348,10 @@ async fn in_parts(
 }
 
 /// One reader: takes ranges until none is left; false on a stop.
-async fn read_ranges(
-    reads: &Store,
-    ranges: &Ranges,
-    mut handing: Handing<'_>,
-    shutdown: &Shutdown,
-) -> Result<bool> {
+async fn read_ranges(scan: &Scan<'_>, mut handing: Handing<'_>) -> Result<bool> {
     let mut chunk = Chunk::new(CHUNK_BYTES);
-    while let Some((first, end)) = ranges.take() {
-        if !read_range(reads, first, end, &mut chunk, &mut handing, shutdown).await? {
+    while let Some((first, end)) = scan.ranges.take() {
+        if !read_range(scan, first, end, &mut chunk, &mut handing).await? {
             return Ok(false);
         }
     }
@@ -348,19 +371,18 @@ enum Failed {
 /// Reads one range into `chunk`, handing full chunks over; after a failed statement, reads on
 /// from the row after the last one received. False on a stop.
 async fn read_range(
-    reads: &Store,
+    scan: &Scan<'_>,
     first: u32,
     end: Option<u32>,
     chunk: &mut Chunk,
     handing: &mut Handing<'_>,
-    shutdown: &Shutdown,
 ) -> Result<bool> {
     let mut from = Tid::start_of(first);
     let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
     let mut failures = 0;
     loop {
         let before = from;
-        let error = match read_from(reads, &mut from, end, chunk, handing, shutdown).await {
+        let error = match read_from(scan, &mut from, end, chunk, handing).await {
             Ok(done) => return Ok(done),
             Err(Failed::Writer(e)) => return Err(e),
             Err(Failed::Database(e)) => e,
@@ -374,7 +396,7 @@ async fn read_range(
             return Err(error).wrap_err("cannot read stored orders");
         }
         warn!(error = %error, block = from.block, "a read of stored orders failed; reading on from the last row received");
-        if backoff.wait(shutdown).await.is_break() {
+        if backoff.wait(scan.shutdown).await.is_break() {
             return Ok(false);
         }
     }
@@ -382,25 +404,36 @@ async fn read_range(
 
 /// One statement's worth of `read_range`: `from` follows the rows received.
 async fn read_from(
-    reads: &Store,
+    scan: &Scan<'_>,
     from: &mut Tid,
     end: Option<u32>,
     chunk: &mut Chunk,
     handing: &mut Handing<'_>,
-    shutdown: &Shutdown,
 ) -> Result<bool, Failed> {
-    let mut conn = reads.scan_connection().await.map_err(Failed::Database)?;
+    let mut conn = scan
+        .reads
+        .scan_connection()
+        .await
+        .map_err(Failed::Database)?;
     let mut rows = scan::orders_between(&mut conn, *from, end);
     loop {
         let row = tokio::select! {
-            _ = shutdown.requested() => return Ok(false),
+            _ = scan.shutdown.requested() => return Ok(false),
             row = rows.next() => row,
         };
         let Some(row) = row else { return Ok(true) };
-        let (tid, uid, document) = row.map_err(Failed::Database)?;
+        let row = row.map_err(Failed::Database)?;
+        let (tid, uid, document) = scan::decode(&row).map_err(Failed::Database)?;
         *from = tid.after();
-        let Some(uid) = valid_uid(&uid) else { continue };
-        if chunk.push(uid, document) {
+        let Some(uid) = valid_uid(uid) else { continue };
+        if !scan.utf8_database && std::str::from_utf8(document).is_err() {
+            warn!(
+                order_uid = uid.as_str(),
+                "skipping a stored order whose document is not UTF-8"
+            );
+            continue;
+        }
+        if chunk.push_bytes(&uid, document) {
             handing.hand(chunk.take()).await.map_err(Failed::Writer)?;
         }
     }
@@ -481,7 +514,7 @@ async fn newest_until(
         let Some(row) = row else { break };
         let (uid, document) = row.map_err(Failed::Database)?;
         let Some(uid) = valid_uid(&uid) else { continue };
-        if chunk.push(uid, document)
+        if chunk.push(&uid, &document)
             && handing.hand(chunk.take()).await.map_err(Failed::Writer)? >= max_bytes
         {
             return Ok(true);
@@ -505,7 +538,7 @@ mod tests {
         let mut chunk = Chunk::new(CHUNK_BYTES);
         let near_max_payload = "x".repeat(1024 * 1024 - 100);
         let full_after = (1..=CHUNK_ORDERS)
-            .find(|&i| chunk.push(uid(i), near_max_payload.clone()))
+            .find(|&i| chunk.push(&uid(i), &near_max_payload))
             .expect("the chunk fills up");
         assert_eq!(full_after, 17, "16 MiB of documents of almost 1 MiB");
         let (orders, bytes) = chunk.take();
@@ -539,7 +572,7 @@ mod tests {
     fn a_chunk_of_small_documents_is_full_at_its_count() {
         let mut chunk = Chunk::new(CHUNK_BYTES);
         let full_after = (1..=CHUNK_ORDERS + 1)
-            .find(|&i| chunk.push(uid(i), "{}".to_owned()))
+            .find(|&i| chunk.push(&uid(i), "{}"))
             .expect("the chunk fills up");
         assert_eq!(full_after, CHUNK_ORDERS);
     }

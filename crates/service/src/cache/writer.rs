@@ -26,6 +26,12 @@ pub enum Change {
     /// Stored orders, as stored: committed by this replica's ingest, read from the changelog, or
     /// read by a restore. Orders are immutable: an id already cached keeps its entry.
     Orders(Batch),
+    /// Stored orders read by a restore, their entries built by the reader (off the writer's
+    /// thread). As with `Orders`, an id already cached keeps its entry.
+    Entries(Vec<Arc<Entry>>),
+    /// A restore is about to hand over about this many orders: the table makes room for them at
+    /// once instead of growing (and rehashing everything) again and again.
+    Expect(usize),
     /// One order loaded from PostgreSQL on a miss, its entry already built (the requests that
     /// wanted it are answered with this same entry).
     Loaded(Arc<Entry>),

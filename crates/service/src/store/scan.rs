@@ -11,8 +11,8 @@
 //! would have read.
 
 use futures::stream::BoxStream;
-use futures::StreamExt;
 use sqlx::pool::PoolConnection;
+use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Postgres, Row};
 
 use super::Store;
@@ -54,8 +54,22 @@ impl Tid {
     }
 }
 
-/// One stored order as a scan reads it: where it is, its id and its document.
-pub(crate) type ScannedRow = (Tid, String, String);
+/// One stored order as a scan reads it: where it is, its id, and its document's bytes as
+/// PostgreSQL sent them (UTF-8 if the database's encoding is UTF8: `utf8_database`), borrowed
+/// from the row (a restore copies them once, straight into the cache's entry).
+pub(crate) fn decode(row: &PgRow) -> Result<(Tid, &str, &[u8]), sqlx::Error> {
+    let tid = row
+        .try_get_raw(0)?
+        .as_bytes()
+        .ok()
+        .and_then(Tid::from_binary)
+        .ok_or_else(|| sqlx::Error::Decode("a ctid that is not 6 bytes".into()))?;
+    let document = row
+        .try_get_raw(2)?
+        .as_bytes()
+        .map_err(sqlx::Error::Decode)?;
+    Ok((tid, row.try_get(1)?, document))
+}
 
 impl Store {
     /// How many blocks the `orders` table has now (rows added later are in blocks after these).
@@ -79,6 +93,16 @@ impl Store {
         Ok(estimate.max(0.0) as i64)
     }
 
+    /// Whether the database's encoding is UTF8, so that its text is valid UTF-8 (PostgreSQL
+    /// checks what it stores): a restore then need not check two gigabytes again. `migrate`
+    /// creates the database so; one made by hand as SQL_ASCII, say, holds any bytes.
+    pub(crate) async fn utf8_database(&self) -> Result<bool, sqlx::Error> {
+        let encoding: String = sqlx::query_scalar("SELECT current_setting('server_encoding')")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(encoding == "UTF8")
+    }
+
     /// A connection of the pool's for a scan.
     pub(crate) async fn scan_connection(&self) -> Result<PoolConnection<Postgres>, sqlx::Error> {
         self.pool.acquire().await
@@ -86,12 +110,12 @@ impl Store {
 }
 
 /// The orders stored at `from` and after, before block `end` (to the table's end if `None`),
-/// in `ctid` order, streamed.
+/// in `ctid` order, streamed (`decode` reads a row).
 pub(crate) fn orders_between(
     conn: &mut PgConnection,
     from: Tid,
     end: Option<u32>,
-) -> BoxStream<'_, Result<ScannedRow, sqlx::Error>> {
+) -> BoxStream<'_, Result<PgRow, sqlx::Error>> {
     let query = match end {
         Some(end) => sqlx::query(
             "SELECT ctid, order_uid, document FROM orders WHERE ctid >= $1::tid AND ctid < $2::tid",
@@ -101,19 +125,7 @@ pub(crate) fn orders_between(
         None => sqlx::query("SELECT ctid, order_uid, document FROM orders WHERE ctid >= $1::tid")
             .bind(from.literal()),
     };
-    query
-        .fetch(conn)
-        .map(|row| {
-            let row = row?;
-            let tid = row
-                .try_get_raw(0)?
-                .as_bytes()
-                .ok()
-                .and_then(Tid::from_binary)
-                .ok_or_else(|| sqlx::Error::Decode("a ctid that is not 6 bytes".into()))?;
-            Ok((tid, row.try_get(1)?, row.try_get(2)?))
-        })
-        .boxed()
+    query.fetch(conn)
 }
 
 #[cfg(test)]
