@@ -7,8 +7,9 @@
 #                             `cargo test --locked ARGS` (exits with cargo's code)
 #   ./install.sh -h|--help
 #
-# Dependencies: Debian packages, a Rust toolchain (>= 1.85, from rustup), PostgreSQL on
-# 127.0.0.1:5432, NATS with JetStream on 127.0.0.1:4222 and the PostgreSQL role `ordersvc`.
+# Dependencies: Debian packages (Patroni, etcd and haproxy among them, for PostgreSQL high
+# availability), a Rust toolchain (>= 1.85, from rustup), PostgreSQL on 127.0.0.1:5432, NATS with
+# JetStream on 127.0.0.1:4222 and the PostgreSQL role `ordersvc`.
 # Every step checks first and does nothing when the machine is already fine, so running this
 # twice is safe. Services are started without systemd (containers and CI machines have none).
 set -euo pipefail
@@ -26,7 +27,12 @@ readonly ROLE="ordersvc"
 readonly ROLE_PASSWORD="ordersvc"
 readonly DEFAULT_DATABASE_URL="postgres://${ROLE}:${ROLE_PASSWORD}@${PG_HOST}:${PG_PORT}/orders?sslmode=disable"
 readonly WAIT_SECONDS=30
-readonly DEB_PACKAGES=(postgresql nats-server build-essential pkg-config curl ca-certificates)
+# patroni, etcd-server and haproxy: PostgreSQL high availability, which the failover tests and
+# `scripts/local-cluster.sh up --pg-ha` run on ports of their own. Nothing here starts them. On a
+# machine with systemd, etcd-server's package starts a system etcd on 127.0.0.1:2379/2380 and
+# haproxy's its own; neither is used, and nothing of ours uses those ports.
+readonly DEB_PACKAGES=(postgresql nats-server build-essential pkg-config curl ca-certificates
+    patroni etcd-server haproxy)
 # Only the test suite needs these: the page tests drive a headless browser.
 readonly TEST_DEB_PACKAGES=(chromium)
 # The API contract test runs schemathesis against the live service (from PyPI, pinned so that a
@@ -145,6 +151,9 @@ package_present() {
         build-essential) command -v cc >/dev/null 2>&1 && command -v make >/dev/null 2>&1 ;;
         pkg-config) command -v pkg-config >/dev/null 2>&1 ;;
         curl) command -v curl >/dev/null 2>&1 ;;
+        patroni) command -v patroni >/dev/null 2>&1 && command -v patronictl >/dev/null 2>&1 ;;
+        etcd-server) [[ -x /usr/bin/etcd ]] || command -v etcd >/dev/null 2>&1 ;;
+        haproxy) [[ -x /usr/sbin/haproxy ]] || command -v haproxy >/dev/null 2>&1 ;;
         chromium) [[ -x /usr/bin/chromium ]] ;;
         *) return 1 ;;
     esac

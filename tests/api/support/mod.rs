@@ -1,7 +1,8 @@
 //! What the tests start and use, one module for each: the service (`service`: `spawn_app`,
 //! `TestApp`) on a `world` of the test's own, servers of the test's own (`postgres`, `nats`,
-//! `nats_cluster`) with their `certs`, a fault-injecting `proxy`, a headless `browser`, the
-//! `ordersvc` command line (`commands`), HTTP requests (`http`) and test orders (`orders`).
+//! `nats_cluster`, and a PostgreSQL cluster under Patroni, `patroni`) with their `certs`, a
+//! fault-injecting `proxy`, a headless `browser`, the `ordersvc` command line (`commands`), HTTP
+//! requests (`http`) and test orders (`orders`).
 
 pub mod browser;
 pub mod certs;
@@ -12,6 +13,7 @@ pub mod nats;
 pub mod nats_cluster;
 pub mod orders;
 pub mod own_server;
+pub mod patroni;
 pub mod postgres;
 pub mod proxy;
 pub mod service;
