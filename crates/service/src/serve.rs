@@ -305,7 +305,7 @@ async fn restore_then_ingest(
     ingest: Ingest,
     shutdown: &Shutdown,
 ) -> Result<()> {
-    let Some(next) = follower.restore(shutdown).await? else {
+    let Some(next) = follower.restore(shutdown).await else {
         info!("stopped while restoring the cache");
         return Ok(());
     };

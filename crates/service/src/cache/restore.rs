@@ -48,6 +48,8 @@ const LOG_EVERY: Duration = Duration::from_secs(2);
 /// to finish before a standby's conflict timeout, large enough that a statement's own cost is
 /// nothing beside its rows.
 const RANGE_BLOCKS: u32 = 1024;
+/// Longest wait for the restore's connections to close.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// Failed reads of one range in a row, none of which got a row, before the restore gives up.
 const MAX_FAILURES: u32 = 10;
 /// Between two reads of a range that failed.
@@ -93,11 +95,20 @@ impl Source {
         if from.as_ref().ok() == Some(&ReadFrom::ReadServer) {
             return Ok(Some(reads));
         }
-        reads.close().await;
+        close(reads).await;
         match from? {
             ReadFrom::Stopped => Ok(None),
             _ => Ok(Some(Store::open_pool(&self.database_url, role)?)),
         }
+    }
+}
+
+/// Closes a restore's pool, waiting a moment at most: a statement abandoned on a stop (waiting
+/// on a lock, say) keeps its connection busy until PostgreSQL answers, and `close` would wait for
+/// it. Whatever is left is closed when the pool is dropped.
+async fn close(reads: Store) {
+    if tokio::time::timeout(CLOSE_WAIT, reads.close()).await.is_err() {
+        warn!("the restore's PostgreSQL connections did not close in time; dropping them");
     }
 }
 
@@ -227,7 +238,7 @@ pub async fn restore(
         return Ok(Restored::Stopped);
     };
     let loaded = load(&reads, source.connections, writer, restored, shutdown).await;
-    reads.close().await;
+    close(reads).await;
     let Some(loaded) = loaded? else {
         return Ok(Restored::Stopped);
     };

@@ -65,12 +65,32 @@ enum Stopped {
 impl Follower {
     /// Restores the cache from PostgreSQL with the changelog hand-off: the changelog's last
     /// sequence is read first, so whatever is committed during the restore is in the changelog
-    /// after it. Returns where to follow from, or `None` on a stop.
-    pub async fn restore(&self, shutdown: &Shutdown) -> Result<Option<Position>> {
+    /// after it. A restore that fails (PostgreSQL gone, a standby cancelling a statement more
+    /// often than a range is retried) is tried again, hand-off and all, after a pause, with the
+    /// reason in `/readyz`: a replica waits to be restored rather than exit. Returns where to
+    /// follow from, or `None` on a stop.
+    pub async fn restore(&self, shutdown: &Shutdown) -> Option<Position> {
         let catching_up = &self.health.catching_up;
         if catching_up.problem().is_none() {
             catching_up.set(Some("catching up with the changelog".to_owned()));
         }
+        let mut again = Backoff::new(RESTORE_AGAIN_AFTER, RESTORE_AGAIN_AFTER);
+        loop {
+            match self.restore_once(shutdown).await {
+                Ok(restored) => return restored,
+                Err(e) => {
+                    warn!(error = %format!("{e:#}"), "the restore failed; trying again");
+                    catching_up.set(Some(format!("the restore failed, trying again: {e:#}")));
+                    if again.wait(shutdown).await.is_break() {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// One attempt of `restore`.
+    async fn restore_once(&self, shutdown: &Shutdown) -> Result<Option<Position>> {
         let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
         let end = loop {
             match self.changelog.end().await {
@@ -92,7 +112,6 @@ impl Follower {
     /// Follows the changelog from `next` until a stop; after a gap, restores afresh (reads wait
     /// meanwhile) and follows on from there.
     pub async fn run(self, mut next: Position, shutdown: Shutdown) {
-        let mut again = Backoff::new(RESTORE_AGAIN_AFTER, RESTORE_AGAIN_AFTER);
         loop {
             let why = match self.follow(next, &shutdown).await {
                 Stopped::Shutdown => return,
@@ -102,20 +121,9 @@ impl Follower {
             self.health
                 .catching_up
                 .set(Some(format!("{why}: restoring afresh from PostgreSQL")));
-            loop {
-                match self.restore(&shutdown).await {
-                    Ok(Some(from)) => {
-                        next = from;
-                        break;
-                    }
-                    Ok(None) => return,
-                    Err(e) => {
-                        warn!(error = %format!("{e:#}"), "the restore afresh failed; trying again");
-                        if again.wait(&shutdown).await.is_break() {
-                            return;
-                        }
-                    }
-                }
+            match self.restore(&shutdown).await {
+                Some(from) => next = from,
+                None => return,
             }
         }
     }
