@@ -47,7 +47,7 @@ pub fn with_database(url: &str, name: &str) -> String {
 
 /// Where this machine's PostgreSQL server programs are: the newest
 /// `/usr/lib/postgresql/VERSION/bin` that has `initdb` (Debian's layout).
-fn postgres_bin_dir() -> PathBuf {
+pub fn postgres_bin_dir() -> PathBuf {
     let mut found: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
         .into_iter()
         .flatten()
