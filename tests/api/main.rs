@@ -18,6 +18,7 @@ mod orders_list;
 mod orders_search;
 mod page;
 mod page_search;
+mod pg_standby;
 mod pipeline;
 mod publish_command;
 mod publish_failover;
