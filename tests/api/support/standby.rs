@@ -377,6 +377,20 @@ impl OwnPrimaryStandby {
         })
     }
 
+    /// Every row of a query's one text column, as the superuser in `DATABASE` (for what a test
+    /// shows when it fails).
+    pub fn query_strings(&self, which: Which, sql: &str) -> Vec<String> {
+        let url = self.superuser_url(which, DATABASE);
+        self.rt
+            .block_on(async {
+                let mut conn = PgConnection::connect(&url).await?;
+                let rows: Vec<String> = sqlx::query_scalar(sql).fetch_all(&mut conn).await?;
+                conn.close().await?;
+                Ok::<_, sqlx::Error>(rows)
+            })
+            .unwrap_or_else(|e| panic!("cannot run {sql:?} on the {which}: {e}\n{}", self.logs()))
+    }
+
     /// Runs one SQL statement as the superuser in `DATABASE`.
     pub fn execute(&self, which: Which, sql: &str) {
         self.execute_in(which, DATABASE, &[sql]);
