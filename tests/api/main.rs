@@ -19,6 +19,7 @@ mod orders_search;
 mod page;
 mod page_search;
 mod pg_failover;
+mod pg_standby;
 mod pipeline;
 mod publish_command;
 mod publish_failover;

@@ -1,8 +1,8 @@
 //! What the tests start and use, one module for each: the service (`service`: `spawn_app`,
-//! `TestApp`) on a `world` of the test's own, servers of the test's own (`postgres`, `nats`,
-//! `nats_cluster`, and a PostgreSQL cluster under Patroni, `patroni`) with their `certs`, a
-//! fault-injecting `proxy`, a headless `browser`, the `ordersvc` command line (`commands`), HTTP
-//! requests (`http`) and test orders (`orders`).
+//! `TestApp`) on a `world` of the test's own, servers of the test's own (`postgres`, `standby`:
+//! a primary and its hot standby, `nats`, `nats_cluster`, and a PostgreSQL cluster under Patroni,
+//! `patroni`) with their `certs`, a fault-injecting `proxy`, a headless `browser`, the `ordersvc`
+//! command line (`commands`), HTTP requests (`http`) and test orders (`orders`).
 
 pub mod browser;
 pub mod certs;
@@ -17,5 +17,6 @@ pub mod patroni;
 pub mod postgres;
 pub mod proxy;
 pub mod service;
+pub mod standby;
 pub mod urls;
 pub mod world;

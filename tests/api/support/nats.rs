@@ -1,6 +1,6 @@
-//! NATS for the tests: where the shared server is, a test's own stream on it (`SharedStream`), a
-//! publisher to a test's subject, and nats-servers of a test's own (`OwnNats`) that demand a
-//! password or a token, over TLS or not.
+//! NATS for the tests: where the shared server is, a test's own stream on it (`SharedStream`) and
+//! the test's own client of it (`StreamClient`), a publisher to a test's subject, and
+//! nats-servers of a test's own (`OwnNats`) that demand a password or a token, over TLS or not.
 //!
 //! A server of the test's own lives under a temporary directory of its own; dropping it (also
 //! while a test panics) stops the process and removes the directory.
@@ -278,6 +278,63 @@ impl Drop for SharedStream {
             Some(Err(e)) => eprintln!("cleanup: cannot delete stream {}: {e}", self.name),
             None => eprintln!("cleanup: deleting stream {} timed out", self.name),
         }
+    }
+}
+
+/// The test's own connection to its stream on the shared NATS server, for a service on servers
+/// of the test's own (which has no `World` to publish and look with): a publisher to the
+/// stream's subject, and what the server says of the durable consumer.
+pub struct StreamClient {
+    js: jetstream::Context,
+    names: Names,
+    /// Last, so that it is dropped after everything that runs on it.
+    rt: tokio::runtime::Runtime,
+}
+
+impl StreamClient {
+    /// Connects to `nats_url` for the stream, subject and durable consumer of `names`.
+    pub fn connect(names: &Names, nats_url: &str) -> StreamClient {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("cannot build the stream client's runtime");
+        let js = rt.block_on(async {
+            let client = async_nats::connect(nats_url)
+                .await
+                .unwrap_or_else(|e| panic!("cannot connect to NATS at {nats_url}: {e}"));
+            jetstream::new(client)
+        });
+        StreamClient {
+            js,
+            names: names.clone(),
+            rt,
+        }
+    }
+
+    /// A publisher to the subject, usable from any thread while this lives.
+    pub fn publisher(&self) -> Publisher {
+        Publisher {
+            js: self.js.clone(),
+            subject: self.names.subject.clone(),
+            rt: self.rt.handle().clone(),
+        }
+    }
+
+    /// The durable consumer's state as the server reports it (an error until the service has
+    /// made the stream and the consumer).
+    pub fn consumer_info(&self) -> Result<jetstream::consumer::Info, String> {
+        self.rt.block_on(async {
+            let stream = self
+                .js
+                .get_stream(&self.names.stream)
+                .await
+                .map_err(|e| e.to_string())?;
+            stream
+                .consumer_info(&self.names.durable)
+                .await
+                .map_err(|e| e.to_string())
+        })
     }
 }
 
