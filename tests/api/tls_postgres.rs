@@ -3,15 +3,18 @@
 //! certificate from a test CA: the right CA is trusted, another CA's certificate is refused
 //! (also with `sslmode=require`, which verifies the CA once a root certificate is given), a
 //! plaintext attempt is refused by the server and the error says what to change, and no output
-//! shows the password.
+//! shows the password. A self-signed server certificate given as its own root works with
+//! `verify-full`; one marked as a CA (the quick-start kind), which libpq accepts and rustls
+//! refuses, fails with an error that says so and what to use instead.
 
-use std::process::Output;
+use std::process::{Command, Output};
 
+use crate::support::certs::ServerCert;
 use crate::support::commands::{ordersvc, printed, run_successfully, run_to_end, serve_with};
 use crate::support::isolation::Names;
 use crate::support::nats::SharedStream;
 use crate::support::orders::model_with_uid;
-use crate::support::postgres::OwnPostgres;
+use crate::support::postgres::{postgres_bin_dir, OwnPostgres};
 use crate::support::service::TestApp;
 
 /// The service's connections that use TLS, as the server sees them.
@@ -167,4 +170,40 @@ fn sslmode_disable_is_refused_by_the_server_with_a_hint_about_sslmode() {
     let pg = OwnPostgres::start();
     let url = pg.url("orders", "sslmode=disable");
     assert_refused(&pg, &url, &["no encryption", "sslmode"]);
+}
+
+/// `psql` (libpq) with `url` runs `SELECT 1`: the yardstick for what a URL should do.
+fn libpq_connects(url: &str) -> Output {
+    let output = Command::new(postgres_bin_dir().join("psql"))
+        .args(["-X", "-w", "-At", "-c", "SELECT 1", url])
+        .env_remove("PGSSLROOTCERT")
+        .output()
+        .expect("cannot run psql");
+    assert!(output.status.success(), "psql failed\n{}", printed(&output));
+    output
+}
+
+/// PostgreSQL's documentation makes a quick-start certificate with `openssl req -x509`, which is
+/// self-signed and marked as a CA; libpq takes it as its own root with `verify-full`, rustls
+/// refuses a CA certificate as a server's own (`CaUsedAsEndEntity`). The service cannot do what
+/// libpq does, so its error must say what the certificate is and what to use instead.
+#[test]
+fn a_self_signed_ca_certificate_as_the_servers_own_is_refused_saying_what_to_use_instead() {
+    let pg = OwnPostgres::start_with(ServerCert::SelfSignedCa);
+    let url = pg.url("orders", &with_root_cert("verify-full", pg.ca_file()));
+    libpq_connects(&pg.url("postgres", &with_root_cert("verify-full", pg.ca_file())));
+    assert_refused(
+        &pg,
+        &url,
+        &["a CA certificate", "CA:FALSE", "subjectAltName"],
+    );
+}
+
+/// A self-signed server certificate that is no CA (basicConstraints CA:FALSE), for IP
+/// 127.0.0.1, given as its own root: the remedy the error above names.
+#[test]
+fn migrate_and_serve_work_with_verify_full_and_a_self_signed_certificate_as_its_own_root() {
+    let pg = OwnPostgres::start_with(ServerCert::SelfSigned);
+    libpq_connects(&pg.url("postgres", &with_root_cert("verify-full", pg.ca_file())));
+    assert_migrates_and_serves_over_tls(&pg, &with_root_cert("verify-full", pg.ca_file()));
 }

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use sqlx::{Connection, PgConnection};
 
-use super::certs::Certs;
+use super::certs::{Certs, ServerCert};
 use super::isolation::{block_on_bounded, free_port, random_secret, write, TempDir};
 use super::own_server::{command_as, give_to, server_user, stop, POLL, START_DEADLINE};
 use super::urls::server_addr;
@@ -86,11 +86,16 @@ pub struct OwnPostgres {
 impl OwnPostgres {
     /// Makes the cluster with initdb, starts it, and waits until it accepts a TLS connection.
     pub fn start() -> OwnPostgres {
+        OwnPostgres::start_with(ServerCert::SignedByTestCa)
+    }
+
+    /// `start`, with the server certificate `server` (`ca_file` is then what trusts it).
+    pub fn start_with(server: ServerCert) -> OwnPostgres {
         let dir = TempDir::new("pg");
         let user = server_user();
         let bin = postgres_bin_dir();
         let password = random_secret("pgpw");
-        let certs = Certs::write_to(dir.path());
+        let certs = Certs::write_with(dir.path(), server);
         let password_file = dir.path().join("password");
         write(&password_file, &password);
         let data = dir.path().join("data");
@@ -215,7 +220,8 @@ impl OwnPostgres {
         )
     }
 
-    /// The test CA's certificate (PEM), which signed the server's.
+    /// What trusts the server's certificate (PEM): the test CA's certificate, which signed it,
+    /// or the self-signed certificate itself.
     pub fn ca_file(&self) -> &Path {
         &self.certs.ca_file
     }

@@ -136,8 +136,9 @@ impl Proxy {
     /// that sends COMMIT as a simple query, as sqlx does, has it forwarded to the server, and is
     /// cut once the server has answered, before the answer reaches the client. The transaction is
     /// then committed (or not, as the server decided), and the client cannot know which.
-    /// Connections that were open before the proxy understood their first bytes are followed
-    /// too: every connection's client half is followed from its start.
+    /// Every connection's client half is followed from its first byte, so connections opened
+    /// before this call are watched too. A connection that negotiated TLS cannot be read: give
+    /// the client `sslmode=disable`.
     pub fn cut_next_commit(&self) {
         self.shared.commit_cut_armed.store(true, Ordering::Release);
     }
