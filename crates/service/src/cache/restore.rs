@@ -107,7 +107,10 @@ impl Source {
 /// on a lock, say) keeps its connection busy until PostgreSQL answers, and `close` would wait for
 /// it. Whatever is left is closed when the pool is dropped.
 async fn close(reads: Store) {
-    if tokio::time::timeout(CLOSE_WAIT, reads.close()).await.is_err() {
+    if tokio::time::timeout(CLOSE_WAIT, reads.close())
+        .await
+        .is_err()
+    {
         warn!("the restore's PostgreSQL connections did not close in time; dropping them");
     }
 }

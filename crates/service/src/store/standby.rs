@@ -4,10 +4,10 @@
 //!
 //! Why the order of the steps cannot miss an order. The caller reads the changelog's position P
 //! first; ingest fans an order out only after its commit, so every order at or before P was
-//! committed before P was read. Then the primary's `pg_current_wal_lsn()` is read: with
-//! `synchronous_commit` on (PostgreSQL's default, and what no loss needs anyway: with it off, a
-//! crash of the primary loses commits already acked), a commit's WAL record is written and
-//! flushed before the commit returns, so it lies before that position. Once the standby's
+//! committed before P was read. Then the primary's `pg_current_wal_lsn()` is read, after a
+//! commit of its own with `synchronous_commit` on has flushed the WAL past every commit record
+//! inserted before it (a session with `synchronous_commit` off returns from a commit before its
+//! record is written): every such commit lies before that position. Once the standby's
 //! `pg_last_wal_replay_lsn()` is at or past it, every such commit is replayed there, and a
 //! snapshot taken on the standby from then on sees it. Orders committed later, whose fan-out
 //! comes after P, reach the cache through the changelog. Taken the other way round (the LSN
@@ -61,8 +61,7 @@ pub(crate) async fn catch_up(
     {
         bail!("the --database-url server is a standby: it must be the primary, which takes the writes");
     }
-    let target: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
-        .fetch_one(&primary.pool)
+    let target = wal_position_past_every_commit(primary)
         .await
         .wrap_err("cannot read the primary's WAL position")?;
     let started = Instant::now();
@@ -88,6 +87,25 @@ pub(crate) async fn catch_up(
             _ = tokio::time::sleep(POLL) => {}
         }
     }
+}
+
+/// The primary's WAL position (`pg_current_wal_lsn()`), once it is past the commit record of
+/// every transaction committed so far. A session with `synchronous_commit` off sees its commit
+/// return (and fans it out) before the record is written, so the position read at once could
+/// lie before it. So an empty transaction is given an id and committed with `synchronous_commit`
+/// on first: its commit flushes the WAL up to its own record, past every record inserted before.
+async fn wal_position_past_every_commit(primary: &Store) -> Result<String, sqlx::Error> {
+    let mut tx = primary.pool.begin().await?;
+    sqlx::query("SET LOCAL synchronous_commit TO on")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+        .fetch_one(&primary.pool)
+        .await
 }
 
 async fn in_recovery(store: &Store) -> Result<bool, sqlx::Error> {
