@@ -82,6 +82,25 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
+    /// The public listener and the admin one, with their limits.
+    fn endpoints(&self) -> (Endpoint, Endpoint) {
+        let public = Endpoint {
+            addr: self.http_addr,
+            limits: Limits {
+                max_connections: self.http_max_connections,
+                timeout: self.http_timeout,
+            },
+        };
+        let admin = Endpoint {
+            addr: self.admin_addr,
+            limits: Limits {
+                max_connections: self.admin_max_connections,
+                timeout: self.http_timeout,
+            },
+        };
+        (public, admin)
+    }
+
     /// `--database-read-url` when it names another server than `--database-url`.
     fn read_url(&self) -> Option<&str> {
         self.reads
@@ -166,20 +185,7 @@ impl App {
             metrics: metrics.clone(),
             admin_token: settings.admin_token.clone(),
         };
-        let public = Endpoint {
-            addr: settings.http_addr,
-            limits: Limits {
-                max_connections: settings.http_max_connections,
-                timeout: settings.http_timeout,
-            },
-        };
-        let admin = Endpoint {
-            addr: settings.admin_addr,
-            limits: Limits {
-                max_connections: settings.admin_max_connections,
-                timeout: settings.http_timeout,
-            },
-        };
+        let (public, admin) = settings.endpoints();
         let http = HttpServer::start(
             public,
             admin,

@@ -65,6 +65,35 @@ pub fn postgres_bin_dir() -> PathBuf {
         .expect("no /usr/lib/postgresql/*/bin/initdb: install the PostgreSQL server package")
 }
 
+/// Makes a cluster in `data` with initdb, as `user`, whose superuser `superuser` logs in with
+/// SCRAM and the password in `password_file` (removed once read).
+pub fn initdb(
+    bin: &Path,
+    user: Option<(u32, u32)>,
+    data: &Path,
+    superuser: &str,
+    password_file: &Path,
+) {
+    let output = command_as(&bin.join("initdb"), user)
+        .arg("-D")
+        .arg(data)
+        .args(["-U", superuser, "--auth=scram-sha-256"])
+        .arg(format!("--pwfile={}", password_file.display()))
+        .args(["--encoding=UTF8", "--locale=C", "--no-sync"])
+        // Not root's home, which the postgres user cannot enter.
+        .current_dir(password_file.parent().unwrap_or(Path::new("/")))
+        .output()
+        .expect("cannot run initdb");
+    assert!(
+        output.status.success(),
+        "initdb failed ({}): {}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    fs::remove_file(password_file).expect("cannot remove the password file");
+}
+
 /// A PostgreSQL cluster of the test's own that accepts only TLS connections (`hostssl` with
 /// SCRAM; a plaintext attempt is refused by the server itself), with the superuser `ordersvc`
 /// and a random password, and a certificate signed by the test CA.
@@ -102,24 +131,7 @@ impl OwnPostgres {
         let log = dir.path().join("postgres.log");
         give_to(dir.path(), user);
 
-        let output = command_as(&bin.join("initdb"), user)
-            .arg("-D")
-            .arg(&data)
-            .args(["-U", "ordersvc", "--auth=scram-sha-256"])
-            .arg(format!("--pwfile={}", password_file.display()))
-            .args(["--encoding=UTF8", "--locale=C", "--no-sync"])
-            // Not root's home, which the postgres user cannot enter.
-            .current_dir(dir.path())
-            .output()
-            .expect("cannot run initdb");
-        assert!(
-            output.status.success(),
-            "initdb failed ({}): {}{}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        fs::remove_file(&password_file).expect("cannot remove the password file");
+        initdb(&bin, user, &data, "ordersvc", &password_file);
 
         let port = free_port();
         // Appended: a later setting overrides initdb's.

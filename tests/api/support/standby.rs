@@ -24,7 +24,7 @@ use sqlx::{Connection, PgConnection};
 
 use super::isolation::{free_ports, random_secret, write, TempDir};
 use super::own_server::{command_as, give_to, server_user, stop, POLL, START_DEADLINE};
-use super::postgres::postgres_bin_dir;
+use super::postgres::{initdb, postgres_bin_dir};
 
 /// The database the service uses on these servers.
 pub const DATABASE: &str = "orders";
@@ -108,24 +108,7 @@ impl OwnPrimaryStandby {
         give_to(dir.path(), user);
 
         let primary_data = dir.path().join("primary");
-        let output = command_as(&bin.join("initdb"), user)
-            .arg("-D")
-            .arg(&primary_data)
-            .args(["-U", "postgres", "--auth=scram-sha-256"])
-            .arg(format!("--pwfile={}", password_file.display()))
-            .args(["--encoding=UTF8", "--locale=C", "--no-sync"])
-            // Not root's home, which the postgres user cannot enter.
-            .current_dir(dir.path())
-            .output()
-            .expect("cannot run initdb");
-        assert!(
-            output.status.success(),
-            "initdb failed ({}): {}{}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        fs::remove_file(&password_file).expect("cannot remove the password file");
+        initdb(&bin, user, &primary_data, "postgres", &password_file);
         // Appended: a later setting overrides initdb's. The standby copies this file and appends
         // its own port and settings after it. synchronous_commit stays on (unlike the other
         // servers of the tests): with it off, a commit is visible before its WAL is written, so
@@ -362,9 +345,22 @@ impl OwnPrimaryStandby {
     }
 
     /// One integer (NULL reads as 0) from a query as the superuser in `DATABASE`.
+    /// On the standby, a query the standby cancels for a conflict with recovery (the tests'
+    /// conflicting load makes such cancellations on purpose) is asked again, a few times.
     pub fn query_i64(&self, which: Which, sql: &str) -> i64 {
-        self.try_query_i64(which, DATABASE, sql)
-            .unwrap_or_else(|e| panic!("cannot run {sql:?} on the {which}: {e}\n{}", self.logs()))
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.try_query_i64(which, DATABASE, sql) {
+                Ok(value) => return value,
+                Err(sqlx::Error::Database(e))
+                    if e.code().as_deref() == Some("40001") && attempts < 50 =>
+                {
+                    std::thread::sleep(POLL);
+                }
+                Err(e) => panic!("cannot run {sql:?} on the {which}: {e}\n{}", self.logs()),
+            }
+        }
     }
 
     fn try_query_i64(&self, which: Which, database: &str, sql: &str) -> Result<i64, sqlx::Error> {

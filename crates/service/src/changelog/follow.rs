@@ -60,6 +60,8 @@ enum Stopped {
     Shutdown,
     /// The changelog does not hold the sequence needed next: restore afresh, then follow on.
     Gap(String),
+    /// A pull skipped the sequence `at`: read again from it, once, before calling it a gap.
+    Skipped { at: u64, why: String },
 }
 
 impl Follower {
@@ -115,7 +117,7 @@ impl Follower {
         loop {
             let why = match self.follow(next, &shutdown).await {
                 Stopped::Shutdown => return,
-                Stopped::Gap(why) => why,
+                Stopped::Gap(why) | Stopped::Skipped { why, .. } => why,
             };
             warn!(%why, "the changelog has a gap; restoring the cache afresh from PostgreSQL");
             self.health
@@ -134,11 +136,20 @@ impl Follower {
     /// retries with backoff).
     async fn follow(&self, mut position: Position, shutdown: &Shutdown) -> Stopped {
         let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
+        // A pull can skip a message the stream still holds: one delivered while the connection
+        // was being re-established is lost to that consumer. Following again from it, with a new
+        // consumer, reads it; only a sequence skipped twice in a row is gone (a deleted message).
+        let mut skipped_before = None;
         loop {
             if shutdown.is_requested() {
                 return Stopped::Shutdown;
             }
             match self.follow_once(&mut position, shutdown).await {
+                Ok(Stopped::Skipped { at, why }) if skipped_before != Some(at) => {
+                    warn!(%why, changelog = %self.changelog.name, "a pull skipped a changelog message; following again from it");
+                    skipped_before = Some(at);
+                }
+                Ok(Stopped::Skipped { why, .. }) => return Stopped::Gap(why),
                 Ok(stopped) => return stopped,
                 Err(e) => {
                     warn!(error = %format!("{e:#}"), changelog = %self.changelog.name, "cannot follow the changelog; retrying");
@@ -218,7 +229,7 @@ impl Follower {
             }
             match end {
                 None => {}
-                Some(ChunkEnd::Gap(gap)) => return Ok(Stopped::Gap(gap)),
+                Some(ChunkEnd::Skipped { at, why }) => return Ok(Stopped::Skipped { at, why }),
                 Some(ChunkEnd::Failed(e)) => return Err(e),
             }
             if *next > target && catching_up.problem().is_some() {
@@ -231,8 +242,8 @@ impl Follower {
 
 /// What cut a chunk short.
 enum ChunkEnd {
-    /// The changelog skipped sequences: they are gone.
-    Gap(String),
+    /// The pull skipped from sequence `at`: gone from the stream, or lost on the way.
+    Skipped { at: u64, why: String },
     /// The pull stream failed (a missed heartbeat, a lost connection): follow again from `next`.
     Failed(color_eyre::Report),
 }
@@ -277,9 +288,9 @@ fn read_chunk<M: Pulled, E: std::error::Error + Send + Sync + 'static>(
             Err(e) => return (batch, Some(ChunkEnd::Failed(e))),
         };
         if seq != *next {
-            // An ordered read that skips: the sequences in between are gone.
-            let gap = format!("the changelog skipped from sequence {} to {seq}", *next);
-            return (batch, Some(ChunkEnd::Gap(gap)));
+            // An ordered read that skips: the sequences in between are gone, or were lost.
+            let why = format!("the changelog skipped from sequence {} to {seq}", *next);
+            return (batch, Some(ChunkEnd::Skipped { at: *next, why }));
         }
         *next = seq + 1;
         match message.orders(origin) {
@@ -366,11 +377,11 @@ mod tests {
         let chunk = vec![fake(4, "a"), fake(6, "c")];
         let (batch, end) = read_chunk(chunk, &mut next, "test", "me");
         assert_eq!(uids(&batch), ["a"]);
-        let Some(ChunkEnd::Gap(gap)) = end else {
+        let Some(ChunkEnd::Skipped { at, why }) = end else {
             panic!("no gap");
         };
-        assert!(gap.contains("from sequence 5 to 6"), "{gap}");
-        assert_eq!(next, 5);
+        assert!(why.contains("from sequence 5 to 6"), "{why}");
+        assert_eq!((at, next), (5, 5));
     }
 
     #[test]
