@@ -224,10 +224,12 @@ impl Cache {
             Change::Entries(entries) => self.insert_entries(entries),
             Change::Expect(orders) => {
                 let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
+                // A restore afresh finds most of them already there.
+                let more = orders.saturating_sub(table.entries.len());
                 let hasher = &self.hasher;
                 table
                     .entries
-                    .reserve(orders, |e| hasher.hash_one(e.uid_bytes()));
+                    .reserve(more, |e| hasher.hash_one(e.uid_bytes()));
             }
             Change::Restored => self.restored.store(true, Ordering::Release),
         }

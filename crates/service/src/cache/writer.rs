@@ -29,8 +29,8 @@ pub enum Change {
     /// Stored orders read by a restore, their entries built by the reader (off the writer's
     /// thread). As with `Orders`, an id already cached keeps its entry.
     Entries(Vec<Arc<Entry>>),
-    /// A restore is about to hand over about this many orders: the table makes room for them at
-    /// once instead of growing (and rehashing everything) again and again.
+    /// A restore is about to hand over about this many orders in all: the table makes room for
+    /// them at once instead of growing (and rehashing everything) again and again.
     Expect(usize),
     /// One order loaded from PostgreSQL on a miss, its entry already built (the requests that
     /// wanted it are answered with this same entry).
