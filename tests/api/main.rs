@@ -11,6 +11,7 @@ mod durability;
 mod faults;
 mod hostile;
 mod http;
+mod lag_metrics;
 mod nats_auth;
 mod openapi;
 mod operations;

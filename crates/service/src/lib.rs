@@ -14,6 +14,7 @@ pub mod config;
 pub(crate) mod health;
 pub mod http;
 pub(crate) mod ingest;
+pub(crate) mod lag;
 pub mod logging;
 pub(crate) mod metrics;
 pub mod migrate;

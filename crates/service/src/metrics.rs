@@ -10,6 +10,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Metric, Registry};
+use std::sync::atomic::AtomicU64;
 
 use crate::cache::Cache;
 use crate::health::Health;
@@ -40,6 +41,8 @@ pub(crate) struct RouteLabels {
 }
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+/// A gauge of a fraction (seconds, a Unix time).
+pub(crate) type FloatGauge = Gauge<f64, AtomicU64>;
 
 /// Every metric of the service.
 #[derive(Debug)]
@@ -53,8 +56,18 @@ pub(crate) struct Metrics {
     pub(crate) commit_seconds: Histogram,
     /// Failed attempts to commit a batch (each failed batch is kept and retried in place).
     pub(crate) commit_failures: Counter,
-    /// Messages the consumer still has to deliver, as of the last message received.
+    /// Messages the consumer still has to deliver, polled from the consumer's own state
+    /// (`lag`), so that it rises while ingest is stalled.
     pub(crate) consumer_pending: Gauge,
+    /// Messages delivered to the consumer and not yet acked, polled likewise.
+    pub(crate) consumer_ack_pending: Gauge,
+    /// Changelog messages this replica has not applied yet, polled.
+    pub(crate) changelog_lag_messages: Gauge,
+    /// How long ago the oldest changelog message this replica has not applied was published
+    /// (0 when it has applied them all), polled.
+    pub(crate) changelog_lag_seconds: FloatGauge,
+    /// Unix time of the last batch committed (0 before the first).
+    pub(crate) last_commit_timestamp: FloatGauge,
     /// Batches pulled and not yet acked or handed back (ingest's pipeline holds up to three).
     pub(crate) batches_in_flight: Gauge,
     /// Orders loaded into the cache by the restore so far.
@@ -62,12 +75,18 @@ pub(crate) struct Metrics {
     cache_orders: Gauge,
     cache_bytes: Gauge,
     ready: Gauge,
+    restoring: Gauge,
     /// HTTP responses by route and status.
     pub(crate) http_requests: Family<HttpLabels, Counter>,
     /// HTTP handling time by route (from the request being read to the response being ready).
     pub(crate) http_seconds: HistogramFamily<RouteLabels>,
-    /// HTTP connections open now.
+    /// Connections open now on the public listener…
     pub(crate) http_connections: Gauge,
+    /// …and its cap (`--http-max-connections`, or less if the open-file limit says so).
+    pub(crate) http_max_connections: Gauge,
+    /// Connections open now on the admin listener, and its cap.
+    pub(crate) admin_connections: Gauge,
+    pub(crate) admin_max_connections: Gauge,
     /// Connections answered 503 and closed because `--http-max-connections` were already open.
     pub(crate) http_connections_refused: Counter,
     /// Connections closed because they sent or took nothing for `--http-timeout`, or did not
@@ -118,6 +137,10 @@ struct IngestMetrics {
     commit_seconds: Histogram,
     commit_failures: Counter,
     consumer_pending: Gauge,
+    consumer_ack_pending: Gauge,
+    changelog_lag_messages: Gauge,
+    changelog_lag_seconds: FloatGauge,
+    last_commit_timestamp: FloatGauge,
     batches_in_flight: Gauge,
 }
 
@@ -152,9 +175,33 @@ impl IngestMetrics {
             consumer_pending: registered(
                 registry,
                 "consumer_pending_messages",
-                "Messages waiting in the stream for this consumer (lag), as of the last one \
-                 received",
+                "Messages waiting in the stream for the durable consumer (lag), from the \
+                 consumer's state, polled every few seconds",
                 Gauge::default(),
+            ),
+            consumer_ack_pending: registered(
+                registry,
+                "consumer_ack_pending_messages",
+                "Messages delivered to the durable consumer and not yet acked, polled",
+                Gauge::default(),
+            ),
+            changelog_lag_messages: registered(
+                registry,
+                "changelog_lag_messages",
+                "Changelog messages this replica has not applied yet, polled",
+                Gauge::default(),
+            ),
+            changelog_lag_seconds: registered(
+                registry,
+                "changelog_lag_seconds",
+                "Age of the oldest changelog message this replica has not applied (0 when none)",
+                FloatGauge::default(),
+            ),
+            last_commit_timestamp: registered(
+                registry,
+                "last_commit_timestamp_seconds",
+                "Unix time of the last batch committed to PostgreSQL (0 before the first)",
+                FloatGauge::default(),
             ),
             batches_in_flight: registered(
                 registry,
@@ -174,6 +221,7 @@ struct StateGauges {
     cache_orders: Gauge,
     cache_bytes: Gauge,
     ready: Gauge,
+    restoring: Gauge,
 }
 
 impl StateGauges {
@@ -203,6 +251,12 @@ impl StateGauges {
                 "1 when /readyz answers 200",
                 Gauge::default(),
             ),
+            restoring: registered(
+                registry,
+                "restoring",
+                "1 until the cache's restore at start has ended",
+                Gauge::default(),
+            ),
         }
     }
 }
@@ -212,6 +266,9 @@ struct HttpMetrics {
     requests: Family<HttpLabels, Counter>,
     seconds: HistogramFamily<RouteLabels>,
     connections: Gauge,
+    max_connections: Gauge,
+    admin_connections: Gauge,
+    admin_max_connections: Gauge,
     connections_refused: Counter,
     connections_timed_out: Counter,
 }
@@ -234,7 +291,25 @@ impl HttpMetrics {
             connections: registered(
                 registry,
                 "http_connections",
-                "HTTP connections open",
+                "Connections open on the public listener",
+                Gauge::default(),
+            ),
+            max_connections: registered(
+                registry,
+                "http_max_connections",
+                "Most connections the public listener keeps open (--http-max-connections)",
+                Gauge::default(),
+            ),
+            admin_connections: registered(
+                registry,
+                "admin_connections",
+                "Connections open on the admin listener",
+                Gauge::default(),
+            ),
+            admin_max_connections: registered(
+                registry,
+                "admin_max_connections",
+                "Most connections the admin listener keeps open (--admin-max-connections)",
                 Gauge::default(),
             ),
             connections_refused: registered(
@@ -269,14 +344,22 @@ impl Metrics {
             commit_seconds: ingest.commit_seconds,
             commit_failures: ingest.commit_failures,
             consumer_pending: ingest.consumer_pending,
+            consumer_ack_pending: ingest.consumer_ack_pending,
+            changelog_lag_messages: ingest.changelog_lag_messages,
+            changelog_lag_seconds: ingest.changelog_lag_seconds,
+            last_commit_timestamp: ingest.last_commit_timestamp,
             batches_in_flight: ingest.batches_in_flight,
             restored_orders: state.restored_orders,
             cache_orders: state.cache_orders,
             cache_bytes: state.cache_bytes,
             ready: state.ready,
+            restoring: state.restoring,
             http_requests: http.requests,
             http_seconds: http.seconds,
             http_connections: http.connections,
+            http_max_connections: http.max_connections,
+            admin_connections: http.admin_connections,
+            admin_max_connections: http.admin_max_connections,
             http_connections_refused: http.connections_refused,
             http_connections_timed_out: http.connections_timed_out,
         }
@@ -297,6 +380,7 @@ impl Metrics {
             .set(i64::try_from(cache.bytes()).unwrap_or(i64::MAX));
         self.ready
             .set(i64::from(health.readiness(cache).is_empty()));
+        self.restoring.set(i64::from(!cache.is_restored()));
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +24,7 @@ use crate::config::{
 use crate::health::{self, Health};
 use crate::http::{self as web, AppState, Endpoint, HttpServer, Limits, Token};
 use crate::ingest::{Ingest, IngestHealth};
+use crate::lag::LagPoller;
 use crate::metrics::Metrics;
 use crate::shutdown::{self, Shutdown, StopBudget, Trigger};
 use crate::store::Store;
@@ -255,8 +257,19 @@ impl App {
             async_nats::jetstream::new(self.client.clone())
         };
         let changelog = Changelog::new(js.clone(), &self.settings.nats, &self.settings.durable);
+        let applied = Arc::new(AtomicU64::new(0));
+        let lag = LagPoller {
+            js: js.clone(),
+            stream: self.settings.nats.stream.clone(),
+            durable: self.settings.durable.clone(),
+            changelog: changelog.name().to_owned(),
+            applied: applied.clone(),
+            metrics: self.metrics.clone(),
+        };
+        self.runtime.spawn(lag.run(self.shutdown.clone()));
         let follower = Follower {
             changelog: changelog.clone(),
+            applied,
             source: cache::Source {
                 primary: self.store.clone(),
                 database_url: self.settings.db.database_url.clone(),

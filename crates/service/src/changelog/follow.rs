@@ -4,6 +4,8 @@
 //! The follower runs on the ingest runtime beside ingest, from the moment the restore has ended.
 //! Everything it reads goes to the cache through the one writer, like ingest's own orders.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
@@ -50,6 +52,8 @@ pub struct Follower {
     pub cache: CacheWriter,
     /// `/metrics`: orders loaded by the latest restore.
     pub restored: Gauge,
+    /// The next changelog sequence to apply, for the lag gauges (`lag`); 0 until following.
+    pub applied: Arc<AtomicU64>,
     /// Its facts for `/readyz`.
     pub health: FollowHealth,
 }
@@ -180,6 +184,7 @@ impl Follower {
         }
         let state = info.state;
         let next = &mut position.next;
+        self.applied.store(*next, Ordering::Relaxed);
         if let Some(gap) = gap_at_start(*next, state.first_sequence, state.last_sequence) {
             return Ok(Stopped::Gap(gap));
         }
@@ -227,6 +232,7 @@ impl Follower {
             if !batch.is_empty() {
                 self.cache.send(Change::Orders(batch)).await?;
             }
+            self.applied.store(*next, Ordering::Relaxed);
             match end {
                 None => {}
                 Some(ChunkEnd::Skipped { at, why }) => return Ok(Stopped::Skipped { at, why }),

@@ -156,6 +156,11 @@ impl HttpServer {
             (admin_listener, admin, Listener::Admin),
         ] {
             let max = endpoint.limits.max_connections;
+            let cap = match which {
+                Listener::Public => &shared.state.metrics.http_max_connections,
+                Listener::Admin => &shared.state.metrics.admin_max_connections,
+            };
+            cap.set(i64::from(max));
             let semaphore = Arc::new(Semaphore::new(max as usize));
             runtime.spawn(accept_loop(
                 listener,
@@ -349,7 +354,11 @@ async fn serve_connection(
     shared: Arc<Shared>,
 ) {
     let metrics = shared.state.metrics.clone();
-    metrics.http_connections.inc();
+    let open = match which {
+        Listener::Public => metrics.http_connections.clone(),
+        Listener::Admin => metrics.admin_connections.clone(),
+    };
+    open.inc();
     let io = TokioIo::new(Watchdog::new(stream, limits.timeout));
     let service = service_fn(move |request| {
         let shared = shared.clone();
@@ -375,7 +384,7 @@ async fn serve_connection(
         }
         debug!(error = %e, "HTTP connection ended with an error");
     }
-    metrics.http_connections.dec();
+    open.dec();
 }
 
 fn is_stall(e: &hyper::Error) -> bool {

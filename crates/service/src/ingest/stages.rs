@@ -87,11 +87,6 @@ impl Ingest {
                 parsed: Order::parse_within(&m.payload, max_len),
             })
             .collect();
-        if let Some(info) = messages.last().and_then(|m| m.info().ok()) {
-            self.metrics
-                .consumer_pending
-                .set(i64::try_from(info.pending).unwrap_or(i64::MAX));
-        }
         Prepared {
             id: in_flight.add(&messages),
             messages,
@@ -138,6 +133,10 @@ impl Ingest {
                     self.metrics
                         .commit_seconds
                         .observe(started.elapsed().as_secs_f64());
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0.0, |since| since.as_secs_f64());
+                    self.metrics.last_commit_timestamp.set(now);
                     break written;
                 }
                 Err(e) => {
