@@ -3,7 +3,9 @@
 //! every metric the rules and the dashboard name is one the service exports; and Debian's
 //! `prometheus` (`./install.sh test` installs it), started with the example configuration
 //! pointed at a running service's admin listener (with the admin token), finds the target up and
-//! every rule healthy, and answers every query of the dashboard without an error.
+//! every rule healthy, and answers every query of the dashboard without an error. With ingest
+//! stalled (PostgreSQL cut by the test proxy) and orders waiting, that Prometheus sees the stall
+//! alert's expression hold while no message is received.
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -15,7 +17,10 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::support::commands::run_successfully;
-use crate::support::service::{spawn_app, spawn_app_with};
+use crate::support::orders::{generated_orders, with_ids};
+use crate::support::postgres::postgres_addr;
+use crate::support::proxy::Proxy;
+use crate::support::service::{spawn_app, spawn_app_with, spawn_app_with_options, SpawnOptions};
 
 const DEPLOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy");
 const TOKEN: &str = "the-admin-token-prometheus-sends";
@@ -140,6 +145,60 @@ fn a_real_prometheus_scrapes_the_admin_listener_and_runs_the_rules_and_every_das
         let answer = prometheus.query(&as_grafana_sends(query));
         assert_eq!(answer["status"], "success", "{query}: {answer}");
     }
+}
+
+#[test]
+fn a_real_prometheus_sees_the_stall_alert_hold_while_ingest_is_stalled_with_orders_waiting() {
+    // Arrange: one order stored, then PostgreSQL cut; Prometheus scrapes from then on, so the
+    // messages counter it sees never moves.
+    let db = Proxy::start(postgres_addr());
+    let app = spawn_app_with_options(SpawnOptions {
+        db_via: Some(db.addr()),
+        serve_args: &["--admin-token", TOKEN],
+        ..SpawnOptions::default()
+    });
+    let first = generated_orders("stall-first", 1);
+    app.publish_many(with_ids(&first));
+    app.wait_for_order(&first[0].0);
+    db.cut();
+    app.wait_until_unready("PostgreSQL is unreachable");
+    let prometheus = Prometheus::start(app.admin_addr, &app.names.suffix);
+    prometheus.wait_until_the_target_is_up();
+    let waiting = "ordersvc_consumer_pending_messages + ordersvc_consumer_ack_pending_messages";
+    prometheus.wait_until("the lag is scraped before the orders arrive", |p| {
+        Some(!p.query(waiting)["data"]["result"].as_array()?.is_empty())
+    });
+
+    // Act: 500 orders arrive while nothing can commit.
+    let orders = generated_orders("stall-waiting", 500);
+    app.publish_many(with_ids(&orders));
+
+    // Assert: the rule's own expression, as Prometheus loaded it, holds for this replica: the
+    // waiting messages rose and none was received. Its alert is then pending (it fires after
+    // its `for:`).
+    let stalled = prometheus
+        .rule("OrdersvcIngestStalled")
+        .get("query")
+        .and_then(Value::as_str)
+        .expect("the rule's query")
+        .to_owned();
+    prometheus.wait_until("the stall alert's expression holds", |p| {
+        Some(!p.query(&stalled)["data"]["result"].as_array()?.is_empty())
+    });
+    let received = prometheus.query("sum(increase(ordersvc_messages_total[5m]))");
+    assert_eq!(
+        received["data"]["result"][0]["value"][1], "0",
+        "messages received while stalled: {received}"
+    );
+    prometheus.wait_until("the stall alert is pending or firing", |p| {
+        let alerts = p.api("/api/v1/alerts", &[]);
+        Some(
+            alerts["data"]["alerts"]
+                .as_array()?
+                .iter()
+                .any(|alert| alert["labels"]["alertname"] == "OrdersvcIngestStalled"),
+        )
+    });
 }
 
 /// Every metric name a PromQL text (or a whole file of them) names: each `ordersvc_` word.
@@ -319,6 +378,18 @@ impl Prometheus {
             let active = targets["data"]["activeTargets"].as_array()?.clone();
             Some(active.len() == 1 && active[0]["health"] == "up")
         });
+    }
+
+    /// The loaded rule named `name`, as `/api/v1/rules` shows it (its `query`, `health`, ...).
+    fn rule(&self, name: &str) -> Value {
+        let rules = self.api("/api/v1/rules", &[]);
+        rules["data"]["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|group| group["rules"].as_array().cloned().unwrap_or_default())
+            .find(|rule| rule["name"] == name)
+            .unwrap_or_else(|| panic!("no rule {name} in {rules}"))
     }
 
     /// The rules, once each has been evaluated at least once (none `unknown`).
