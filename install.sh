@@ -33,8 +33,10 @@ readonly WAIT_SECONDS=30
 # haproxy's its own; neither is used, and nothing of ours uses those ports.
 readonly DEB_PACKAGES=(postgresql nats-server build-essential pkg-config curl ca-certificates
     patroni etcd-server haproxy)
-# Only the test suite needs these: the page tests drive a headless browser.
-readonly TEST_DEB_PACKAGES=(chromium)
+# Only the test suite needs these: the page tests drive a headless browser; the deploy/ tests
+# run promtool and a Prometheus of their own (on a port of their own: on a machine with systemd,
+# the package also starts a system Prometheus on :9090, which nothing of ours uses).
+readonly TEST_DEB_PACKAGES=(chromium prometheus)
 # The API contract test runs schemathesis against the live service (from PyPI, pinned so that a
 # new release cannot change what the suite checks).
 readonly TEST_PYPI_PACKAGES=(schemathesis==4.32.5)
@@ -61,6 +63,7 @@ Usage: ./install.sh [deps | test [CARGO_TEST_ARGS...] | -h | --help]
                  ${PG_HOST}:${PG_PORT}, NATS JetStream on ${NATS_HOST}:${NATS_PORT}, role '${ROLE}';
                  checks that Rust >= ${MIN_RUST} is installed (it cannot install Rust)
   test           dependencies, Debian's chromium (the page tests drive it headless) and
+                 prometheus (promtool, and a Prometheus for the deploy/ tests), and
                  schemathesis from PyPI (the API contract test runs it), then
                  'cargo test --locked' with the remaining arguments,
                  e.g. ./install.sh test -- --nocapture; exits with cargo's exit code
@@ -155,6 +158,7 @@ package_present() {
         etcd-server) [[ -x /usr/bin/etcd ]] || command -v etcd >/dev/null 2>&1 ;;
         haproxy) [[ -x /usr/sbin/haproxy ]] || command -v haproxy >/dev/null 2>&1 ;;
         chromium) [[ -x /usr/bin/chromium ]] ;;
+        prometheus) command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 ;;
         *) return 1 ;;
     esac
 }
