@@ -6,6 +6,7 @@ mod bounded_cache;
 mod cluster_harness;
 mod cluster_replicas;
 mod connections;
+mod deploy_image;
 mod deploy_unit;
 mod duplicates;
 mod durability;
