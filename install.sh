@@ -5,6 +5,9 @@
 #   ./install.sh deps         dependencies only
 #   ./install.sh test [ARGS]  dependencies, Chromium (page tests) and schemathesis (API contract), then
 #                             `cargo test --locked ARGS` (exits with cargo's code)
+#   ./install.sh image        the fully static binary, then the container image deploy/Containerfile
+#                             (podman, else docker)
+#   ./install.sh service      release build, install, and the systemd unit deploy/ordersvc.service
 #   ./install.sh -h|--help
 #
 # Dependencies: Debian packages (Patroni, etcd and haproxy among them, for PostgreSQL high
@@ -35,14 +38,22 @@ readonly DEB_PACKAGES=(postgresql nats-server build-essential pkg-config curl ca
     patroni etcd-server haproxy)
 # Only the test suite needs these: the page tests drive a headless browser; the deploy/ tests
 # run promtool and a Prometheus of their own (on a port of their own: on a machine with systemd,
-# the package also starts a system Prometheus on :9090, which nothing of ours uses).
-readonly TEST_DEB_PACKAGES=(chromium prometheus)
+# the package also starts a system Prometheus on :9090, which nothing of ours uses), and build
+# deploy/Containerfile with podman (offline: FROM scratch) and run the binary from its root.
+readonly TEST_DEB_PACKAGES=(chromium prometheus podman)
 # The API contract test runs schemathesis against the live service (from PyPI, pinned so that a
 # new release cannot change what the suite checks).
 readonly TEST_PYPI_PACKAGES=(schemathesis==4.32.5)
 
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 readonly REPO_DIR
+# The fully static build (README, "A fully static binary") that the container image holds.
+readonly STATIC_TARGET="x86_64-unknown-linux-gnu"
+readonly DEFAULT_IMAGE="localhost/ordersvc:latest"
+# Where `service` installs: the unit runs this binary, and reads its settings from this file.
+readonly SERVICE_BIN="/usr/local/bin/ordersvc"
+readonly SERVICE_UNIT="/etc/systemd/system/ordersvc.service"
+readonly SERVICE_ENV_FILE="/etc/ordersvc/ordersvc.env"
 
 # --- output ---------------------------------------------------------------------------------
 info() { printf '==> %s\n' "$*"; }
@@ -54,7 +65,7 @@ die() {
 
 usage() {
     cat <<EOF
-Usage: ./install.sh [deps | test [CARGO_TEST_ARGS...] | -h | --help]
+Usage: ./install.sh [deps | test [CARGO_TEST_ARGS...] | image | service | -h | --help]
 
   (no argument)  install dependencies, build the release binary (cargo build --release --locked),
                  install it as ordersvc (/usr/local/bin as root, else ~/.cargo/bin or ~/.local/bin)
@@ -67,10 +78,17 @@ Usage: ./install.sh [deps | test [CARGO_TEST_ARGS...] | -h | --help]
                  schemathesis from PyPI (the API contract test runs it), then
                  'cargo test --locked' with the remaining arguments,
                  e.g. ./install.sh test -- --nocapture; exits with cargo's exit code
+  image          build the fully static binary (--target ${STATIC_TARGET}, crt-static) and
+                 from it the container image deploy/Containerfile, tagged ${DEFAULT_IMAGE}
+                 (or \$ORDERSVC_IMAGE), with podman, else docker; needs no PostgreSQL or NATS
+  service        build the binary, install it as ${SERVICE_BIN} and the systemd unit
+                 deploy/ordersvc.service as ${SERVICE_UNIT}, then enable and
+                 (re)start it; settings go in ${SERVICE_ENV_FILE}. Needs root and a
+                 running systemd (exits non-zero where systemd does not run)
   -h, --help     show this help
 
 Environment: DATABASE_URL (default ${DEFAULT_DATABASE_URL}) is used by
-'ordersvc migrate'. The tests make their own databases (ORDERSVC_TEST_DATABASE_URL,
+'ordersvc migrate'. ORDERSVC_IMAGE names the image that 'image' builds. The tests make their own databases (ORDERSVC_TEST_DATABASE_URL,
 ORDERSVC_TEST_NATS_URL and CHROMIUM point them elsewhere).
 EOF
 }
@@ -159,6 +177,7 @@ package_present() {
         haproxy) [[ -x /usr/sbin/haproxy ]] || command -v haproxy >/dev/null 2>&1 ;;
         chromium) [[ -x /usr/bin/chromium ]] ;;
         prometheus) command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 ;;
+        podman) command -v podman >/dev/null 2>&1 ;;
         *) return 1 ;;
     esac
 }
@@ -408,6 +427,71 @@ migrate() {
     "${INSTALLED_BIN}" migrate
 }
 
+# target_dir: cargo's output directory, also when CARGO_TARGET_DIR moves it.
+target_dir() { echo "${CARGO_TARGET_DIR:-${REPO_DIR}/target}"; }
+
+# container_tool: podman if there is one, else docker; the Containerfile suits both.
+container_tool() {
+    if command -v podman >/dev/null 2>&1; then
+        echo podman
+    elif command -v docker >/dev/null 2>&1; then
+        echo docker
+    else
+        die "neither podman nor docker is installed: install one (apt-get install podman) to build the image"
+    fi
+}
+
+# image: the static binary, then the image from a build context that holds only that binary.
+image() {
+    local tool tag binary context linkage
+    tool="$(container_tool)"
+    tag="${ORDERSVC_IMAGE:-${DEFAULT_IMAGE}}"
+    check_rust
+    info "Building the static binary (RUSTFLAGS=-C target-feature=+crt-static, --target ${STATIC_TARGET})"
+    (cd "${REPO_DIR}" && RUSTFLAGS='-C target-feature=+crt-static' \
+        cargo build --release --locked --target "${STATIC_TARGET}")
+    binary="$(target_dir)/${STATIC_TARGET}/release/ordersvc"
+    # A dynamic binary would start on this machine and fail in the image: refuse it here.
+    linkage="$(ldd "${binary}" 2>&1 || true)" # ldd exits 1 on a static binary
+    [[ "${linkage}" == *"statically linked"* || "${linkage}" == *"not a dynamic executable"* ]] ||
+        die "${binary} is not statically linked: ${linkage}"
+    context="$(mktemp -d)"
+    # shellcheck disable=SC2064 # expand now: the variable is local
+    trap "rm -rf '${context}'" EXIT
+    install -m 0755 "${binary}" "${context}/ordersvc"
+    info "Building the image ${tag} with ${tool}"
+    "${tool}" build --file "${REPO_DIR}/deploy/Containerfile" --tag "${tag}" "${context}"
+    info "Built ${tag}: ${tool} run --rm -p 8080:8080 -e DATABASE_URL=... -e NATS_URL=... ${tag}"
+}
+
+# systemd_running: PID 1 is systemd and answers (containers and CI machines have none).
+systemd_running() {
+    [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null 2>&1
+}
+
+# service: the release binary and the hardened unit, enabled and started. The unit runs as a
+# dynamic user and reads ${SERVICE_ENV_FILE}, which this creates (empty, mode 0600) if missing.
+service() {
+    systemd_running ||
+        die "systemd is not running on this machine (no /run/systemd/system): install the unit by hand from deploy/ordersvc.service, or run 'ordersvc serve' under your own supervisor"
+    need_root "install a systemd unit"
+    check_rust
+    build
+    info "Installing ${SERVICE_BIN}, ${SERVICE_UNIT} and ${SERVICE_ENV_FILE}"
+    as_root install -m 0755 "$(target_dir)/release/ordersvc" "${SERVICE_BIN}"
+    as_root install -m 0644 "${REPO_DIR}/deploy/ordersvc.service" "${SERVICE_UNIT}"
+    as_root install -d -m 0755 "$(dirname "${SERVICE_ENV_FILE}")"
+    if ! as_root test -e "${SERVICE_ENV_FILE}"; then
+        # It may hold DATABASE_URL's password and the admin token: readable by root only.
+        as_root install -m 0600 /dev/null "${SERVICE_ENV_FILE}"
+        info "Created an empty ${SERVICE_ENV_FILE}: put DATABASE_URL, NATS_URL, ... there"
+    fi
+    as_root systemctl daemon-reload
+    as_root systemctl enable ordersvc.service
+    as_root systemctl restart ordersvc.service
+    info "Started ordersvc.service: systemctl status ordersvc; journalctl -u ordersvc"
+}
+
 main() {
     local mode=${1:-install}
     case "${mode}" in
@@ -433,6 +517,14 @@ main() {
             cd "${REPO_DIR}"
             info "Running cargo test --locked${*:+ $*}"
             exec cargo test --locked "$@"
+            ;;
+        image)
+            [[ $# -le 1 ]] || die "'image' takes no arguments"
+            image
+            ;;
+        service)
+            [[ $# -le 1 ]] || die "'service' takes no arguments"
+            service
             ;;
         *)
             usage >&2
