@@ -7,9 +7,9 @@
 //! machines (no runtime), so the runtime's own part (its network, its /etc/hosts) is not tested.
 //!
 //! The build is `./install.sh image` itself: the static release build of the binary
-//! (`--target x86_64-unknown-linux-gnu`, a directory of its own under target/), about five
-//! minutes on two idle cores the first time and a fraction of a second once built; then
-//! podman, about a second. The rest of the test takes about three seconds.
+//! (`--target x86_64-unknown-linux-gnu`, a directory of its own under target/): from nothing,
+//! 21 minutes once on two cores shared with two other builds and a test run (about five when
+//! idle), 0.3 s once built; then podman, about a second. The rest takes about three seconds.
 //!
 //! The compose file's `ordersvc` service is checked as data only: no compose tool runs here.
 
