@@ -82,6 +82,15 @@ fn every_metric_the_rules_and_the_dashboard_name_is_one_the_service_exports() {
     // on (`ordersvc_messages_total` from the first message).
     let app = spawn_app();
     app.publish_model_and_wait("deploy-prometheus-1");
+    // Served is not yet counted: a request can load the order from PostgreSQL once it is
+    // committed, before ingest counts the message (after its fan-out and ack).
+    app.wait_until(
+        |app| {
+            let (_, _, body) = app.admin_get("/metrics");
+            String::from_utf8_lossy(&body).contains("ordersvc_messages_total{")
+        },
+        "the stored order to be counted",
+    );
     let (status, _, body) = app.admin_get("/metrics");
     assert_eq!(status, 200);
     let exposition = String::from_utf8(body).expect("the metrics are UTF-8");
