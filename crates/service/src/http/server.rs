@@ -144,11 +144,11 @@ impl HttpServer {
             ..public
         };
         let (stop, stopping) = shutdown::channel();
-        let reads = reads.unwrap_or_else(|| store.clone());
         let shared = Arc::new(Shared {
             state,
             store: store.clone(),
-            reads: reads.clone(),
+            // Without a read URL the listings share the primary's pool.
+            reads: reads.clone().unwrap_or_else(|| store.clone()),
         });
         let mut slots = Vec::new();
         for (listener, endpoint, which) in [
@@ -178,7 +178,8 @@ impl HttpServer {
             admin_addr,
             stop,
             slots,
-            stores: vec![store, reads],
+            // Each pool once: a shared one is closed once.
+            stores: std::iter::once(store).chain(reads).collect(),
         })
     }
 
