@@ -94,6 +94,40 @@ pub fn initdb(
     fs::remove_file(password_file).expect("cannot remove the password file");
 }
 
+/// Waits until the postmaster `child`, listening at `addr`, takes a connection to `url` (over
+/// TLS if the URL asks for it); `Err` says why not: it exited, or did not within
+/// `START_DEADLINE` (with the last error).
+pub fn wait_until_accepting(
+    rt: &tokio::runtime::Runtime,
+    child: &mut Child,
+    addr: SocketAddr,
+    url: &str,
+) -> Result<(), String> {
+    let deadline = Instant::now() + START_DEADLINE;
+    let mut last_error = String::from("no attempt yet");
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("exited ({status})"));
+        }
+        if TcpStream::connect(addr).is_ok() {
+            let attempt = rt.block_on(async {
+                let conn = PgConnection::connect(url).await?;
+                conn.close().await
+            });
+            match attempt {
+                Ok(()) => return Ok(()),
+                Err(e) => last_error = e.to_string(),
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "did not accept a connection within {START_DEADLINE:?} (last error: {last_error})"
+            ));
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
 /// A PostgreSQL cluster of the test's own that accepts only TLS connections (`hostssl` with
 /// SCRAM; a plaintext attempt is refused by the server itself), with the superuser `ordersvc`
 /// and a random password, and a certificate signed by the test CA.
@@ -191,30 +225,14 @@ impl OwnPostgres {
     }
 
     fn wait_until_accepting(&mut self) {
-        let deadline = Instant::now() + START_DEADLINE;
         let url = self.url("postgres", "sslmode=require");
-        let mut last_error = String::from("no attempt yet");
-        loop {
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                panic!("postgres exited ({status}):\n{}", self.log());
-            }
-            if TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], self.port))).is_ok() {
-                let attempt = self.rt.block_on(async {
-                    let conn = PgConnection::connect(&url).await?;
-                    conn.close().await
-                });
-                match attempt {
-                    Ok(()) => return,
-                    Err(e) => last_error = e.to_string(),
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "postgres did not accept a TLS connection within {START_DEADLINE:?} \
-                 (last error: {last_error}):\n{}",
-                self.log()
-            );
-            std::thread::sleep(POLL);
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let child = self
+            .child
+            .as_mut()
+            .expect("the postmaster was just started");
+        if let Err(why) = wait_until_accepting(&self.rt, child, addr, &url) {
+            panic!("postgres {why}:\n{}", self.log());
         }
     }
 

@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use sqlx::{Connection, PgConnection};
 
 use super::isolation::{free_ports, random_secret, write, TempDir};
-use super::own_server::{command_as, give_to, server_user, stop, POLL, START_DEADLINE};
-use super::postgres::{initdb, postgres_bin_dir};
+use super::own_server::{command_as, give_to, server_user, stop, POLL};
+use super::postgres::{initdb, postgres_bin_dir, wait_until_accepting};
 
 /// The database the service uses on these servers.
 pub const DATABASE: &str = "orders";
@@ -253,32 +253,19 @@ impl OwnPrimaryStandby {
             .expect("cannot start postgres");
         self.server_mut(which).child = Some(child);
 
-        let deadline = Instant::now() + START_DEADLINE;
         let url = self.superuser_url(which, "postgres");
-        let mut last_error = String::from("no attempt yet");
-        loop {
-            if let Some(Ok(Some(status))) =
-                self.server_mut(which).child.as_mut().map(Child::try_wait)
-            {
-                panic!("the {which} exited ({status}):\n{}", self.logs());
-            }
-            if TcpStream::connect(self.addr(which)).is_ok() {
-                let attempt = self.rt.block_on(async {
-                    let conn = PgConnection::connect(&url).await?;
-                    conn.close().await
-                });
-                match attempt {
-                    Ok(()) => return,
-                    Err(e) => last_error = e.to_string(),
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the {which} did not accept a connection within {START_DEADLINE:?} \
-                 (last error: {last_error}):\n{}",
-                self.logs()
-            );
-            std::thread::sleep(POLL);
+        let addr = self.addr(which);
+        // The fields, not `server_mut`: the runtime is borrowed beside the child.
+        let server = match which {
+            Which::Primary => &mut self.primary,
+            Which::Standby => &mut self.standby,
+        };
+        let child = server
+            .child
+            .as_mut()
+            .expect("the postmaster was just started");
+        if let Err(why) = wait_until_accepting(&self.rt, child, addr, &url) {
+            panic!("the {which} {why}:\n{}", self.logs());
         }
     }
 
