@@ -6,7 +6,7 @@ use tracing::Level;
 
 use ordersvc_client::{bench, publish, replay};
 use ordersvc_service::config::LogFormat;
-use ordersvc_service::{logging, migrate, serve};
+use ordersvc_service::{erase, logging, migrate, reprocess, serve};
 
 /// Orders from NATS JetStream, stored in PostgreSQL, served over HTTP from memory.
 #[derive(Parser, Debug)]
@@ -39,6 +39,11 @@ enum Command {
     ReplayFromDb(replay::ReplayArgs),
     /// Measure the service: HTTP read load (`bench http`) or ingest throughput (`bench ingest`).
     Bench(bench::BenchArgs),
+    /// Erase orders' personal data from PostgreSQL, both streams and every replica's memory;
+    /// a tombstone keeps each from ever being stored again.
+    Erase(erase::EraseArgs),
+    /// Work on the rejected messages: `rejected reprocess` sends them through today's rules.
+    Rejected(reprocess::RejectedArgs),
 }
 
 impl Command {
@@ -46,8 +51,12 @@ impl Command {
     /// hand prints its own results, and the NATS client's connection chatter would bury them.
     fn default_log_level(&self) -> Level {
         match self {
-            Command::Serve(_) | Command::Migrate(_) => Level::INFO,
-            Command::Publish(_) | Command::ReplayFromDb(_) | Command::Bench(_) => Level::WARN,
+            // Erasure's log lines are its audit trail (ids and reason, never personal data).
+            Command::Serve(_) | Command::Migrate(_) | Command::Erase(_) => Level::INFO,
+            Command::Publish(_)
+            | Command::ReplayFromDb(_)
+            | Command::Bench(_)
+            | Command::Rejected(_) => Level::WARN,
         }
     }
 }
@@ -62,5 +71,7 @@ fn main() -> Result<()> {
         Command::Migrate(args) => migrate::run(args),
         Command::ReplayFromDb(args) => replay::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Erase(args) => erase::run(args),
+        Command::Rejected(args) => reprocess::run(args),
     }
 }

@@ -9,12 +9,11 @@ use bytes::Bytes;
 use clap::Args;
 use color_eyre::eyre::{bail, Result, WrapErr};
 use futures::StreamExt;
-use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::publisher::{self, Outcome, Pipeline, RetryArgs, Watermark};
 use ordersvc_service::bus;
-use ordersvc_service::config::{DbArgs, NatsArgs};
+use ordersvc_service::config::{parse_date_time, DbArgs, NatsArgs};
 use ordersvc_service::order::Order;
 use ordersvc_service::store::Store;
 
@@ -31,7 +30,7 @@ pub struct ReplayArgs {
     #[command(flatten)]
     pub nats: NatsArgs,
     /// Only orders created at or after this RFC 3339 date-time (e.g. 2021-11-26T00:00:00Z).
-    #[arg(long, value_parser = parse_date)]
+    #[arg(long, value_parser = parse_date_time)]
     pub since: Option<OffsetDateTime>,
     /// Resume after this order_uid (the last one a previous, interrupted run reported).
     #[arg(long, value_name = "ORDER_UID")]
@@ -45,10 +44,6 @@ pub struct ReplayArgs {
     /// How long each order may be retried.
     #[command(flatten)]
     pub retry: RetryArgs,
-}
-
-fn parse_date(s: &str) -> Result<OffsetDateTime, String> {
-    OffsetDateTime::parse(s, &Rfc3339).map_err(|e| format!("expected an RFC 3339 date-time: {e}"))
 }
 
 /// Time spent in each part of a run, to tell which one is the bottleneck.

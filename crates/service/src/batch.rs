@@ -15,6 +15,9 @@ use crate::order::{Order, OrderUid, Rejection};
 pub const CONFLICTING_DUPLICATE: &str = "conflicting duplicate";
 /// The `kind` label of such a message.
 const CONFLICTING_DUPLICATE_KIND: &str = "conflicting_duplicate";
+/// The `kind` label of a message whose order was erased (`ordersvc erase`): it is recorded
+/// without its payload, which holds the personal data that was erased.
+pub const ERASED_KIND: &str = "erased";
 
 /// One message pulled from the stream, parsed or refused, waiting to be written.
 #[derive(Debug)]
@@ -58,6 +61,8 @@ pub struct Rejected {
     pub kind: &'static str,
     /// The reason, naming the rule and the field path.
     pub reason: String,
+    /// Whether the message's bytes are kept: not for an erased order's.
+    pub keep_payload: bool,
 }
 
 /// For each order_uid in the batch, the index of its first valid message: the one offered for
@@ -72,14 +77,28 @@ pub fn candidates(batch: &[Incoming]) -> HashMap<&str, usize> {
     first
 }
 
-/// Decides every message's outcome once the candidates were offered for insertion: `inserted`
-/// holds the order_uids that were new, `existing` the stored documents of the others.
+/// What the database said of a batch's candidates when they were offered for insertion.
+#[derive(Debug, Default)]
+pub struct Found {
+    /// The order_uids that were new, and are now stored.
+    pub inserted: HashSet<String>,
+    /// The stored documents of the others.
+    pub existing: HashMap<String, String>,
+    /// Those with a tombstone: erased, never to be stored again.
+    pub erased: HashSet<String>,
+}
+
+/// Decides every message's outcome once the candidates were offered for insertion.
 pub fn decide(
     batch: &[Incoming],
     first: &HashMap<&str, usize>,
-    inserted: &HashSet<String>,
-    existing: &HashMap<String, String>,
+    found: &Found,
 ) -> (Written, Vec<Rejected>) {
+    let Found {
+        inserted,
+        existing,
+        erased,
+    } = found;
     let mut written = Written::default();
     let mut rejected = Vec::new();
     for (i, m) in batch.iter().enumerate() {
@@ -91,12 +110,23 @@ pub fn decide(
                     index: i,
                     kind,
                     reason: rejection.to_string(),
+                    keep_payload: true,
                 });
                 written.outcomes.push(Outcome::Rejected(kind));
                 continue;
             }
         };
         let uid = order.uid().as_str();
+        if erased.contains(uid) {
+            rejected.push(Rejected {
+                index: i,
+                kind: ERASED_KIND,
+                reason: format!("order {uid} was erased"),
+                keep_payload: false,
+            });
+            written.outcomes.push(Outcome::Rejected(ERASED_KIND));
+            continue;
+        }
         let is_first = first.get(uid) == Some(&i);
         if is_first && inserted.contains(uid) {
             written.outcomes.push(Outcome::Stored);
@@ -126,6 +156,7 @@ pub fn decide(
                 index: i,
                 kind: CONFLICTING_DUPLICATE_KIND,
                 reason: CONFLICTING_DUPLICATE.to_owned(),
+                keep_payload: true,
             });
             written
                 .outcomes
@@ -194,8 +225,11 @@ mod tests {
         let batch = [incoming(MODEL), incoming(MODEL), incoming("not json")];
         let first = candidates(&batch);
         assert_eq!(first.get(uid().as_str()), Some(&0));
-        let inserted = HashSet::from([uid()]);
-        let (written, rejected) = decide(&batch, &first, &inserted, &HashMap::new());
+        let found = Found {
+            inserted: HashSet::from([uid()]),
+            ..Found::default()
+        };
+        let (written, rejected) = decide(&batch, &first, &found);
         assert_eq!(written.outcomes[..2], [Outcome::Stored, Outcome::Duplicate]);
         assert!(matches!(written.outcomes[2], Outcome::Rejected(_)));
         assert_eq!(
@@ -211,8 +245,11 @@ mod tests {
     fn other_content_under_an_id_in_the_batch_is_a_conflict_and_the_first_is_kept() {
         let batch = [incoming(MODEL), incoming(&conflicting())];
         let first = candidates(&batch);
-        let inserted = HashSet::from([uid()]);
-        let (written, rejected) = decide(&batch, &first, &inserted, &HashMap::new());
+        let found = Found {
+            inserted: HashSet::from([uid()]),
+            ..Found::default()
+        };
+        let (written, rejected) = decide(&batch, &first, &found);
         assert_eq!(
             written.outcomes,
             [Outcome::Stored, Outcome::Rejected("conflicting_duplicate")]
@@ -226,10 +263,13 @@ mod tests {
         let stored: serde_json::Value = serde_json::from_str(MODEL).expect("valid JSON");
         // Same value, other spacing: what a producer that re-serialises sends.
         let reserialised = stored.to_string();
-        let existing = HashMap::from([(uid(), MODEL.to_owned())]);
+        let found = Found {
+            existing: HashMap::from([(uid(), MODEL.to_owned())]),
+            ..Found::default()
+        };
 
         let batch = [incoming(&reserialised)];
-        let (written, rejected) = decide(&batch, &candidates(&batch), &HashSet::new(), &existing);
+        let (written, rejected) = decide(&batch, &candidates(&batch), &found);
         assert_eq!(written.outcomes, [Outcome::Duplicate]);
         assert!(rejected.is_empty());
         assert_eq!(
@@ -238,12 +278,37 @@ mod tests {
         );
 
         let batch = [incoming(&conflicting())];
-        let (written, rejected) = decide(&batch, &candidates(&batch), &HashSet::new(), &existing);
+        let (written, rejected) = decide(&batch, &candidates(&batch), &found);
         assert_eq!(
             written.outcomes,
             [Outcome::Rejected("conflicting_duplicate")]
         );
         assert_eq!(rejected.len(), 1);
         assert!(written.to_cache.is_empty());
+    }
+
+    #[test]
+    fn a_message_of_an_erased_order_is_refused_without_its_payload_and_not_cached() {
+        let batch = [incoming(MODEL), incoming(&conflicting())];
+        let found = Found {
+            erased: HashSet::from([uid()]),
+            ..Found::default()
+        };
+        let (written, rejected) = decide(&batch, &candidates(&batch), &found);
+        assert_eq!(
+            written.outcomes,
+            [
+                Outcome::Rejected(ERASED_KIND),
+                Outcome::Rejected(ERASED_KIND)
+            ]
+        );
+        assert!(written.to_cache.is_empty());
+        assert!(rejected
+            .iter()
+            .all(|r| !r.keep_payload && r.kind == ERASED_KIND));
+        assert!(
+            !rejected[0].reason.contains("Test Testov"),
+            "no personal data"
+        );
     }
 }

@@ -11,6 +11,7 @@ use crate::config::NatsArgs;
 use crate::retry::Backoff;
 
 mod connect;
+pub(crate) mod scan;
 
 pub use connect::connect;
 
@@ -94,6 +95,24 @@ pub async fn ensure_stream_within(
     };
     warn_if_replicas_differ(&stream, args.stream_replicas);
     Ok(stream)
+}
+
+/// The stream as it is, or `None` if it does not exist: for a command that must not create one
+/// with its own settings (erasure).
+pub(crate) async fn existing_stream(
+    js: &jetstream::Context,
+    name: &str,
+) -> Result<Option<stream::Stream>> {
+    match js.get_stream(name).await {
+        Ok(stream) => Ok(Some(stream)),
+        Err(e)
+            if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(error)
+                if error.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e).wrap_err_with(|| format!("cannot read the stream {name}")),
+    }
 }
 
 /// Backoff between two lookups of the stream by `ensure_stream_within`.

@@ -4,8 +4,12 @@
 //! (orders stored by this replica's ingest, orders followed from the changelog, chunks of a
 //! restore, an order loaded from PostgreSQL on a miss) is a `Change` sent through a
 //! `CacheWriter` handle, and the writer applies them one at a time in the order they arrive.
-//! `Cache`'s own mutating methods are private to this module, so the compiler keeps it that way;
-//! a later kind of change (erasure) is one more `Change`, ordered with all the others.
+//! `Cache`'s own mutating methods are private to this module, so the compiler keeps it that way.
+//!
+//! Erasure (`ordersvc erase`) is a change like the others: it drops the order and remembers its
+//! id, and every later insert of that id is ignored, so an erased order cannot come back through
+//! a restore chunk read before the erasure, a changelog message published before it, or a miss
+//! that raced it, whatever order those arrive in.
 //!
 //! Who reads: the HTTP worker threads, through `Cache::get` (a read lock, never waiting on the
 //! writer for long: a batch is inserted under one write lock). With a byte bound, a miss loads
@@ -24,7 +28,7 @@
 //! entries once. Orders that are read again stay; one-off reads pass through.
 
 use std::collections::hash_map::RandomState;
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -123,6 +127,9 @@ pub struct Stats {
     pub misses: Counter,
     /// Orders dropped to stay within the byte bound.
     pub evictions: Counter,
+    /// Orders erased by an erasure notice (`ordersvc erase`) that this replica had not known
+    /// as erased before.
+    pub erasures: Counter,
 }
 
 #[derive(Debug, Default)]
@@ -131,6 +138,8 @@ struct Table {
     /// Insertion order, for the evictor (kept only with a byte bound).
     clock: VecDeque<Arc<Entry>>,
     bytes: u64,
+    /// Ids of erased orders: never inserted again.
+    erased: HashSet<Box<[u8]>>,
 }
 
 /// The shared cache: read by anyone, changed only by the writer thread (`writer`).
@@ -216,9 +225,22 @@ impl Cache {
         entry
     }
 
+    /// Whether the order was erased: it must not be served, whoever has a copy.
+    pub fn is_erased(&self, uid: &str) -> bool {
+        let table = self.table.read().unwrap_or_else(|e| e.into_inner());
+        table.erased.contains(uid.as_bytes())
+    }
+
     /// Applies one change: only the writer thread calls this (`writer`).
     fn apply(&self, change: Change) {
         match change {
+            Change::Erase(uids) => {
+                let newly = self.erase(uids);
+                self.stats.erasures.inc_by(newly);
+            }
+            Change::Tombstones(uids) => {
+                self.erase(uids);
+            }
             Change::Orders(batch) => self.insert_batch(batch),
             Change::Loaded(entry) => self.insert_entries([entry]),
             Change::Entries(entries) => self.insert_entries(entries),
@@ -233,6 +255,35 @@ impl Cache {
             }
             Change::Restored => self.restored.store(true, Ordering::Release),
         }
+    }
+
+    /// Drops the orders and remembers them as erased; returns how many were not known as erased.
+    fn erase(&self, uids: Vec<OrderUid>) -> u64 {
+        let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
+        let mut newly = 0;
+        let mut dropped = false;
+        for uid in uids {
+            let uid = uid.as_str().as_bytes();
+            let hash = self.hash(uid);
+            if let Ok(found) = table.entries.find_entry(hash, |e| e.uid_bytes() == uid) {
+                let (entry, _) = found.remove();
+                table.bytes -= entry.body().len() as u64;
+                dropped = true;
+            }
+            if table.erased.insert(uid.into()) {
+                newly += 1;
+            }
+        }
+        // The evictor's queue would keep the erased bodies in memory until it passed them: one
+        // pass now, per change rather than per order.
+        if dropped && self.max_bytes.is_some() {
+            let Table { entries, clock, .. } = &mut *table;
+            clock.retain(|e| {
+                let hash = self.hasher.hash_one(e.uid_bytes());
+                entries.find(hash, |found| Arc::ptr_eq(found, e)).is_some()
+            });
+        }
+        newly
     }
 
     /// Inserts a batch under one write lock. Orders are immutable: an id already present is kept.
@@ -254,8 +305,12 @@ impl Cache {
         self.evict_locked(&mut table);
     }
 
-    /// Inserts one entry unless its id is there already (orders are immutable: the first stays).
+    /// Inserts one entry unless its id is there already (orders are immutable: the first stays)
+    /// or was erased.
     fn insert_locked(&self, table: &mut Table, entry: Arc<Entry>) {
+        if !table.erased.is_empty() && table.erased.contains(entry.uid_bytes()) {
+            return;
+        }
         let hash = self.hash(entry.uid_bytes());
         if table
             .entries

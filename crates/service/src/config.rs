@@ -153,6 +153,12 @@ const DURATION_SYNTAX: &str = "a number with a unit: 250ms, 10s, 2m, 1h (a bare 
 
 /// Parses a duration flag: a number and a unit, `250ms`, `10s`, `1.5s`, `2m` or `1h`, or a bare
 /// number of seconds (`10`, `0.5`), which is what the older flags took. No spaces, no exponents;
+/// A flag's RFC 3339 date-time (e.g. 2021-11-26T00:00:00Z).
+pub fn parse_date_time(s: &str) -> Result<time::OffsetDateTime, String> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| format!("expected an RFC 3339 date-time: {e}"))
+}
+
 /// more than zero and at most [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let text = s.trim();

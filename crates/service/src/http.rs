@@ -297,6 +297,9 @@ async fn order<B>(request: &Request<B>, uid: OrderUid, shared: &Shared) -> Reply
     if let Some(entry) = cache.get(uid.as_str()) {
         return order_response(request, &entry);
     }
+    if cache.is_erased(uid.as_str()) {
+        return id_error(404, "order not found", uid.as_str());
+    }
     if !cache.is_restored() {
         // Serve what is already loaded, but never a false 404 while the rest is on its way.
         let mut response = id_error(
@@ -323,6 +326,10 @@ async fn order<B>(request: &Request<B>, uid: OrderUid, shared: &Shared) -> Reply
         })
         .await;
     match loaded {
+        // A load that raced an erasure: the cache drops it; so does the answer.
+        Ok(Some(_)) if cache.is_erased(uid.as_str()) => {
+            id_error(404, "order not found", uid.as_str())
+        }
         Ok(Some(entry)) => order_response(request, &entry),
         Ok(None) => id_error(404, "order not found", uid.as_str()),
         Err(e) => {
@@ -503,8 +510,12 @@ async fn recent_orders(query: &str, shared: &Shared) -> Reply {
         }
         .encode()
     });
+    // A standby may not have replayed an erasure yet; this replica knows of it already. (The
+    // page may come out a row short, never with the order.)
+    let cache = shared.state.cache.cache();
     let orders: Vec<_> = rows
         .iter()
+        .filter(|r| !cache.is_erased(&r.order_uid))
         .map(|r| {
             json!({
                 "order_uid": r.order_uid,
@@ -560,6 +571,13 @@ async fn rejected(query: &str, shared: &Shared) -> Reply {
                 "payload_bytes": r.payload.len(),
                 // As text for reading; the exact bytes stay in PostgreSQL.
                 "payload": String::from_utf8_lossy(shown),
+                "payload_erased": r.payload_erased_at.is_some(),
+                "outcome": r.outcome.as_ref().map(|outcome| json!({
+                    "outcome": outcome,
+                    "kind": r.outcome_kind,
+                    "reason": r.outcome_reason,
+                    "at": r.reprocessed_at.and_then(|at| at.format(&Rfc3339).ok()),
+                })),
             })
         })
         .collect();

@@ -125,6 +125,11 @@ fn register_cache_counters(registry: &mut Registry, cache: &Cache) {
             "Orders dropped from memory to stay within --cache-max-bytes",
             &cache.stats.evictions,
         ),
+        (
+            "erased_orders",
+            "Orders erased from this replica by `ordersvc erase` (its erasure notices)",
+            &cache.stats.erasures,
+        ),
     ] {
         registry.register(name, help, counter.clone());
     }

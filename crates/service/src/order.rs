@@ -608,6 +608,32 @@ impl<'de> Deserialize<'de> for NonNegInt {
     }
 }
 
+/// Which of `uids` a raw message carries, if any: the one a JSON object names as its
+/// `order_uid`, or, for bytes that are no such object (truncated, broken, not JSON at all), one
+/// that appears in them literally. Erasure uses it on every copy it can find (the streams'
+/// messages, `rejected_messages`): a message that is not a valid order may still hold the
+/// order's personal data, and one that names another order is that order's, whatever ids its
+/// other fields mention.
+pub(crate) fn carried_order<'a, S: Borrow<str> + Eq + std::hash::Hash>(
+    payload: &[u8],
+    uids: &'a std::collections::HashSet<S>,
+) -> Option<&'a str> {
+    /// Only the id: every other field is skipped, whatever it holds.
+    #[derive(Deserialize)]
+    struct Head {
+        order_uid: String,
+    }
+    if let Ok(head) = serde_json::from_slice::<Head>(payload) {
+        return uids.get(head.order_uid.as_str()).map(Borrow::borrow);
+    }
+    uids.iter().map(Borrow::borrow).find(|uid: &&str| {
+        !uid.is_empty()
+            && payload
+                .windows(uid.len())
+                .any(|window| window == uid.as_bytes())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1638,5 +1664,30 @@ mod tests {
         let start = after.find('"')? + 1;
         let len = after[start..].find('"')?;
         Some(after[start..start + len].to_owned())
+    }
+
+    #[test]
+    fn a_message_carries_the_order_it_names_or_an_id_it_holds_when_it_names_none() {
+        let uids: std::collections::HashSet<&str> = ["b563feb7b2b84b6test", "other1"].into();
+        assert_eq!(
+            carried_order(MODEL.as_bytes(), &uids),
+            Some("b563feb7b2b84b6test")
+        );
+        // Another order's message that mentions the id in a field is that other order's.
+        let mentions = r#"{"order_uid": "third", "note": "b563feb7b2b84b6test"}"#;
+        assert_eq!(carried_order(mentions.as_bytes(), &uids), None);
+        // Truncated, or not JSON: the literal id.
+        assert_eq!(
+            carried_order(&MODEL.as_bytes()[..200], &uids),
+            Some("b563feb7b2b84b6test")
+        );
+        assert_eq!(
+            carried_order(b"garbage other1 garbage", &uids),
+            Some("other1")
+        );
+        assert_eq!(carried_order(b"garbage", &uids), None);
+        // Deeper than the parser goes: still found by its bytes.
+        let deep = format!("{}\"other1\"{}", "[".repeat(10_000), "]".repeat(10_000));
+        assert_eq!(carried_order(deep.as_bytes(), &uids), Some("other1"));
     }
 }

@@ -4,11 +4,14 @@
 //! HTTP side (listings, orders missing from a bounded cache), each through a pool of its own (see
 //! `Role`). Nothing here knows about NATS or HTTP.
 
+pub(crate) mod erase;
+mod isolate;
+pub(crate) mod reprocess;
 mod retire;
 pub(crate) mod scan;
 pub(crate) mod standby;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +33,31 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
 const PROBE_UID: &str = "ordersvc-write-probe";
 /// A valid order like the producers' (the model's shape), for `probe_write`.
 const PROBE_DOCUMENT: &str = include_str!("../../../testdata/model.json");
+
+/// The `kind` label of a message PostgreSQL refused on its own (a trigger, a constraint).
+pub(crate) const STORE_ERROR_KIND: &str = "store_error";
+
+/// What a write records of the messages it does not store as new orders.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Record<'a> {
+    /// A row of `rejected_messages` for each refused message (ingest).
+    Rejections,
+    /// The outcome of each message on the `rejected_messages` row it was read from
+    /// (`rejected reprocess`): message `i` is row `rows[i]`.
+    Outcomes(&'a [i64]),
+    /// As `Outcomes`, but rolled back: what would happen (`--dry-run`).
+    DryRun(&'a [i64]),
+}
+
+impl Record<'_> {
+    /// Ends a write's transaction: committed, or rolled back in a dry run.
+    async fn end(self, tx: sqlx::Transaction<'_, sqlx::Postgres>) -> Result<(), sqlx::Error> {
+        match self {
+            Record::DryRun(_) => tx.rollback().await,
+            Record::Rejections | Record::Outcomes(_) => tx.commit().await,
+        }
+    }
+}
 
 /// A handle on the service's database.
 #[derive(Clone, Debug)]
@@ -117,8 +145,17 @@ pub(crate) struct RejectedRow {
     pub(crate) kind: String,
     /// Human-readable reason naming the rule and the field path.
     pub(crate) reason: String,
-    /// The payload exactly as received.
+    /// The payload exactly as received (empty once erased).
     pub(crate) payload: Vec<u8>,
+    /// When its payload was erased (`ordersvc erase`).
+    pub(crate) payload_erased_at: Option<OffsetDateTime>,
+    /// What `rejected reprocess` made of it: `stored`, `duplicate` or `refused`.
+    pub(crate) outcome: Option<String>,
+    /// When refused again: the kind and the reason.
+    pub(crate) outcome_kind: Option<String>,
+    pub(crate) outcome_reason: Option<String>,
+    /// When its reprocessing finished.
+    pub(crate) reprocessed_at: Option<OffsetDateTime>,
 }
 
 impl Store {
@@ -168,15 +205,17 @@ impl Store {
         })
     }
 
-    /// Writes one batch in one transaction: new orders, and a rejection record for every
-    /// refused message. Duplicates of stored orders are recognised and not written again.
-    /// Nothing is visible (and nothing may be acked) unless this returns `Ok`.
+    /// Writes one batch in one transaction: new orders, and what `record` says for every
+    /// message that is not stored. Duplicates of stored orders are recognised and not written
+    /// again; an order with a tombstone (erased) is refused. Nothing is visible (and nothing may
+    /// be acked) unless this returns `Ok`.
     pub(crate) async fn write_batch(
         &self,
         stream: &str,
         batch: &[Incoming],
+        record: Record<'_>,
     ) -> Result<Written, sqlx::Error> {
-        let written = self.try_write_batch(stream, batch).await;
+        let written = self.try_write_batch(stream, batch, record).await;
         self.retired.note(written)
     }
 
@@ -184,6 +223,7 @@ impl Store {
         &self,
         stream: &str,
         batch: &[Incoming],
+        record: Record<'_>,
     ) -> Result<Written, sqlx::Error> {
         let first = batch::candidates(batch);
         let mut candidates: Vec<&Order> = first
@@ -193,25 +233,15 @@ impl Store {
         candidates.sort_by_key(|o| o.uid().as_str());
 
         let mut tx = self.pool.begin().await?;
-        let inserted = insert_orders(&mut tx, batch, &first, &candidates).await?;
-        let not_inserted: Vec<&str> = candidates
-            .iter()
-            .map(|o| o.uid().as_str())
-            .filter(|uid| !inserted.contains(*uid))
-            .collect();
-        let existing: HashMap<String, String> = if not_inserted.is_empty() {
-            HashMap::new()
-        } else {
-            sqlx::query_as("SELECT order_uid, document FROM orders WHERE order_uid = ANY($1)")
-                .bind(&not_inserted)
-                .fetch_all(&mut *tx)
-                .await?
-                .into_iter()
-                .collect()
-        };
-        let (written, rejected) = batch::decide(batch, &first, &inserted, &existing);
-        insert_rejections(&mut tx, stream, batch, &rejected).await?;
-        tx.commit().await?;
+        let found = offer_orders(&mut tx, batch, &first, &candidates).await?;
+        let (written, rejected) = batch::decide(batch, &first, &found);
+        match record {
+            Record::Rejections => insert_rejections(&mut tx, stream, batch, &rejected).await?,
+            Record::Outcomes(rows) | Record::DryRun(rows) => {
+                reprocess::mark(&mut tx, rows, &written.outcomes, &rejected).await?;
+            }
+        }
+        record.end(tx).await?;
         Ok(written)
     }
 
@@ -242,8 +272,9 @@ impl Store {
         stream: &str,
         message: &Incoming,
         reason: &str,
+        record: Record<'_>,
     ) -> Result<(), sqlx::Error> {
-        let recorded = self.try_reject_one(stream, message, reason).await;
+        let recorded = self.try_reject_one(stream, message, reason, record).await;
         self.retired.note(recorded)
     }
 
@@ -252,20 +283,26 @@ impl Store {
         stream: &str,
         message: &Incoming,
         reason: &str,
+        record: Record<'_>,
     ) -> Result<(), sqlx::Error> {
+        let rejected = [Rejected {
+            index: 0,
+            kind: STORE_ERROR_KIND,
+            reason: reason.to_owned(),
+            keep_payload: true,
+        }];
         let mut tx = self.pool.begin().await?;
-        insert_rejections(
-            &mut tx,
-            stream,
-            std::slice::from_ref(message),
-            &[Rejected {
-                index: 0,
-                kind: "store_error",
-                reason: reason.to_owned(),
-            }],
-        )
-        .await?;
-        tx.commit().await
+        let outcome = [batch::Outcome::Rejected(STORE_ERROR_KIND)];
+        match record {
+            Record::Rejections => {
+                insert_rejections(&mut tx, stream, std::slice::from_ref(message), &rejected)
+                    .await?;
+            }
+            Record::Outcomes(rows) | Record::DryRun(rows) => {
+                reprocess::mark(&mut tx, rows, &outcome, &rejected).await?;
+            }
+        }
+        record.end(tx).await
     }
 
     /// Every stored (order_uid, document), streamed from the server rather than loaded at once.
@@ -376,7 +413,8 @@ impl Store {
         before: Option<i64>,
     ) -> Result<Vec<RejectedRow>, sqlx::Error> {
         sqlx::query_as(
-            "SELECT id, stream, stream_seq, received_at, kind, reason, payload FROM rejected_messages \
+            "SELECT id, stream, stream_seq, received_at, kind, reason, payload, payload_erased_at, \
+                    outcome, outcome_kind, outcome_reason, reprocessed_at FROM rejected_messages \
              WHERE ($2::int8 IS NULL OR id < $2) ORDER BY id DESC LIMIT $1",
         )
         .bind(limit)
@@ -390,9 +428,19 @@ impl Store {
         self.pool.close().await;
     }
 
-    /// Connects to a database that must already exist, for commands that only read (unlike
-    /// `open`, nothing is created or migrated): a mistyped name is an error naming it, not a
-    /// new empty database that a replay would "successfully" read nothing from.
+    /// Applies pending migrations (for a command that changes data in a database that must
+    /// already exist: `connect`, then this).
+    pub(crate) async fn migrate(&self) -> Result<()> {
+        MIGRATOR
+            .run(&self.pool)
+            .await
+            .wrap_err("cannot apply the database migrations")
+    }
+
+    /// Connects to a database that must already exist, for commands that only read or that
+    /// change what is there (unlike `open`, nothing is created or migrated): a mistyped name is
+    /// an error naming it, not a new empty database that a replay would "successfully" read
+    /// nothing from.
     pub async fn connect(database_url: &str) -> Result<Store> {
         let options = connect_options(database_url)?;
         // Without a name in the URL, PostgreSQL takes the user's.
@@ -531,15 +579,22 @@ const UNDEFINED_DATABASE: &str = "3D000";
 /// PostgreSQL's SQLSTATE for a login pg_hba.conf or the password refuses.
 const INVALID_AUTHORIZATION: &str = "28000";
 
-/// Inserts the candidate orders with one statement and returns the ids that were new.
-async fn insert_orders(
+/// Offers the candidate orders for insertion with one statement, and finds what became of
+/// each: new, stored before (its document), or erased.
+///
+/// An erased order is never inserted: the statement skips ids with a tombstone. `erase` locks
+/// the orders table against inserts while it deletes and writes tombstones, and an INSERT takes
+/// its snapshot only once it holds its lock (READ COMMITTED), so it either committed before the
+/// erasure (which then deletes it) or sees the tombstone.
+async fn offer_orders(
     tx: &mut PgConnection,
     batch: &[Incoming],
     first: &HashMap<&str, usize>,
     candidates: &[&Order],
-) -> Result<HashSet<String>, sqlx::Error> {
+) -> Result<batch::Found, sqlx::Error> {
+    let mut found = batch::Found::default();
     if candidates.is_empty() {
-        return Ok(HashSet::new());
+        return Ok(found);
     }
     let n = candidates.len();
     let (mut uids, mut docs, mut dates, mut customers, mut tracks, mut seqs) = (
@@ -562,6 +617,8 @@ async fn insert_orders(
     let rows: Vec<String> = sqlx::query_scalar(
         "INSERT INTO orders (order_uid, document, date_created, customer_id, track_number, stream_seq) \
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::int8[]) \
+             AS u(order_uid, document, date_created, customer_id, track_number, stream_seq) \
+         WHERE NOT EXISTS (SELECT 1 FROM erased_orders e WHERE e.order_uid = u.order_uid) \
          ON CONFLICT (order_uid) DO NOTHING RETURNING order_uid",
     )
     .bind(&uids)
@@ -572,7 +629,35 @@ async fn insert_orders(
     .bind(&seqs)
     .fetch_all(&mut *tx)
     .await?;
-    Ok(rows.into_iter().collect())
+    found.inserted = rows.into_iter().collect();
+    let not_inserted: Vec<&str> = uids
+        .into_iter()
+        .filter(|uid| !found.inserted.contains(*uid))
+        .collect();
+    if not_inserted.is_empty() {
+        return Ok(found);
+    }
+    found.existing =
+        sqlx::query_as("SELECT order_uid, document FROM orders WHERE order_uid = ANY($1)")
+            .bind(&not_inserted)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect();
+    let unexplained: Vec<&str> = not_inserted
+        .into_iter()
+        .filter(|uid| !found.existing.contains_key(*uid))
+        .collect();
+    if !unexplained.is_empty() {
+        found.erased =
+            sqlx::query_scalar("SELECT order_uid FROM erased_orders WHERE order_uid = ANY($1)")
+                .bind(&unexplained)
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .collect();
+    }
+    Ok(found)
 }
 
 /// Records rejected messages (index into the batch, kind label, reason); a redelivered one is skipped.
@@ -597,12 +682,15 @@ async fn insert_rejections(
     let reasons: Vec<String> = rejected.iter().map(|r| column_text(&r.reason)).collect();
     let payloads: Vec<&[u8]> = rejected
         .iter()
-        .map(|r| batch[r.index].raw.as_ref())
+        .map(|r| match r.keep_payload {
+            true => batch[r.index].raw.as_ref(),
+            false => &[],
+        })
         .collect();
     sqlx::query(
         "INSERT INTO rejected_messages (stream, stream_seq, subject, kind, reason, payload) \
          SELECT $1, * FROM UNNEST($2::int8[], $3::text[], $4::text[], $5::text[], $6::bytea[]) \
-         ON CONFLICT (stream, stream_seq, md5(payload)) DO NOTHING",
+         ON CONFLICT (stream, stream_seq, md5(payload)) WHERE payload_erased_at IS NULL DO NOTHING",
     )
     .bind(stream)
     .bind(&seqs)

@@ -240,7 +240,10 @@ pub async fn restore(
     let Some(reads) = source.open(shutdown).await? else {
         return Ok(Restored::Stopped);
     };
-    let loaded = load(&reads, source.connections, writer, restored, shutdown).await;
+    let loaded = match tombstones(&reads, writer).await {
+        Ok(()) => load(&reads, source.connections, writer, restored, shutdown).await,
+        Err(e) => Err(e),
+    };
     close(reads).await;
     let Some(loaded) = loaded? else {
         return Ok(Restored::Stopped);
@@ -256,6 +259,21 @@ pub async fn restore(
         "cache restored; ready"
     );
     Ok(Restored::Done)
+}
+
+/// Hands the erased orders' ids to the cache before any order: a restore afresh (after a
+/// changelog gap) may have missed an erasure notice, and a chunk read before an erasure must not
+/// bring its order back.
+async fn tombstones(reads: &Store, writer: &CacheWriter) -> Result<()> {
+    let uids = reads
+        .tombstones()
+        .await
+        .wrap_err("cannot read the erased orders' tombstones")?;
+    if !uids.is_empty() {
+        let uids = uids.iter().filter_map(|uid| valid_uid(uid)).collect();
+        writer.send(Change::Tombstones(uids)).await?;
+    }
+    Ok(())
 }
 
 /// Reads every stored order (or, into a bounded cache, the newest that fit) from `reads` into

@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
 use super::{Batch, Cache, Entry};
+use crate::order::OrderUid;
 
 /// Changes waiting for the writer before their senders wait for it. A change is a whole batch
 /// (up to a thousand orders) or a restore's chunk (up to 16 MiB).
@@ -35,6 +36,12 @@ pub enum Change {
     /// One order loaded from PostgreSQL on a miss, its entry already built (the requests that
     /// wanted it are answered with this same entry).
     Loaded(Arc<Entry>),
+    /// An erasure notice (`ordersvc erase`, through the changelog): these orders are dropped,
+    /// and never inserted again, whoever sends them.
+    Erase(Vec<OrderUid>),
+    /// The erased orders' ids as PostgreSQL keeps them (a restore reads them first): the same
+    /// as `Erase`, but not counted as erasures.
+    Tombstones(Vec<OrderUid>),
     /// The restore has loaded all it will: from now on lookups are answered (a miss that is not
     /// in memory asks PostgreSQL), never "still restoring".
     Restored,
@@ -162,7 +169,6 @@ pub fn start(max_bytes: Option<u64>) -> Result<(CacheWriter, WriterThread)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::order::OrderUid;
 
     fn orders(ids: &[&str]) -> Change {
         Change::Orders(
@@ -213,5 +219,42 @@ mod tests {
         assert_eq!(writer.send(orders(&["late"])).await, Err(WriterGone));
         assert_eq!(writer.apply(Change::Restored).await, Err(WriterGone));
         assert!(writer.cache().get("late").is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_erased_order_is_dropped_and_never_inserted_again_by_anyone() {
+        let (writer, thread) = start(Some(1 << 20)).expect("the writer starts");
+        writer
+            .send(orders(&["gone", "kept"]))
+            .await
+            .expect("queued");
+        let uid = OrderUid::parse("gone").expect("valid");
+        writer
+            .send(Change::Erase(vec![uid.clone()]))
+            .await
+            .expect("queued");
+        // What a restore chunk, a changelog message or a miss read before the erasure would send.
+        writer.send(orders(&["gone"])).await.expect("queued");
+        let late = Arc::new(Entry::new(&uid, "{}"));
+        writer.send(Change::Loaded(late)).await.expect("queued");
+        writer
+            .apply(Change::Tombstones(vec![uid.clone()]))
+            .await
+            .expect("applied");
+
+        let cache = writer.cache();
+        assert!(cache.get("gone").is_none());
+        assert!(cache.is_erased("gone"));
+        assert!(cache.get("kept").is_some());
+        assert_eq!(cache.len(), 1);
+        assert_eq!(cache.bytes(), "{\"id\":\"kept\"}".len() as u64);
+        assert_eq!(
+            cache.stats.erasures.get(),
+            1,
+            "counted once, not for the tombstone"
+        );
+        tokio::task::spawn_blocking(move || thread.stop())
+            .await
+            .expect("stopped");
     }
 }

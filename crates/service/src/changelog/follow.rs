@@ -64,8 +64,9 @@ enum Stopped {
     Shutdown,
     /// The changelog does not hold the sequence needed next: restore afresh, then follow on.
     Gap(String),
-    /// A pull skipped the sequence `at`: read again from it, once, before calling it a gap.
-    Skipped { at: u64, why: String },
+    /// A pull skipped from the sequence `at` to `to`: unless the messages in between were
+    /// deleted (erasure deletes messages), read again from `at`, once, before calling it a gap.
+    Skipped { at: u64, to: u64, why: String },
 }
 
 impl Follower {
@@ -149,7 +150,12 @@ impl Follower {
                 return Stopped::Shutdown;
             }
             match self.follow_once(&mut position, shutdown).await {
-                Ok(Stopped::Skipped { at, why }) if skipped_before != Some(at) => {
+                Ok(Stopped::Skipped { at, to, why }) if self.deleted(at, to).await => {
+                    info!(%why, changelog = %self.changelog.name, "the changelog messages skipped were deleted (an erasure); following on");
+                    position.next = to;
+                    skipped_before = None;
+                }
+                Ok(Stopped::Skipped { at, why, .. }) if skipped_before != Some(at) => {
                     warn!(%why, changelog = %self.changelog.name, "a pull skipped a changelog message; following again from it");
                     skipped_before = Some(at);
                 }
@@ -162,6 +168,19 @@ impl Follower {
                         return Stopped::Shutdown;
                     }
                 }
+            }
+        }
+    }
+
+    /// Whether every sequence from `from` up to `to` (excluded) was deleted from the changelog:
+    /// `erase` deletes the messages that carry an erased order (having published the others'
+    /// orders again), and a pull skips them. A failure to ask counts as no.
+    async fn deleted(&self, from: u64, to: u64) -> bool {
+        match self.changelog.deleted_sequences().await {
+            Ok(deleted) => (from..to).all(|seq| deleted.contains(&seq)),
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "cannot ask the changelog which messages were deleted");
+                false
             }
         }
     }
@@ -226,16 +245,24 @@ impl Follower {
             let Some(chunk) = chunk else {
                 return Err(eyre!("the changelog's message stream ended"));
             };
-            let (batch, end) = read_chunk(chunk, next, &changelog.name, &changelog.origin);
+            let (read, end) = read_chunk(chunk, next, &changelog.name, &changelog.origin);
             // Before anything else: `next` is already past these orders, so a batch dropped here
-            // would never be read again (the next consumer starts at `next`).
-            if !batch.is_empty() {
-                self.cache.send(Change::Orders(batch)).await?;
+            // would never be read again (the next consumer starts at `next`). Erasures after
+            // the orders: an order erased in the same chunk must not stay (the cache would
+            // refuse it after its erasure anyway).
+            if !read.orders.is_empty() {
+                self.cache.send(Change::Orders(read.orders)).await?;
+            }
+            if !read.erased.is_empty() {
+                info!(orders = read.erased.len(), changelog = %changelog.name, "erasing orders from memory (an erasure notice)");
+                self.cache.send(Change::Erase(read.erased)).await?;
             }
             self.applied.store(*next, Ordering::Relaxed);
             match end {
                 None => {}
-                Some(ChunkEnd::Skipped { at, why }) => return Ok(Stopped::Skipped { at, why }),
+                Some(ChunkEnd::Skipped { at, to, why }) => {
+                    return Ok(Stopped::Skipped { at, to, why })
+                }
                 Some(ChunkEnd::Failed(e)) => return Err(e),
             }
             if *next > target && catching_up.problem().is_some() {
@@ -248,8 +275,8 @@ impl Follower {
 
 /// What cut a chunk short.
 enum ChunkEnd {
-    /// The pull skipped from sequence `at`: gone from the stream, or lost on the way.
-    Skipped { at: u64, why: String },
+    /// The pull skipped from sequence `at` to `to`: gone from the stream, or lost on the way.
+    Skipped { at: u64, to: u64, why: String },
     /// The pull stream failed (a missed heartbeat, a lost connection): follow again from `next`.
     Failed(color_eyre::Report),
 }
@@ -258,9 +285,9 @@ enum ChunkEnd {
 trait Pulled {
     /// Its stream sequence.
     fn sequence(&self) -> Result<u64>;
-    /// The orders it carries, none if `origin` published it; `None` if it is not a changelog
+    /// What it says (no orders if `origin` published it); `None` if it is not a changelog
     /// message.
-    fn orders(&self, origin: &str) -> Option<Vec<(OrderUid, String)>>;
+    fn read(&self, origin: &str) -> Option<format::Read>;
 }
 
 impl Pulled for jetstream::Message {
@@ -270,21 +297,31 @@ impl Pulled for jetstream::Message {
             .map_err(|e| eyre!("a changelog message without its sequence: {e}"))
     }
 
-    fn orders(&self, origin: &str) -> Option<Vec<(OrderUid, String)>> {
+    fn read(&self, origin: &str) -> Option<format::Read> {
         format::read_message(self.headers.as_ref()?, &self.payload, origin)
     }
 }
 
-/// Reads one pulled chunk from `next` on: the orders it holds up to the first gap or error, with
-/// `next` moved past each message read, and what ended it early, if anything did. The caller
-/// must hand those orders on whatever the end.
+/// What a chunk of changelog messages says: orders to insert, orders to erase.
+#[derive(Default)]
+struct ChunkRead {
+    orders: cache::Batch,
+    erased: Vec<OrderUid>,
+}
+
+/// Reads one pulled chunk from `next` on: the orders (and erasures) it holds up to the first gap
+/// or error, with `next` moved past each message read, and what ended it early, if anything
+/// did. The caller must hand those on whatever the end.
 fn read_chunk<M: Pulled, E: std::error::Error + Send + Sync + 'static>(
     chunk: Vec<std::result::Result<M, E>>,
     next: &mut u64,
     changelog: &str,
     origin: &str,
-) -> (cache::Batch, Option<ChunkEnd>) {
-    let mut batch = Vec::with_capacity(chunk.len());
+) -> (ChunkRead, Option<ChunkEnd>) {
+    let mut batch = ChunkRead {
+        orders: Vec::with_capacity(chunk.len()),
+        erased: Vec::new(),
+    };
     for item in chunk {
         let read = item
             .wrap_err("the changelog's message stream failed")
@@ -296,11 +333,13 @@ fn read_chunk<M: Pulled, E: std::error::Error + Send + Sync + 'static>(
         if seq != *next {
             // An ordered read that skips: the sequences in between are gone, or were lost.
             let why = format!("the changelog skipped from sequence {} to {seq}", *next);
-            return (batch, Some(ChunkEnd::Skipped { at: *next, why }));
+            let (at, to) = (*next, seq);
+            return (batch, Some(ChunkEnd::Skipped { at, to, why }));
         }
         *next = seq + 1;
-        match message.orders(origin) {
-            Some(orders) => batch.extend(orders),
+        match message.read(origin) {
+            Some(format::Read::Orders(orders)) => batch.orders.extend(orders),
+            Some(format::Read::Erase(uids)) => batch.erased.extend(uids),
             // Only ingest publishes here, and only validated orders: anything else is not ours
             // to serve.
             None => warn!(
@@ -340,9 +379,10 @@ mod tests {
             Ok(self.0)
         }
 
-        fn orders(&self, _origin: &str) -> Option<Vec<(OrderUid, String)>> {
+        fn read(&self, _origin: &str) -> Option<format::Read> {
             let uid = OrderUid::parse(self.1?).ok()?;
-            Some(vec![(uid, format!("{{\"seq\":{}}}", self.0))])
+            let document = format!("{{\"seq\":{}}}", self.0);
+            Some(format::Read::Orders(vec![(uid, document)]))
         }
     }
 
@@ -350,8 +390,8 @@ mod tests {
         Ok(Fake(seq, Some(uid)))
     }
 
-    fn uids(batch: &cache::Batch) -> Vec<&str> {
-        batch.iter().map(|(uid, _)| uid.as_str()).collect()
+    fn uids(read: &ChunkRead) -> Vec<&str> {
+        read.orders.iter().map(|(uid, _)| uid.as_str()).collect()
     }
 
     #[test]
@@ -383,11 +423,11 @@ mod tests {
         let chunk = vec![fake(4, "a"), fake(6, "c")];
         let (batch, end) = read_chunk(chunk, &mut next, "test", "me");
         assert_eq!(uids(&batch), ["a"]);
-        let Some(ChunkEnd::Skipped { at, why }) = end else {
+        let Some(ChunkEnd::Skipped { at, to, why }) = end else {
             panic!("no gap");
         };
         assert!(why.contains("from sequence 5 to 6"), "{why}");
-        assert_eq!((at, next), (5, 5));
+        assert_eq!((at, to, next), (5, 6, 5));
     }
 
     #[test]

@@ -16,23 +16,69 @@ pub(super) const ORIGIN_HEADER: &str = "Ordersvc-Origin";
 /// test checks that they fit).
 pub(super) const HEADER_ROOM: usize = 256;
 
-/// The orders of one changelog message, given its headers and payload, in either form: packed
-/// orders, or (written before packing) one order with its order_uid in `Nats-Msg-Id`. None from
-/// a message that `origin` (this process) published.
-pub(super) fn read_message(
-    headers: &HeaderMap,
-    payload: &[u8],
-    origin: &str,
-) -> Option<Vec<(OrderUid, String)>> {
-    if headers.get(FORMAT_HEADER).map(|v| v.as_str()) == Some(FORMAT) {
-        if headers.get(ORIGIN_HEADER).map(|v| v.as_str()) == Some(origin) {
-            return Some(Vec::new());
+/// The value of `FORMAT_HEADER` on an erasure notice (`ordersvc erase`): its payload is the
+/// erased orders' ids, one per line. It carries no personal data.
+pub(super) const ERASE_FORMAT: &str = "erase-v1";
+
+/// What a changelog message says.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Read {
+    /// Stored orders, for the cache.
+    Orders(Vec<(OrderUid, String)>),
+    /// Erased orders: out of the cache, and never back in.
+    Erase(Vec<OrderUid>),
+}
+
+/// What one changelog message says, given its headers and payload: packed orders, orders in the
+/// earlier form (written before packing: one order with its order_uid in `Nats-Msg-Id`), or an
+/// erasure notice. No orders from a message that `origin` (this process) published. `None` if it
+/// is not a changelog message.
+pub(super) fn read_message(headers: &HeaderMap, payload: &[u8], origin: &str) -> Option<Read> {
+    match headers.get(FORMAT_HEADER).map(|v| v.as_str()) {
+        Some(FORMAT) if headers.get(ORIGIN_HEADER).map(|v| v.as_str()) == Some(origin) => {
+            Some(Read::Orders(Vec::new()))
         }
-        return unpack(payload);
+        Some(FORMAT) => unpack(payload).map(Read::Orders),
+        Some(ERASE_FORMAT) => {
+            let text = std::str::from_utf8(payload).ok()?;
+            let uids = text.lines().map(OrderUid::parse).collect::<Result<_, _>>();
+            uids.ok().map(Read::Erase)
+        }
+        Some(_) => None,
+        None => {
+            let uid = OrderUid::parse(headers.get("Nats-Msg-Id")?.as_str()).ok()?;
+            let document = std::str::from_utf8(payload).ok()?.to_owned();
+            Some(Read::Orders(vec![(uid, document)]))
+        }
     }
-    let uid = OrderUid::parse(headers.get("Nats-Msg-Id")?.as_str()).ok()?;
-    let document = std::str::from_utf8(payload).ok()?.to_owned();
-    Some(vec![(uid, document)])
+}
+
+/// The orders a changelog message carries, whoever published it (for erasure, which looks for
+/// every copy).
+pub(super) fn carried_orders(headers: &HeaderMap, payload: &[u8]) -> Vec<(OrderUid, String)> {
+    match read_message(headers, payload, "") {
+        Some(Read::Orders(orders)) => orders,
+        Some(Read::Erase(_)) | None => Vec::new(),
+    }
+}
+
+/// Erased ids in payloads of at most `limit` bytes each, one id per line.
+pub(super) fn pack_erase(uids: &[OrderUid], limit: usize) -> Vec<Bytes> {
+    let mut payloads = Vec::new();
+    let mut current = BytesMut::new();
+    for uid in uids {
+        if !current.is_empty() && current.len() + 1 + uid.as_str().len() > limit {
+            payloads.push(std::mem::take(&mut current).freeze());
+        }
+        if !current.is_empty() {
+            current.put_u8(b'\n');
+        }
+        current.put_slice(uid.as_str().as_bytes());
+    }
+    if !current.is_empty() {
+        payloads.push(current.freeze());
+    }
+    payloads
 }
 
 /// A name for this process's changelog messages: 64 random bits (std's `RandomState` is seeded
@@ -170,23 +216,52 @@ mod tests {
         let mut packed = HeaderMap::new();
         packed.insert(FORMAT_HEADER, FORMAT);
         let payload = pack(&orders, 1 << 20).remove(0);
-        assert_eq!(read_message(&packed, &payload, "me"), Some(orders.clone()));
+        let read = |headers: &HeaderMap, payload: &[u8], origin: &str| match read_message(
+            headers, payload, origin,
+        ) {
+            Some(Read::Orders(orders)) => Some(orders),
+            Some(Read::Erase(uids)) => panic!("read as an erasure of {uids:?}"),
+            None => None,
+        };
+        assert_eq!(read(&packed, &payload, "me"), Some(orders.clone()));
         // Its own messages: this process's ingest handed their orders to its cache already.
         packed.insert(ORIGIN_HEADER, "me");
-        assert_eq!(read_message(&packed, &payload, "me"), Some(vec![]));
-        assert_eq!(read_message(&packed, &payload, "other"), Some(orders));
+        assert_eq!(read(&packed, &payload, "me"), Some(vec![]));
+        assert_eq!(read(&packed, &payload, "other"), Some(orders.clone()));
+        // Erasure looks for every copy, its own process's too.
+        assert_eq!(carried_orders(&packed, &payload), orders);
 
         let mut earlier = HeaderMap::new();
         earlier.insert("Nats-Msg-Id", "a");
-        assert_eq!(
-            read_message(&earlier, b"{}", "me"),
-            Some(vec![order("a", "{}")])
-        );
+        assert_eq!(read(&earlier, b"{}", "me"), Some(vec![order("a", "{}")]));
         // Neither form: not a changelog message.
-        assert_eq!(read_message(&HeaderMap::new(), b"{}", "me"), None);
+        assert_eq!(read(&HeaderMap::new(), b"{}", "me"), None);
         let mut unknown = HeaderMap::new();
         unknown.insert(FORMAT_HEADER, "orders-v9");
         assert_eq!(read_message(&unknown, &payload, "me"), None);
         assert_ne!(new_origin(), new_origin());
+    }
+
+    #[test]
+    fn an_erasure_notice_names_its_ids_in_messages_within_the_limit() {
+        let uids: Vec<OrderUid> = ["a1", "b22", "c333"]
+            .iter()
+            .map(|id| OrderUid::parse(id).expect("valid"))
+            .collect();
+        let payloads = pack_erase(&uids, 7);
+        assert_eq!(payloads, [Bytes::from("a1\nb22"), Bytes::from("c333")]);
+        let mut notice = HeaderMap::new();
+        notice.insert(FORMAT_HEADER, ERASE_FORMAT);
+        let read: Vec<OrderUid> = payloads
+            .iter()
+            .flat_map(|p| match read_message(&notice, p, "me") {
+                Some(Read::Erase(uids)) => uids,
+                other => panic!("not read as an erasure: {other:?}"),
+            })
+            .collect();
+        assert_eq!(read, uids);
+        assert!(carried_orders(&notice, &payloads[0]).is_empty());
+        // An id that breaks the rule makes the notice unreadable, not a partial erasure.
+        assert_eq!(read_message(&notice, b"a1\nno way", "me"), None);
     }
 }

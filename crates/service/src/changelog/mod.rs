@@ -35,10 +35,12 @@
 //! `format` is the wire format; `follow` is the follower with its hand-off, continuity check and
 //! gap policy.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 use async_nats::HeaderMap;
+use bytes::Bytes;
 use color_eyre::eyre::{eyre, Result, WrapErr};
 
 use crate::bus::MAX_PAYLOAD;
@@ -137,26 +139,138 @@ impl Changelog {
     /// Publishes committed orders, packed into as few messages as the server's max payload
     /// allows, and waits until JetStream has stored every message.
     pub async fn publish(&self, orders: &[(OrderUid, String)]) -> Result<()> {
+        let payloads = format::pack(orders, self.payload_limit());
+        self.publish_all(FORMAT, payloads, "a message of orders")
+            .await
+    }
+
+    /// Room for a payload in one message, headers aside.
+    fn payload_limit(&self) -> usize {
         let max_payload = self.js.client().server_info().max_payload.min(MAX_PAYLOAD);
+        max_payload.saturating_sub(HEADER_ROOM)
+    }
+
+    /// Publishes payloads of the `format` given, named as this process's, and waits until
+    /// JetStream has stored every one (`what` names them in an error).
+    async fn publish_all(
+        &self,
+        format: &'static str,
+        payloads: Vec<Bytes>,
+        what: &str,
+    ) -> Result<()> {
         let mut acks = Vec::new();
-        for payload in format::pack(orders, max_payload.saturating_sub(HEADER_ROOM)) {
+        for payload in payloads {
             let mut headers = HeaderMap::new();
-            headers.insert(FORMAT_HEADER, FORMAT);
+            headers.insert(FORMAT_HEADER, format);
             headers.insert(ORIGIN_HEADER, self.origin.as_str());
             let ack = self
                 .js
                 .publish_with_headers(self.subject.clone(), headers, payload)
                 .await
-                .wrap_err("cannot publish to the changelog")?;
+                .wrap_err_with(|| format!("cannot publish {what} to the changelog"))?;
             acks.push(ack);
         }
         for ack in
             futures::future::join_all(acks.into_iter().map(std::future::IntoFuture::into_future))
                 .await
         {
-            ack.map_err(|e| eyre!("the changelog did not store a message of orders: {e}"))?;
+            ack.map_err(|e| eyre!("the changelog did not store {what}: {e}"))?;
         }
         Ok(())
+    }
+}
+
+/// What erasure did to the changelog (`Changelog::scrub`).
+#[derive(Debug, Default)]
+pub struct Scrubbed {
+    /// Messages read.
+    pub read: u64,
+    /// Messages that carried an erased order, deleted.
+    pub deleted: u64,
+    /// Orders of those messages that were not erased, published again first.
+    pub republished: usize,
+}
+
+impl Changelog {
+    /// The changelog stream as it is, or `None` if it does not exist (no replica has run yet).
+    /// Erasure uses this rather than creating one with its own settings.
+    async fn existing(&self) -> Result<Option<stream::Stream>> {
+        crate::bus::existing_stream(&self.js, &self.name).await
+    }
+
+    /// Publishes an erasure notice: every replica that follows the changelog drops these
+    /// orders and never inserts them again. `false` if there is no changelog (no replica ever
+    /// ran; one that starts restores the tombstones from PostgreSQL).
+    pub async fn publish_erase(&self, uids: &[OrderUid]) -> Result<bool> {
+        if self.existing().await?.is_none() {
+            return Ok(false);
+        }
+        let payloads = format::pack_erase(uids, self.payload_limit());
+        self.publish_all(format::ERASE_FORMAT, payloads, "the erasure notice")
+            .await?;
+        Ok(true)
+    }
+
+    /// Removes the erased orders from every changelog message: a message that carries one is
+    /// deleted (its bytes overwritten), once the other orders it carried are published again,
+    /// so that a replica still behind it loses none of them.
+    pub async fn scrub(&self, erased: &HashSet<&str>) -> Result<Scrubbed> {
+        let Some(mut stream) = self.existing().await? else {
+            return Ok(Scrubbed::default());
+        };
+        let (found, read) = crate::bus::scan::matching(&mut stream, |message| {
+            let Some(headers) = message.headers.as_ref() else {
+                return false;
+            };
+            format::carried_orders(headers, &message.payload)
+                .iter()
+                .any(|(uid, _)| erased.contains(uid.as_str()))
+        })
+        .await?;
+        let mut scrubbed = Scrubbed {
+            read,
+            ..Scrubbed::default()
+        };
+        for message in found {
+            let headers = message.headers.as_ref();
+            let kept: Vec<(OrderUid, String)> = headers
+                .map(|headers| format::carried_orders(headers, &message.payload))
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|(uid, _)| !erased.contains(uid.as_str()))
+                .collect();
+            if !kept.is_empty() {
+                self.publish(&kept).await?;
+                scrubbed.republished += kept.len();
+            }
+            let seq = message
+                .info()
+                .map_err(|e| eyre!("a changelog message without its sequence: {e}"))?
+                .stream_sequence;
+            crate::bus::scan::erase_message(&stream, seq)
+                .await
+                .wrap_err("cannot delete a changelog message that carries an erased order")?;
+            scrubbed.deleted += 1;
+        }
+        Ok(scrubbed)
+    }
+
+    /// The sequences deleted from inside the changelog (by `erase`).
+    pub(crate) async fn deleted_sequences(&self) -> Result<std::collections::HashSet<u64>> {
+        let stream = self.stream().await?;
+        let info = stream
+            .info_builder()
+            .with_deleted(true)
+            .fetch()
+            .await
+            .wrap_err("cannot read the changelog's deleted messages")?;
+        Ok(info
+            .info
+            .state
+            .deleted
+            .unwrap_or_default()
+            .into_iter()
+            .collect())
     }
 }
 

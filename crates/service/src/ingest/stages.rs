@@ -10,12 +10,13 @@ use tracing::{debug, info, warn};
 
 use super::in_flight::{nak_all, InFlight};
 use super::{Ingest, Totals, BACKOFF_MAX, BACKOFF_MIN};
-use crate::batch::{Incoming, Outcome, Written};
+use crate::batch::{Incoming, Outcome, Written, ERASED_KIND};
 use crate::bus;
 use crate::cache::Change;
 use crate::order::{Order, OrderUid};
 use crate::retry::Backoff;
 use crate::shutdown::Shutdown;
+use crate::store::Record;
 
 /// Failed attempts at a batch before its messages are tried one by one, to find one that
 /// PostgreSQL refuses for a reason other than its data (a trigger, a rule).
@@ -200,6 +201,8 @@ impl Ingest {
             );
         }
 
+        self.erase_refused(&written, &messages).await;
+
         let mut totals = Totals {
             received: received as u64,
             ..Totals::default()
@@ -273,58 +276,49 @@ impl Ingest {
         }
     }
 
-    /// Writes a batch. If PostgreSQL refuses it because of a message's data (or, with
-    /// `isolate_refusals`, for any reason it answers with), writes the messages one by one so
-    /// that the one it refuses is recorded as rejected and blocks nothing.
+    /// Writes a batch, taking it apart if PostgreSQL refuses a message of it (`Store::write`).
     async fn write(
         &self,
         incoming: &[Incoming],
         isolate_refusals: bool,
     ) -> Result<Written, sqlx::Error> {
-        let error = match self.store.write_batch(&self.nats.stream, incoming).await {
-            Ok(written) => return Ok(written),
-            Err(e) => e,
-        };
-        let refusal =
-            |e: &sqlx::Error| is_data_error(e) || (isolate_refusals && !is_server_state(e));
-        if !refusal(&error) {
-            return Err(error);
+        self.store
+            .write(
+                &self.nats.stream,
+                incoming,
+                Record::Rejections,
+                isolate_refusals,
+            )
+            .await
+    }
+
+    /// Deletes from the stream the messages of erased orders that this batch refused (a
+    /// republish, a replay of an old backup): their rejection rows keep no payload, and the
+    /// stream should keep none either. At worst (NATS failing now) they stay until the next
+    /// `ordersvc erase` of the order, which finds them.
+    async fn erase_refused(&self, written: &Written, messages: &[jetstream::Message]) {
+        let erased: Vec<u64> = written
+            .outcomes
+            .iter()
+            .zip(messages)
+            .filter(|(outcome, _)| **outcome == Outcome::Rejected(ERASED_KIND))
+            .filter_map(|(_, message)| message.info().ok().map(|info| info.stream_sequence))
+            .collect();
+        if erased.is_empty() {
+            return;
         }
-        warn!(error = %error, "PostgreSQL refused a batch; writing it message by message");
-        let mut all = Written::default();
-        let mut refused = Vec::new();
-        for (i, message) in incoming.iter().enumerate() {
-            match self
-                .store
-                .write_batch(&self.nats.stream, std::slice::from_ref(message))
-                .await
-            {
-                Ok(written) => {
-                    all.outcomes.extend(written.outcomes);
-                    all.to_cache.extend(written.to_cache);
-                }
-                Err(e) if refusal(&e) => refused.push((i, e)),
-                Err(e) => return Err(e),
+        let stream = match self.js.get_stream_no_info(&self.nats.stream).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                warn!(error = %e, "cannot delete the messages of erased orders from the stream");
+                return;
+            }
+        };
+        for seq in erased {
+            if let Err(e) = bus::scan::erase_message(&stream, seq).await {
+                warn!(seq, error = %format!("{e:#}"), "cannot delete the message of an erased order from the stream");
             }
         }
-        // When no message escapes a refusal that is not about data, ask whether PostgreSQL takes
-        // a known-good order at all: if not, it is the database's problem (a missing table, a
-        // permission), and the batch is retried rather than every order in it rejected.
-        if refused.len() == incoming.len()
-            && !refused.iter().all(|(_, e)| is_data_error(e))
-            && self.store.probe_write().await.is_err()
-        {
-            return Err(error);
-        }
-        for (i, e) in refused {
-            let message = &incoming[i];
-            warn!(seq = message.seq, error = %e, "PostgreSQL refused a message; recording it as rejected");
-            self.store
-                .reject_one(&self.nats.stream, message, &format!("store error: {e}"))
-                .await?;
-            all.outcomes.push(Outcome::Rejected("store_error"));
-        }
-        Ok(all)
     }
 
     /// Resolves `grace` after a stop is requested (never, if none is).
@@ -350,36 +344,3 @@ fn crash_here_if_testing() {
 /// Release builds: no test hook.
 #[cfg(not(debug_assertions))]
 fn crash_here_if_testing() {}
-
-/// Errors that say something about the server, the connection or the settings rather than about
-/// any message: a batch that meets one is retried whole, however often, and never taken apart to
-/// record its messages as rejected. Only PostgreSQL's answers about a statement (a trigger, a
-/// rule, a constraint added by hand) are left for the isolation to look into.
-fn is_server_state(e: &sqlx::Error) -> bool {
-    let sqlx::Error::Database(db) = e else {
-        // No answer at all: a lost connection, a timeout, TLS, a pool with no connection.
-        return true;
-    };
-    let Some(code) = db.code() else { return true };
-    // 08 connection, 25 transaction state (25006: a read-only server), 28 login, 3D database,
-    // 40 rolled back (serialization, deadlock, a standby's conflict), 42 a missing table or
-    // permission, 53 resources (disk full, too many connections), 55 object state (a lock not
-    // available), 57 operator intervention (shutdown, cancel), 58 system errors, XX internal.
-    const SERVER_CLASSES: [&str; 11] = [
-        "08", "25", "28", "3D", "40", "42", "53", "55", "57", "58", "XX",
-    ];
-    SERVER_CLASSES.iter().any(|class| code.starts_with(class))
-}
-
-/// Errors that come from the data of a row, not from PostgreSQL being unavailable: retrying the
-/// same batch would fail forever, so the offending message must be isolated instead.
-fn is_data_error(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            // 22: data exception, 23: integrity constraint violation, 54: program limit exceeded.
-            code.starts_with("22") || code.starts_with("23") || code.starts_with("54")
-        }),
-        sqlx::Error::Encode(_) => true,
-        _ => false,
-    }
-}
