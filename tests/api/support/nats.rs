@@ -145,6 +145,13 @@ impl OwnNats {
         self.wait_until_greeting();
     }
 
+    /// Stops the server (SIGTERM, then SIGKILL if it lingers): NATS is down until `run` starts
+    /// it again, on the same port, configuration and JetStream store.
+    pub fn stop(&mut self) {
+        let mut child = self.child.take().expect("nats-server is not running");
+        stop(&mut child, libc::SIGTERM);
+    }
+
     /// Waits until a client that connects gets the server's `INFO` line (sent in the clear even
     /// by a TLS server: the client upgrades after it).
     fn wait_until_greeting(&mut self) {

@@ -1,6 +1,7 @@
-//! Test orders: testdata/model.json with another id, date, track number, customer or size, and
-//! many of them at once.
+//! Test orders: testdata/model.json with another id, date, track number, customer, person or
+//! size, and many of them at once.
 
+use super::isolation::random_suffix;
 use super::service::TestApp;
 
 /// A file under testdata/, byte for byte.
@@ -46,6 +47,59 @@ pub fn model_with(uid: &str, date: &str, track: &str, customer: &str) -> Vec<u8>
         &format!(r#""customer_id": {}"#, serde_json::json!(customer)),
     )
     .into_bytes()
+}
+
+/// The person an order is for, every value unique (a random part each), so that a search for
+/// one of them finds this order's copies and nothing else.
+#[derive(Debug, Clone)]
+pub struct Person {
+    pub name: String,
+    pub phone: String,
+    pub email: String,
+    pub address: String,
+    pub customer_id: String,
+}
+
+impl Person {
+    pub fn unique() -> Person {
+        Person {
+            name: format!("Erin Erasable {}", random_suffix()),
+            phone: format!("+7 555 {}", random_suffix()),
+            email: format!("erin.{}@example.org", random_suffix()),
+            address: format!("{} Forgotten Lane", random_suffix()),
+            customer_id: format!("customer-{}", random_suffix()),
+        }
+    }
+
+    /// What identifies the person (the customer id is the shop's, not theirs), with its field.
+    pub fn personal_values(&self) -> [(&'static str, &str); 4] {
+        [
+            ("delivery.name", &self.name),
+            ("delivery.phone", &self.phone),
+            ("delivery.email", &self.email),
+            ("delivery.address", &self.address),
+        ]
+    }
+}
+
+/// testdata/model.json with this id, for this person (delivery name, phone, email, address and
+/// customer_id).
+pub fn model_for(uid: &str, person: &Person) -> Vec<u8> {
+    let mut model = String::from_utf8(model_with_uid(uid)).expect("model.json is UTF-8");
+    for (field, from, to) in [
+        ("name", "Test Testov", &person.name),
+        ("phone", "+9720000000", &person.phone),
+        ("email", "test@gmail.com", &person.email),
+        ("address", "Ploshad Mira 15", &person.address),
+        ("customer_id", "test", &person.customer_id),
+    ] {
+        model = replace_once(
+            &model,
+            &format!(r#""{field}": "{from}""#),
+            &format!(r#""{field}": {}"#, serde_json::json!(to)),
+        );
+    }
+    model.into_bytes()
 }
 
 /// A valid order of exactly `size` bytes: the model with huge strings of several kinds

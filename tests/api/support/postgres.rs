@@ -327,6 +327,22 @@ impl SharedDatabase {
     pub fn name_for(suffix: &str) -> String {
         format!("ordersvc_test_{suffix}")
     }
+
+    /// One integer from a query in this database, on a connection of its own (NULL reads as
+    /// 0): for a test that has no `World`.
+    pub fn query_i64(&self, query: &str) -> i64 {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for the query");
+        rt.block_on(async {
+            let mut conn = PgConnection::connect(&self.url).await?;
+            let value: Option<i64> = sqlx::query_scalar(query).fetch_one(&mut conn).await?;
+            conn.close().await?;
+            Ok::<_, sqlx::Error>(value.unwrap_or(0))
+        })
+        .unwrap_or_else(|e| panic!("cannot run {query:?}: {e}"))
+    }
 }
 
 impl Drop for SharedDatabase {

@@ -8,11 +8,13 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer, publish::PublishAck};
+use async_nats::jetstream::stream::RawMessageErrorKind;
+use async_nats::jetstream::{self, consumer, message::StreamMessage, publish::PublishAck};
 use ordersvc_client::child::serve_command;
 use ordersvc_service::changelog;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
+use super::commands::ordersvc;
 use super::isolation::Names;
 use super::nats::{base_nats_url, Publisher, SharedStream};
 use super::postgres::{base_database_url, with_database, SharedDatabase};
@@ -164,6 +166,16 @@ impl World {
         command
     }
 
+    /// `ordersvc ARGS` on this test's database, NATS, stream, subject and durable consumer (the
+    /// flags the data commands, `erase` and `rejected reprocess`, take); add more arguments.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = ordersvc(args);
+        command
+            .args(["--database-url", &self.database_url])
+            .args(self.names.consumer_flags(&self.nats_url));
+        command
+    }
+
     /// The durable consumer's state as the server reports it.
     pub fn consumer_info(&self) -> consumer::Info {
         self.try_consumer_info()
@@ -199,6 +211,86 @@ impl World {
                 .state
                 .messages
         })
+    }
+
+    /// The name of the service's changelog stream.
+    pub fn changelog_stream(&self) -> String {
+        changelog::stream_name(&self.names.stream, &self.names.durable)
+    }
+
+    /// Every message `stream` holds now, in stream order, each got by its sequence: what a
+    /// reader of the stream could still get, whatever the service does with it. The sequences
+    /// of deleted or erased messages are gaps, skipped.
+    pub fn stream_contents(&self, stream: &str) -> Vec<StreamMessage> {
+        self.rt.block_on(async {
+            let mut stream = self
+                .js
+                .get_stream(stream)
+                .await
+                .unwrap_or_else(|e| panic!("cannot get stream {stream}: {e}"));
+            let state = stream
+                .info()
+                .await
+                .expect("cannot get the stream's info")
+                .state
+                .clone();
+            let mut messages = Vec::new();
+            if state.messages == 0 {
+                return messages;
+            }
+            for sequence in state.first_sequence..=state.last_sequence {
+                match stream.get_raw_message(sequence).await {
+                    Ok(message) => messages.push(message),
+                    Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => {}
+                    Err(e) => panic!("cannot get message {sequence}: {e}"),
+                }
+            }
+            messages
+        })
+    }
+
+    /// Every `table.column` of the test database's public schema in which some row holds
+    /// `needle`: a bytea column as bytes, any other column in its text form.
+    pub fn columns_containing(&self, needle: &str) -> Vec<String> {
+        let columns: Vec<(String, String, String)> = self
+            .rt
+            .block_on(
+                sqlx::query_as(
+                    "SELECT c.table_name::text, c.column_name::text, c.data_type::text \
+                     FROM information_schema.columns c \
+                     JOIN information_schema.tables t USING (table_schema, table_name) \
+                     WHERE c.table_schema = 'public' AND t.table_type = 'BASE TABLE' \
+                     ORDER BY 1, 2",
+                )
+                .fetch_all(self.db()),
+            )
+            .expect("cannot list the database's columns");
+        assert!(!columns.is_empty(), "the database has no tables to search");
+        let quoted = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
+        columns
+            .into_iter()
+            .filter(|(table, column, data_type)| {
+                let (table, column) = (quoted(table), quoted(column));
+                let bytea = data_type == "bytea";
+                let query = if bytea {
+                    format!("SELECT count(*) FROM {table} WHERE position($1 IN {column}) > 0")
+                } else {
+                    format!("SELECT count(*) FROM {table} WHERE position($1 IN {column}::text) > 0")
+                };
+                let search = sqlx::query_scalar::<_, i64>(&query);
+                let search = if bytea {
+                    search.bind(needle.as_bytes())
+                } else {
+                    search.bind(needle)
+                };
+                let found = self
+                    .rt
+                    .block_on(search.fetch_one(self.db()))
+                    .unwrap_or_else(|e| panic!("cannot run {query:?}: {e}"));
+                found > 0
+            })
+            .map(|(table, column, _)| format!("{table}.{column}"))
+            .collect()
     }
 
     /// Deletes the stream (and so the consumer) behind the service's back.
