@@ -29,3 +29,15 @@ DROP INDEX rejected_messages_once_idx;
 CREATE UNIQUE INDEX rejected_messages_once_idx
     ON rejected_messages (stream, stream_seq, md5(payload))
     WHERE payload_erased_at IS NULL;
+
+-- Changelog messages `erase` deleted (it publishes the other orders they carried again first).
+-- A replica that was behind one meets a hole in the changelog's sequences, or a stream that now
+-- starts later, and would take it for lost messages and restore afresh; this tells it that
+-- nothing was lost. `created_ns` is the stream's creation time (nanoseconds): a stream deleted
+-- and made again starts its sequences anew, and these rows do not speak for it.
+CREATE TABLE erased_changelog_messages (
+    changelog  text   NOT NULL,
+    created_ns bigint NOT NULL,
+    seq        bigint NOT NULL,
+    PRIMARY KEY (changelog, created_ns, seq)
+);

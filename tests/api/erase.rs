@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use crate::support::commands::{ordersvc, printed, run_successfully, run_to_end, serve_with};
+use crate::support::http::cached_orders;
 use crate::support::isolation::Names;
 use crate::support::nats::{NatsAuth, NatsTls, OwnNats};
 use crate::support::orders::{
@@ -333,6 +334,62 @@ fn after_an_erase_no_personal_value_is_left_anywhere_and_the_orders_packed_with_
         wait_until_gone(name, replica, &uid, Instant::now());
         assert_every_order_is_served(replica, &others);
     }
+}
+
+#[test]
+fn a_replica_behind_the_deleted_changelog_message_reads_past_it_without_restoring_afresh() {
+    // Arrange: replica B (a process) frozen long enough that the server holds no pull request
+    // of its, and its changelog consumer is gone (both expire within 30 s): what is published
+    // from now on is still ahead of it when the erase deletes the changelog message.
+    let app = spawn_app();
+    let b = app.spawn_replica(Runs::Child, &[]);
+    b.signal("STOP");
+    std::thread::sleep(Duration::from_secs(40));
+    let person = Person::unique();
+    let uid = format!("erase-{}", app.names.suffix);
+    let order = model_for(&uid, &person);
+    let others: Vec<(String, Vec<u8>)> = (0..5)
+        .map(|i| {
+            let uid = format!("kept-{}-{i}", app.names.suffix);
+            let order = model_for(&uid, &Person::unique());
+            (uid, order)
+        })
+        .collect();
+    let mut messages = vec![(Some(uid.as_str()), order.as_slice())];
+    messages.extend(
+        others
+            .iter()
+            .map(|(uid, order)| (Some(uid.as_str()), order.as_slice())),
+    );
+    app.publish_many(messages);
+    app.wait_until(|app| app.orders_count() == 6, "6 orders stored");
+    assert!(app.wait_for_order(&uid) == order);
+
+    // Act
+    erase(&app, &[&uid]);
+    b.signal("CONT");
+
+    // Assert: B drops the order, holds the others in memory (through the changelog: the
+    // erase published them again), and read past the deleted message rather than treating it
+    // as a gap and restoring afresh.
+    wait_until_gone("B", &b, &uid, Instant::now());
+    b.wait_until(
+        |b| cached_orders(&b.get("/readyz")) == 5,
+        "B holds the 5 other orders in memory",
+    );
+    assert_every_order_is_served(&b, &others);
+    let logs = b.logs();
+    assert!(
+        logs.iter()
+            .any(|line| line.contains("were deleted (an erasure)")),
+        "B never met the deleted changelog message: the test proves nothing\n{}",
+        logs.join("\n")
+    );
+    let afresh: Vec<&String> = logs
+        .iter()
+        .filter(|line| line.contains("restoring the cache afresh"))
+        .collect();
+    assert!(afresh.is_empty(), "B restored afresh: {afresh:?}");
 }
 
 #[test]

@@ -137,7 +137,7 @@ async fn erase(args: &EraseArgs, uids: &[OrderUid]) -> Result<()> {
     );
 
     let mut done = 0;
-    if let Err(e) = nats_steps(args, uids, &mut done).await {
+    if let Err(e) = nats_steps(args, uids, &store, &mut done).await {
         let not_done = NATS_STEPS[done..].join("; ");
         println!("not done: {not_done}");
         return Err(e.wrap_err(format!(
@@ -155,7 +155,12 @@ async fn erase(args: &EraseArgs, uids: &[OrderUid]) -> Result<()> {
 }
 
 /// Steps 2 to 4; `done` counts those that finished.
-async fn nats_steps(args: &EraseArgs, uids: &[OrderUid], done: &mut usize) -> Result<()> {
+async fn nats_steps(
+    args: &EraseArgs,
+    uids: &[OrderUid],
+    store: &Store,
+    done: &mut usize,
+) -> Result<()> {
     let client = bus::connect(&args.nats, "ordersvc-erase").await?;
     let js = jetstream::new(client);
     let changelog = Changelog::new(js.clone(), &args.nats, &args.durable);
@@ -174,7 +179,7 @@ async fn nats_steps(args: &EraseArgs, uids: &[OrderUid], done: &mut usize) -> Re
     }
     *done += 1;
 
-    let scrubbed = changelog.scrub(&wanted).await?;
+    let scrubbed = changelog.scrub(&wanted, store).await?;
     println!(
         "changelog {}: {} message(s) read, {} deleted, {} other order(s) in them published again",
         changelog.name(),

@@ -126,13 +126,12 @@ impl Tally {
             .iter()
             .map(|(kind, n)| format!("{kind} {n}"))
             .collect();
-        let by_kind = match kinds.is_empty() {
-            true => String::new(),
-            false => format!(" ({})", kinds.join(", ")),
-        };
         println!("{would}stored: {}", self.stored);
         println!("{would}duplicate: {}", self.duplicate);
-        println!("{would}refused: {refused}{by_kind}");
+        println!("{would}refused: {refused}");
+        if !kinds.is_empty() {
+            println!("  by kind: {}", kinds.join(", "));
+        }
         println!("{would}failed: {}", self.failed);
     }
 }

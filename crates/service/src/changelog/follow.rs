@@ -150,7 +150,9 @@ impl Follower {
                 return Stopped::Shutdown;
             }
             match self.follow_once(&mut position, shutdown).await {
-                Ok(Stopped::Skipped { at, to, why }) if self.deleted(at, to).await => {
+                Ok(Stopped::Skipped { at, to, why })
+                    if self.erased(position.created, at, to).await =>
+                {
                     info!(%why, changelog = %self.changelog.name, "the changelog messages skipped were deleted (an erasure); following on");
                     position.next = to;
                     skipped_before = None;
@@ -172,14 +174,22 @@ impl Follower {
         }
     }
 
-    /// Whether every sequence from `from` up to `to` (excluded) was deleted from the changelog:
-    /// `erase` deletes the messages that carry an erased order (having published the others'
-    /// orders again), and a pull skips them. A failure to ask counts as no.
-    async fn deleted(&self, from: u64, to: u64) -> bool {
-        match self.changelog.deleted_sequences().await {
-            Ok(deleted) => (from..to).all(|seq| deleted.contains(&seq)),
+    /// Whether `erase` deleted every changelog message from `from` up to `to` (excluded) of
+    /// the changelog created at `created`: it publishes the other orders they carried again,
+    /// later in the changelog, so the hole loses nothing. JetStream itself cannot tell such a
+    /// hole from messages lost (a deleted first message just moves the stream's start), so
+    /// erasure records its deletions in PostgreSQL. A failure to ask counts as no.
+    async fn erased(&self, created: time::OffsetDateTime, from: u64, to: u64) -> bool {
+        let name = &self.changelog.name;
+        let covered = self
+            .source
+            .primary
+            .changelog_deletions_cover(name, super::created_ns(created), from, to)
+            .await;
+        match covered {
+            Ok(covered) => covered,
             Err(e) => {
-                warn!(error = %format!("{e:#}"), "cannot ask the changelog which messages were deleted");
+                warn!(error = %e, "cannot ask PostgreSQL which changelog messages erasure deleted");
                 false
             }
         }
@@ -205,7 +215,13 @@ impl Follower {
         let next = &mut position.next;
         self.applied.store(*next, Ordering::Relaxed);
         if let Some(gap) = gap_at_start(*next, state.first_sequence, state.last_sequence) {
-            return Ok(Stopped::Gap(gap));
+            let (from, to) = (*next, state.first_sequence);
+            if from < to && self.erased(position.created, from, to).await {
+                info!(%gap, changelog = %changelog.name, "the changelog messages missing were deleted (an erasure); following on");
+                *next = to;
+            } else {
+                return Ok(Stopped::Gap(gap));
+            }
         }
         // Everything up to here was committed before this point: until it is applied, reads
         // would miss orders that a replica in sync serves from memory.

@@ -46,6 +46,7 @@ use color_eyre::eyre::{eyre, Result, WrapErr};
 use crate::bus::MAX_PAYLOAD;
 use crate::config::NatsArgs;
 use crate::order::OrderUid;
+use crate::store::Store;
 
 use self::format::{FORMAT, FORMAT_HEADER, HEADER_ROOM, ORIGIN_HEADER};
 
@@ -214,10 +215,13 @@ impl Changelog {
     /// Removes the erased orders from every changelog message: a message that carries one is
     /// deleted (its bytes overwritten), once the other orders it carried are published again,
     /// so that a replica still behind it loses none of them.
-    pub async fn scrub(&self, erased: &HashSet<&str>) -> Result<Scrubbed> {
+    /// Each deletion is recorded in PostgreSQL first, so that a replica still behind the
+    /// message knows that the hole in the sequences lost it nothing (`Follower::erased`).
+    pub async fn scrub(&self, erased: &HashSet<&str>, store: &Store) -> Result<Scrubbed> {
         let Some(mut stream) = self.existing().await? else {
             return Ok(Scrubbed::default());
         };
+        let created = created_ns(stream.cached_info().created);
         let (found, read) = crate::bus::scan::matching(&mut stream, |message| {
             let Some(headers) = message.headers.as_ref() else {
                 return false;
@@ -247,6 +251,10 @@ impl Changelog {
                 .info()
                 .map_err(|e| eyre!("a changelog message without its sequence: {e}"))?
                 .stream_sequence;
+            store
+                .record_changelog_deletion(&self.name, created, seq)
+                .await
+                .wrap_err("cannot record a changelog message's deletion")?;
             crate::bus::scan::erase_message(&stream, seq)
                 .await
                 .wrap_err("cannot delete a changelog message that carries an erased order")?;
@@ -254,24 +262,11 @@ impl Changelog {
         }
         Ok(scrubbed)
     }
+}
 
-    /// The sequences deleted from inside the changelog (by `erase`).
-    pub(crate) async fn deleted_sequences(&self) -> Result<std::collections::HashSet<u64>> {
-        let stream = self.stream().await?;
-        let info = stream
-            .info_builder()
-            .with_deleted(true)
-            .fetch()
-            .await
-            .wrap_err("cannot read the changelog's deleted messages")?;
-        Ok(info
-            .info
-            .state
-            .deleted
-            .unwrap_or_default()
-            .into_iter()
-            .collect())
-    }
+/// A stream's creation time as erasure records it (nanoseconds since 1970; 2262 is far).
+pub(crate) fn created_ns(created: time::OffsetDateTime) -> i64 {
+    i64::try_from(created.unix_timestamp_nanos()).unwrap_or(i64::MAX)
 }
 
 /// The changelog stream of the service made of `stream` and `durable` (for tools and tests that

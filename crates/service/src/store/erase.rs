@@ -67,6 +67,50 @@ impl Store {
         Ok(())
     }
 
+    /// Records that `erase` is deleting the changelog message `seq` (before it does).
+    pub(crate) async fn record_changelog_deletion(
+        &self,
+        changelog: &str,
+        created_ns: i64,
+        seq: u64,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO erased_changelog_messages (changelog, created_ns, seq) VALUES ($1, $2, $3) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(changelog)
+        .bind(created_ns)
+        .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Whether `erase` deleted every changelog message from `from` up to `to` (excluded).
+    pub(crate) async fn changelog_deletions_cover(
+        &self,
+        changelog: &str,
+        created_ns: i64,
+        from: u64,
+        to: u64,
+    ) -> Result<bool, sqlx::Error> {
+        let (from, to) = (
+            i64::try_from(from).unwrap_or(i64::MAX),
+            i64::try_from(to).unwrap_or(i64::MAX),
+        );
+        let deleted: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM erased_changelog_messages \
+             WHERE changelog = $1 AND created_ns = $2 AND seq >= $3 AND seq < $4",
+        )
+        .bind(changelog)
+        .bind(created_ns)
+        .bind(from)
+        .bind(to)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(deleted == to - from)
+    }
+
     /// Every erased order's id.
     pub(crate) async fn tombstones(&self) -> Result<Vec<String>, sqlx::Error> {
         sqlx::query_scalar("SELECT order_uid FROM erased_orders")
