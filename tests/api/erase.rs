@@ -538,12 +538,16 @@ fn erasing_an_unknown_id_succeeds_and_keeps_a_tombstone_that_refuses_it_later() 
     let app = spawn_app();
     let uid = format!("never-seen-{}", app.names.suffix);
 
-    // Act
+    // Act: a valid message of the order, and a broken one (cut short: not an order at all, but
+    // still carrying its id and personal data).
     erase(&app, &[&uid]);
-    let sequence = app.publish_many([(
-        Some(uid.as_str()),
-        model_for(&uid, &Person::unique()).as_slice(),
-    )])[0] as i64;
+    let order = model_for(&uid, &Person::unique());
+    let broken = &order[..order.len() / 2];
+    let sequences = app.publish_many([
+        (Some(uid.as_str()), order.as_slice()),
+        (Some("broken"), broken),
+    ]);
+    let (sequence, broken_sequence) = (sequences[0] as i64, sequences[1] as i64);
 
     // Assert: the tombstone came first, so the order is refused as erased, keeping no byte of it.
     assert_eq!(
@@ -554,14 +558,18 @@ fn erasing_an_unknown_id_succeeds_and_keeps_a_tombstone_that_refuses_it_later() 
         "no tombstone for the unknown id"
     );
     app.wait_until(
-        |app| app.rejected().iter().any(|row| row.stream_seq == sequence),
-        "the message of the erased id to be recorded",
+        |app| app.rejected().len() == 2,
+        "both messages of the erased id to be recorded",
     );
     app.wait_until_drained();
-    let rejected = app.rejected();
-    assert_eq!(rejected.len(), 1, "{rejected:?}");
-    assert_eq!(rejected[0].kind, "erased", "{}", rejected[0].reason);
-    assert!(rejected[0].payload.is_empty());
+    for row in app.rejected() {
+        assert!(
+            [sequence, broken_sequence].contains(&row.stream_seq),
+            "{row:?}"
+        );
+        assert_eq!(row.kind, "erased", "{}", row.reason);
+        assert!(row.payload.is_empty());
+    }
     assert_eq!(app.orders_count(), 0);
     assert_eq!(app.get(&format!("/order/{uid}")).0, 404);
 }

@@ -166,6 +166,47 @@ pub fn decide(
     (written, rejected)
 }
 
+/// Every string of the order_uid alphabet that a refused message (kept with its payload) holds:
+/// the ids it could carry, to look up among the tombstones. A message that is not a valid order
+/// may still be an erased order's, carrying its personal data.
+pub fn ids_named_by_refused<'a>(batch: &'a [Incoming], rejected: &[Rejected]) -> Vec<&'a str> {
+    let mut ids = HashSet::new();
+    for r in rejected.iter().filter(|r| r.keep_payload) {
+        let raw = batch[r.index].raw.as_ref();
+        let is_id_byte = |b: &u8| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'-';
+        for run in raw.split(|b| !is_id_byte(b)) {
+            if (1..=crate::order::MAX_UID_LEN).contains(&run.len()) {
+                // Only ASCII bytes make a run.
+                ids.extend(std::str::from_utf8(run).ok());
+            }
+        }
+    }
+    ids.into_iter().collect()
+}
+
+/// Refused messages that carry an erased order (`order::carried_order`) are recorded as
+/// `erased`, without their payload, like a valid message of that order.
+pub fn refuse_as_erased(
+    batch: &[Incoming],
+    written: &mut Written,
+    rejected: &mut [Rejected],
+    erased: &HashSet<String>,
+) {
+    if erased.is_empty() {
+        return;
+    }
+    for r in rejected.iter_mut().filter(|r| r.keep_payload) {
+        if let Some(uid) = crate::order::carried_order(&batch[r.index].raw, erased) {
+            r.reason = format!("order {uid} was erased");
+            r.kind = ERASED_KIND;
+            r.keep_payload = false;
+            if let Some(outcome) = written.outcomes.get_mut(r.index) {
+                *outcome = Outcome::Rejected(ERASED_KIND);
+            }
+        }
+    }
+}
+
 /// Two documents are the same order if they are the same bytes or the same JSON value
 /// (a producer that re-serialises with other spacing or key order is not in conflict).
 fn same_content(a: &str, b: &str) -> bool {
@@ -309,6 +350,27 @@ mod tests {
         assert!(
             !rejected[0].reason.contains("Test Testov"),
             "no personal data"
+        );
+    }
+
+    #[test]
+    fn a_refused_message_that_carries_an_erased_order_loses_its_payload_too() {
+        let truncated = &MODEL[..300];
+        let batch = [
+            incoming(truncated),
+            incoming("{\"order_uid\": \"someone-else\"}"),
+        ];
+        let (mut written, mut rejected) = decide(&batch, &candidates(&batch), &Found::default());
+        let named = ids_named_by_refused(&batch, &rejected);
+        assert!(named.contains(&uid().as_str()), "{named:?}");
+        let erased = HashSet::from([uid()]);
+        refuse_as_erased(&batch, &mut written, &mut rejected, &erased);
+        assert_eq!(written.outcomes[0], Outcome::Rejected(ERASED_KIND));
+        assert!(!rejected[0].keep_payload);
+        assert_ne!(written.outcomes[1], Outcome::Rejected(ERASED_KIND));
+        assert!(
+            rejected[1].keep_payload,
+            "another order's message keeps its payload"
         );
     }
 }

@@ -234,7 +234,12 @@ impl Store {
 
         let mut tx = self.pool.begin().await?;
         let found = offer_orders(&mut tx, batch, &first, &candidates).await?;
-        let (written, rejected) = batch::decide(batch, &first, &found);
+        let (mut written, mut rejected) = batch::decide(batch, &first, &found);
+        let named = batch::ids_named_by_refused(batch, &rejected);
+        if !named.is_empty() {
+            let erased = erased_among(&mut tx, &named).await?;
+            batch::refuse_as_erased(batch, &mut written, &mut rejected, &erased);
+        }
         match record {
             Record::Rejections => insert_rejections(&mut tx, stream, batch, &rejected).await?,
             Record::Outcomes(rows) | Record::DryRun(rows) => {
@@ -649,15 +654,22 @@ async fn offer_orders(
         .filter(|uid| !found.existing.contains_key(*uid))
         .collect();
     if !unexplained.is_empty() {
-        found.erased =
-            sqlx::query_scalar("SELECT order_uid FROM erased_orders WHERE order_uid = ANY($1)")
-                .bind(&unexplained)
-                .fetch_all(&mut *tx)
-                .await?
-                .into_iter()
-                .collect();
+        found.erased = erased_among(tx, &unexplained).await?;
     }
     Ok(found)
+}
+
+/// Which of `uids` have a tombstone.
+async fn erased_among(
+    tx: &mut PgConnection,
+    uids: &[&str],
+) -> Result<std::collections::HashSet<String>, sqlx::Error> {
+    let erased: Vec<String> =
+        sqlx::query_scalar("SELECT order_uid FROM erased_orders WHERE order_uid = ANY($1)")
+            .bind(uids)
+            .fetch_all(&mut *tx)
+            .await?;
+    Ok(erased.into_iter().collect())
 }
 
 /// Records rejected messages (index into the batch, kind label, reason); a redelivered one is skipped.
