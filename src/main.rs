@@ -12,8 +12,8 @@ use ordersvc_service::{erase, logging, migrate, reprocess, serve};
 #[derive(Parser, Debug)]
 #[command(name = "ordersvc", version, about, propagate_version = true)]
 struct Cli {
-    /// Log line format. The level comes from RUST_LOG (default: info for serve and migrate,
-    /// warn for the client commands).
+    /// Log line format. The level comes from RUST_LOG (default: info for serve, migrate and
+    /// erase, whose lines are its audit trail; warn for the other commands).
     #[arg(
         long,
         global = true,

@@ -166,26 +166,22 @@ pub fn decide(
     (written, rejected)
 }
 
-/// Every string of the order_uid alphabet that a refused message (kept with its payload) holds:
-/// the ids it could carry, to look up among the tombstones. A message that is not a valid order
-/// may still be an erased order's, carrying its personal data.
+/// The order_uids that refused messages (kept with their payload) give in an `order_uid`
+/// field, to look up among the tombstones: a message that is not a valid order (cut short, a
+/// field broken) may still be an erased order's, carrying its personal data. One field per
+/// message, found by a plain search, so that a storm of garbage costs ingest no more than a
+/// scan of its bytes.
 pub fn ids_named_by_refused<'a>(batch: &'a [Incoming], rejected: &[Rejected]) -> Vec<&'a str> {
-    let mut ids = HashSet::new();
-    for r in rejected.iter().filter(|r| r.keep_payload) {
-        let raw = batch[r.index].raw.as_ref();
-        let is_id_byte = |b: &u8| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'-';
-        for run in raw.split(|b| !is_id_byte(b)) {
-            if (1..=crate::order::MAX_UID_LEN).contains(&run.len()) {
-                // Only ASCII bytes make a run.
-                ids.extend(std::str::from_utf8(run).ok());
-            }
-        }
-    }
+    let ids: HashSet<&str> = rejected
+        .iter()
+        .filter(|r| r.keep_payload)
+        .filter_map(|r| crate::order::uid_field(&batch[r.index].raw))
+        .collect();
     ids.into_iter().collect()
 }
 
-/// Refused messages that carry an erased order (`order::carried_order`) are recorded as
-/// `erased`, without their payload, like a valid message of that order.
+/// Refused messages whose `order_uid` field names an erased order are recorded as `erased`,
+/// without their payload, like a valid message of that order.
 pub fn refuse_as_erased(
     batch: &[Incoming],
     written: &mut Written,
@@ -196,7 +192,10 @@ pub fn refuse_as_erased(
         return;
     }
     for r in rejected.iter_mut().filter(|r| r.keep_payload) {
-        if let Some(uid) = crate::order::carried_order(&batch[r.index].raw, erased) {
+        let Some(uid) = crate::order::uid_field(&batch[r.index].raw) else {
+            continue;
+        };
+        if erased.contains(uid) {
             r.reason = format!("order {uid} was erased");
             r.kind = ERASED_KIND;
             r.keep_payload = false;

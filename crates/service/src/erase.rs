@@ -2,9 +2,9 @@
 //!
 //! The steps, in this order, each idempotent, so that a run that fails half-way is finished by
 //! running the same command again:
-//! 1. PostgreSQL, in one transaction: the order's row is deleted and a tombstone (id, time,
-//!    reason) takes its place, so that no later message can store it again; rejected messages
-//!    that carry it lose their payload (`store::erase`).
+//! 1. PostgreSQL: the order's row is deleted and a tombstone (id, time, reason) takes its
+//!    place, in one transaction, so that no later message can store it again; then rejected
+//!    messages that carry it lose their payload (`store::erase`).
 //! 2. An erasure notice on the changelog: every running replica drops the order from memory and
 //!    refuses it from then on (`cache::Change::Erase`). A replica that starts later reads the
 //!    tombstones in its restore.
@@ -28,7 +28,7 @@ use tracing::info;
 use crate::bus;
 use crate::changelog::Changelog;
 use crate::config::{DbArgs, NatsArgs, DEFAULT_DURABLE};
-use crate::order::{carried_order, OrderUid};
+use crate::order::{carried_order, named_order, OrderUid};
 use crate::store::Store;
 
 /// Settings of `ordersvc erase`.
@@ -199,8 +199,8 @@ async fn nats_steps(
 }
 
 /// Deletes every message of the input stream that carries one of the orders: its payload names
-/// it (`carried_order`), or its `Nats-Msg-Id` is its id (as publishers set it). Returns the
-/// messages read and deleted.
+/// it, or, for a payload that names none (broken), its `Nats-Msg-Id` is its id (as publishers
+/// set it) or its bytes hold the id (`carried_order`). Returns the messages read and deleted.
 async fn erase_from_input(
     js: &jetstream::Context,
     stream: &str,
@@ -210,6 +210,11 @@ async fn erase_from_input(
         return Ok((0, 0));
     };
     let (found, read) = bus::scan::matching(&mut stream, |message| {
+        // A payload that names an order is that order's, whatever its header says: deleting
+        // another order's message on a producer's mislabelled header would lose that order.
+        if let Some(named) = named_order(&message.payload) {
+            return wanted.contains(named.as_str());
+        }
         let by_id = message
             .headers
             .as_ref()

@@ -26,6 +26,7 @@ use serde_json::json;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+use crate::batch::ERASED_KIND;
 use crate::cache::{Body, Cache, CacheWriter, Entry, LoadError};
 use crate::health::Health;
 use crate::metrics::{HttpLabels, Metrics, RouteLabels};
@@ -571,7 +572,8 @@ async fn rejected(query: &str, shared: &Shared) -> Reply {
                 "payload_bytes": r.payload.len(),
                 // As text for reading; the exact bytes stay in PostgreSQL.
                 "payload": String::from_utf8_lossy(shown),
-                "payload_erased": r.payload_erased_at.is_some(),
+                // Erased since, or refused as an erased order's and never kept.
+                "payload_erased": r.payload_erased_at.is_some() || r.kind == ERASED_KIND,
                 "outcome": r.outcome.as_ref().map(|outcome| json!({
                     "outcome": outcome,
                     "kind": r.outcome_kind,

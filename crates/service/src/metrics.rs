@@ -127,7 +127,7 @@ fn register_cache_counters(registry: &mut Registry, cache: &Cache) {
         ),
         (
             "erased_orders",
-            "Orders erased from this replica by `ordersvc erase` (its erasure notices)",
+            "Order ids this replica learnt were erased from an erasure notice of `ordersvc erase` (dropped from memory if it held them)",
             &cache.stats.erasures,
         ),
     ] {

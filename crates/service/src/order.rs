@@ -608,6 +608,38 @@ impl<'de> Deserialize<'de> for NonNegInt {
     }
 }
 
+/// The value of the first `"order_uid": "…"` in a raw message, valid JSON or not (cut short,
+/// broken), if it is an order_uid: found by a plain search, whatever the message's size.
+pub(crate) fn uid_field(payload: &[u8]) -> Option<&str> {
+    const KEY: &[u8] = b"\"order_uid\"";
+    let at = payload.windows(KEY.len()).position(|w| w == KEY)?;
+    let rest = payload[at + KEY.len()..].trim_ascii_start();
+    let rest = rest.strip_prefix(b":")?.trim_ascii_start();
+    let rest = rest.strip_prefix(b"\"")?;
+    let len = rest
+        .iter()
+        .take(MAX_UID_LEN + 1)
+        .take_while(|b| b.is_ascii_alphanumeric() || **b == b'_' || **b == b'-')
+        .count();
+    if len == 0 || len > MAX_UID_LEN || rest.get(len) != Some(&b'"') {
+        return None;
+    }
+    std::str::from_utf8(&rest[..len]).ok()
+}
+
+/// The order_uid a raw message names, if it is a JSON object with a string `order_uid` (valid
+/// order or not).
+pub(crate) fn named_order(payload: &[u8]) -> Option<String> {
+    /// Only the id: every other field is skipped, whatever it holds.
+    #[derive(Deserialize)]
+    struct Head {
+        order_uid: String,
+    }
+    serde_json::from_slice::<Head>(payload)
+        .ok()
+        .map(|head| head.order_uid)
+}
+
 /// Which of `uids` a raw message carries, if any: the one a JSON object names as its
 /// `order_uid`, or, for bytes that are no such object (truncated, broken, not JSON at all), one
 /// that appears in them literally. Erasure uses it on every copy it can find (the streams'
@@ -618,13 +650,8 @@ pub(crate) fn carried_order<'a, S: Borrow<str> + Eq + std::hash::Hash>(
     payload: &[u8],
     uids: &'a std::collections::HashSet<S>,
 ) -> Option<&'a str> {
-    /// Only the id: every other field is skipped, whatever it holds.
-    #[derive(Deserialize)]
-    struct Head {
-        order_uid: String,
-    }
-    if let Ok(head) = serde_json::from_slice::<Head>(payload) {
-        return uids.get(head.order_uid.as_str()).map(Borrow::borrow);
+    if let Some(named) = named_order(payload) {
+        return uids.get(named.as_str()).map(Borrow::borrow);
     }
     uids.iter().map(Borrow::borrow).find(|uid: &&str| {
         !uid.is_empty()
@@ -1689,5 +1716,22 @@ mod tests {
         // Deeper than the parser goes: still found by its bytes.
         let deep = format!("{}\"other1\"{}", "[".repeat(10_000), "]".repeat(10_000));
         assert_eq!(carried_order(deep.as_bytes(), &uids), Some("other1"));
+    }
+
+    #[test]
+    fn the_uid_field_is_found_in_a_message_cut_short_and_nowhere_else() {
+        assert_eq!(uid_field(MODEL.as_bytes()), Some("b563feb7b2b84b6test"));
+        assert_eq!(
+            uid_field(&MODEL.as_bytes()[..40]),
+            Some("b563feb7b2b84b6test")
+        );
+        assert_eq!(uid_field(br#"{"order_uid" :  "a-1" , "x"#), Some("a-1"));
+        // Cut inside the id: it may be another id's prefix, so nothing is taken.
+        assert_eq!(uid_field(br#"{"order_uid": "a-"#), None);
+        assert_eq!(uid_field(br#"{"order_uid": "a b"}"#), None);
+        assert_eq!(uid_field(br#"{"order_uid": 5}"#), None);
+        let long = format!(r#"{{"order_uid": "{}"}}"#, "x".repeat(65));
+        assert_eq!(uid_field(long.as_bytes()), None);
+        assert_eq!(uid_field(b"garbage"), None);
     }
 }

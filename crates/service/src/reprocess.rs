@@ -25,7 +25,7 @@ use crate::batch::{Incoming, Outcome, Written};
 use crate::bus;
 use crate::changelog::Changelog;
 use crate::config::{parse_date_time, DbArgs, NatsArgs, DEFAULT_DURABLE};
-use crate::order::Order;
+use crate::order::{Order, OrderUid};
 use crate::retry::Backoff;
 use crate::store::reprocess::{Candidate, Selection};
 use crate::store::{Record, Store};
@@ -98,6 +98,8 @@ struct Tally {
     refused: BTreeMap<&'static str, u64>,
     /// Could not be processed (PostgreSQL or NATS failed).
     failed: u64,
+    /// Selected, and left untried after a failure.
+    not_reached: u64,
 }
 
 impl Tally {
@@ -133,6 +135,9 @@ impl Tally {
             println!("  by kind: {}", kinds.join(", "));
         }
         println!("{would}failed: {}", self.failed);
+        if self.not_reached > 0 {
+            println!("not reached after the failure: {}", self.not_reached);
+        }
     }
 }
 
@@ -176,12 +181,14 @@ async fn reprocess(args: &ReprocessArgs) -> Result<()> {
         };
         after = rows.last().map_or(after, |row| row.id);
         let n = rows.len() as u64;
-        match run.batch(rows).await {
-            Ok(outcomes) => tally.add(&outcomes),
-            Err(e) => {
-                tally.failed += n;
-                break Err(e);
-            }
+        let (outcomes, failed) = run.batch(rows).await;
+        tally.add(&outcomes);
+        if let Some(failed) = failed {
+            tally.failed += failed.rows;
+            tally.not_reached = u64::try_from(total)
+                .unwrap_or(0)
+                .saturating_sub(progress.position() + n);
+            break Err(failed.error);
         }
         progress.inc(n);
     };
@@ -208,8 +215,9 @@ struct Run<'a> {
 
 impl Run<'_> {
     /// Reprocesses one batch of rows: writes (with their outcomes), then fans out what is
-    /// stored and marks those rows done. The outcomes, in the order of the rows.
-    async fn batch(&self, rows: Vec<Candidate>) -> Result<Vec<Outcome>> {
+    /// stored and marks those rows done. The outcomes of the rows that are done, in the order of
+    /// the rows, and what failed, if anything did.
+    async fn batch(&self, rows: Vec<Candidate>) -> (Vec<Outcome>, Option<Failed>) {
         let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
         let incoming: Vec<Incoming> = rows
             .into_iter()
@@ -227,36 +235,58 @@ impl Run<'_> {
             true => Record::DryRun(&ids),
             false => Record::Outcomes(&ids),
         };
-        let written = self.write(&incoming, record).await?;
+        let written = match self.write(&incoming, record).await {
+            Ok(written) => written,
+            Err(error) => {
+                let rows = ids.len() as u64;
+                return (Vec::new(), Some(Failed { rows, error }));
+            }
+        };
         if self.dry_run {
-            return Ok(written.outcomes);
+            return (written.outcomes, None);
         }
-        if !written.to_cache.is_empty() {
-            self.fan_out(&written).await?;
-        }
-        let done: Vec<i64> = ids
+        // Refused ones are done with their commit; the others once on the changelog.
+        let (refused, others): (Vec<_>, Vec<_>) = ids
             .iter()
-            .zip(&written.outcomes)
-            .filter(|(_, outcome)| !matches!(outcome, Outcome::Rejected(_)))
-            .map(|(&id, _)| id)
-            .collect();
-        self.store
-            .reprocessed(&done)
-            .await
-            .wrap_err("the orders are stored and fanned out, but their rows could not be marked done; run the same command again")?;
-        for (id, outcome) in ids.iter().zip(&written.outcomes) {
+            .zip(written.outcomes)
+            .partition(|(_, outcome)| matches!(outcome, Outcome::Rejected(_)));
+        let refused: Vec<Outcome> = refused.into_iter().map(|(_, outcome)| outcome).collect();
+        let done = match self.fan_out(&written.to_cache).await {
+            Ok(()) => {
+                let done: Vec<i64> = others.iter().map(|(&id, _)| id).collect();
+                self.store.reprocessed(&done).await.wrap_err(
+                    "the orders are stored and fanned out, but their rows could not be marked \
+                     done; run the same command again",
+                )
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(error) = done {
+            let rows = others.len() as u64;
+            return (refused, Some(Failed { rows, error }));
+        }
+        for (id, outcome) in &others {
             info!(rejected_id = id, ?outcome, "reprocessed a rejected message");
         }
-        Ok(written.outcomes)
+        let mut outcomes = refused;
+        outcomes.extend(others.into_iter().map(|(_, outcome)| outcome));
+        (outcomes, None)
     }
 
-    /// `Store::write`, retried a few times while PostgreSQL is unavailable.
+    /// `Store::write`, retried a few times while PostgreSQL is unavailable. After a first
+    /// refusal, any refusal that is not about the server is looked for message by message, as
+    /// ingest does after several (a run by hand has fewer tries to spend).
     async fn write(&self, incoming: &[Incoming], record: Record<'_>) -> Result<Written> {
         let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.store.write(self.stream, incoming, record, false).await {
+            let isolate = attempt > 1;
+            match self
+                .store
+                .write(self.stream, incoming, record, isolate)
+                .await
+            {
                 Ok(written) => return Ok(written),
                 Err(e) if attempt < ATTEMPTS => {
                     warn!(error = %e, "cannot write a batch; retrying");
@@ -269,12 +299,15 @@ impl Run<'_> {
 
     /// Publishes the stored orders to the changelog, retried a few times. Until it succeeds,
     /// their rows are not marked done, so a run after a failure publishes them again.
-    async fn fan_out(&self, written: &Written) -> Result<()> {
+    async fn fan_out(&self, orders: &[(OrderUid, String)]) -> Result<()> {
+        if orders.is_empty() {
+            return Ok(());
+        }
         let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.changelog.publish(&written.to_cache).await {
+            match self.changelog.publish(orders).await {
                 Ok(()) => return Ok(()),
                 Err(e) if attempt < ATTEMPTS => {
                     warn!(error = %format!("{e:#}"), "cannot publish to the changelog; retrying");
@@ -289,6 +322,12 @@ impl Run<'_> {
             }
         }
     }
+}
+
+/// A batch that could not be finished: how many of its rows, and why.
+struct Failed {
+    rows: u64,
+    error: color_eyre::Report,
 }
 
 /// A progress bar for `total` rows (drawn only on a terminal).

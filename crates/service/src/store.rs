@@ -442,10 +442,10 @@ impl Store {
             .wrap_err("cannot apply the database migrations")
     }
 
-    /// Connects to a database that must already exist, for commands that only read or that
-    /// change what is there (unlike `open`, nothing is created or migrated): a mistyped name is
-    /// an error naming it, not a new empty database that a replay would "successfully" read
-    /// nothing from.
+    /// Connects to a database that must already exist, for commands that read it or change
+    /// what is there (unlike `open`, no database is created, and nothing is migrated unless the
+    /// command calls `migrate`): a mistyped name is an error naming it, not a new empty database
+    /// that a replay would "successfully" read nothing from.
     pub async fn connect(database_url: &str) -> Result<Store> {
         let options = connect_options(database_url)?;
         // Without a name in the URL, PostgreSQL takes the user's.
@@ -465,7 +465,7 @@ impl Store {
                 Err(sqlx::Error::Database(e)).wrap_err_with(|| {
                     format!(
                         "database {name} does not exist on PostgreSQL at {server} (this command \
-                         only reads and creates nothing: check the name in DATABASE_URL)"
+                         creates no database: check the name in DATABASE_URL)"
                     )
                 })
             }

@@ -1,5 +1,5 @@
-//! Erasure in PostgreSQL: an order's row goes, a tombstone takes its place, and the rejected
-//! messages that carry it lose their payload, all in one transaction.
+//! Erasure in PostgreSQL: an order's row goes and a tombstone takes its place (one transaction),
+//! then the rejected messages that carry it lose their payload (another).
 
 use std::collections::HashSet;
 
@@ -29,7 +29,8 @@ impl Store {
     async fn try_erase(&self, uids: &[String], reason: &str) -> Result<Erased, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         // Held to the commit: an ingest INSERT waits, then sees the tombstone (`offer_orders`),
-        // and one that committed before is deleted here. Inserts wait milliseconds; reads not at all.
+        // and one that committed before is deleted here. Inserts wait for a delete by primary
+        // key and an insert; reads do not wait.
         sqlx::query("LOCK TABLE orders IN SHARE ROW EXCLUSIVE MODE")
             .execute(&mut *tx)
             .await?;
@@ -47,6 +48,10 @@ impl Store {
         .bind(reason)
         .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
+        // Apart, so that ingest waits only for the delete: this searches every rejected payload.
+        // A rejection ingest commits from now on finds the tombstones (`refuse_as_erased`).
+        let mut tx = self.pool.begin().await?;
         let rejected_payloads = erase_rejected_payloads(&mut tx, uids).await?;
         tx.commit().await?;
         Ok(Erased {
