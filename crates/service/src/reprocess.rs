@@ -163,9 +163,13 @@ async fn reprocess(args: &ReprocessArgs) -> Result<()> {
     let client = bus::connect(&args.nats, "ordersvc-reprocess").await?;
     let max_document = bus::max_document(client.server_info().max_payload);
     let changelog = Changelog::new(jetstream::new(client), &args.nats, &args.durable);
+    let followed = changelog
+        .exists()
+        .await
+        .wrap_err("cannot look the changelog up")?;
     let run = Run {
         store: &store,
-        changelog: &changelog,
+        changelog: followed.then_some(&changelog),
         stream: &args.nats.stream,
         max_document,
         dry_run: args.dry_run,
@@ -207,7 +211,8 @@ async fn reprocess(args: &ReprocessArgs) -> Result<()> {
 /// What every batch of a run uses.
 struct Run<'a> {
     store: &'a Store,
-    changelog: &'a Changelog,
+    /// None when there is no changelog: no replica has run, none needs the orders.
+    changelog: Option<&'a Changelog>,
     stream: &'a str,
     max_document: usize,
     dry_run: bool,
@@ -300,14 +305,14 @@ impl Run<'_> {
     /// Publishes the stored orders to the changelog, retried a few times. Until it succeeds,
     /// their rows are not marked done, so a run after a failure publishes them again.
     async fn fan_out(&self, orders: &[(OrderUid, String)]) -> Result<()> {
-        if orders.is_empty() {
+        let Some(changelog) = self.changelog.filter(|_| !orders.is_empty()) else {
             return Ok(());
-        }
+        };
         let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.changelog.publish(orders).await {
+            match changelog.publish(orders).await {
                 Ok(()) => return Ok(()),
                 Err(e) if attempt < ATTEMPTS => {
                     warn!(error = %format!("{e:#}"), "cannot publish to the changelog; retrying");

@@ -199,11 +199,17 @@ impl Changelog {
         crate::bus::existing_stream(&self.js, &self.name).await
     }
 
+    /// Whether the changelog exists: none means no replica has run yet, so none needs what a
+    /// command would publish there (one that starts restores from PostgreSQL).
+    pub async fn exists(&self) -> Result<bool> {
+        Ok(self.existing().await?.is_some())
+    }
+
     /// Publishes an erasure notice: every replica that follows the changelog drops these
     /// orders and never inserts them again. `false` if there is no changelog (no replica ever
     /// ran; one that starts restores the tombstones from PostgreSQL).
     pub async fn publish_erase(&self, uids: &[OrderUid]) -> Result<bool> {
-        if self.existing().await?.is_none() {
+        if !self.exists().await? {
             return Ok(false);
         }
         let payloads = format::pack_erase(uids, self.payload_limit());
