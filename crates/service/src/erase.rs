@@ -119,21 +119,25 @@ async fn erase(args: &EraseArgs, uids: &[OrderUid]) -> Result<()> {
         .await
         .wrap_err("nothing was erased")?;
     store.migrate().await.wrap_err("nothing was erased")?;
-    let erased = store
+    let found = store
         .erase(&ids, &args.reason)
         .await
         .wrap_err("cannot erase in PostgreSQL: nothing was erased")?;
-    let found: HashSet<&str> = erased.found.iter().map(String::as_str).collect();
+    let found: HashSet<&str> = found.iter().map(String::as_str).collect();
     for uid in &ids {
         // The audit line: the id and the reason, never the order's contents.
         info!(order_uid = %uid, reason = %args.reason, stored = found.contains(uid.as_str()), "order erased from PostgreSQL");
     }
+    let rejected_payloads = store.erase_rejected_payloads(&ids).await.wrap_err(
+        "the orders are deleted and their tombstones kept (they cannot be stored again), but \
+         not done: the payloads of rejected messages, the replicas' memory, both streams. Run \
+         the same command again to finish.",
+    )?;
     println!(
-        "PostgreSQL: {} order(s) erased: {} found, {} unknown (tombstones kept); {} rejected message payload(s) erased",
+        "PostgreSQL: {} order(s) erased: {} found, {} unknown (tombstones kept); {rejected_payloads} rejected message payload(s) erased",
         ids.len(),
         found.len(),
         ids.len() - found.len(),
-        erased.rejected_payloads
     );
 
     let mut done = 0;

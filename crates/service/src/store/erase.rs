@@ -8,25 +8,20 @@ use sqlx::PgConnection;
 use super::Store;
 use crate::order::carried_order;
 
-/// What one erasure found in PostgreSQL.
-#[derive(Debug, Default)]
-pub(crate) struct Erased {
-    /// The ids that had a stored order (the others are unknown, or erased before).
-    pub(crate) found: Vec<String>,
-    /// Rows of `rejected_messages` whose payload was erased.
-    pub(crate) rejected_payloads: u64,
-}
-
 impl Store {
-    /// Erases the orders: deletes their rows, keeps a tombstone for each id (known or not,
-    /// so that it can never be stored later), and empties the payload of every rejected message
-    /// that carries one of them. Idempotent: a second run finds nothing more to do.
-    pub(crate) async fn erase(&self, uids: &[String], reason: &str) -> Result<Erased, sqlx::Error> {
+    /// Erases the orders: deletes their rows and keeps a tombstone for each id (known or not,
+    /// so that it can never be stored later). Returns the ids that had a stored order.
+    /// Idempotent: a second run finds nothing more to do.
+    pub(crate) async fn erase(
+        &self,
+        uids: &[String],
+        reason: &str,
+    ) -> Result<Vec<String>, sqlx::Error> {
         let erased = self.try_erase(uids, reason).await;
         self.retired.note(erased)
     }
 
-    async fn try_erase(&self, uids: &[String], reason: &str) -> Result<Erased, sqlx::Error> {
+    async fn try_erase(&self, uids: &[String], reason: &str) -> Result<Vec<String>, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         // Held to the commit: an ingest INSERT waits, then sees the tombstone (`offer_orders`),
         // and one that committed before is deleted here. Inserts wait for a delete by primary
@@ -49,15 +44,21 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        // Apart, so that ingest waits only for the delete: this searches every rejected payload.
-        // A rejection ingest commits from now on finds the tombstones (`refuse_as_erased`).
+        Ok(found)
+    }
+
+    /// Empties the payload of every rejected message that carries one of the orders; returns
+    /// how many. Apart from `erase`, so that ingest waits only for the delete (this searches
+    /// every rejected payload); run after it, since a rejection that ingest commits once the
+    /// tombstones are there is recorded without its payload (`batch::refuse_as_erased`).
+    pub(crate) async fn erase_rejected_payloads(
+        &self,
+        uids: &[String],
+    ) -> Result<u64, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        let rejected_payloads = erase_rejected_payloads(&mut tx, uids).await?;
+        let erased = erase_rejected_payloads(&mut tx, uids).await?;
         tx.commit().await?;
-        Ok(Erased {
-            found,
-            rejected_payloads,
-        })
+        Ok(erased)
     }
 
     /// Marks the erasures complete: every copy ordersvc knows of is gone.
