@@ -29,7 +29,11 @@
 //!
 //! The follower checks stream sequences, not only what the consumer delivers: if the changelog no
 //! longer holds the sequence it needs (expired by age, purged, or the stream recreated), that is a
-//! gap, and the replica restores afresh from PostgreSQL before it reads on.
+//! gap, and the replica restores afresh from PostgreSQL before it reads on. Messages that
+//! `ordersvc erase` deleted are no gap: it publishes an erasure notice (ids only) that every
+//! replica applies, publishes again the other orders of each message it deletes, and records each
+//! deletion in PostgreSQL first, where a follower that meets the hole looks it up (`scrub`,
+//! `Follower::erased`).
 //!
 //! The component, one file per part: this module publishes (and owns the stream and its names);
 //! `format` is the wire format; `follow` is the follower with its hand-off, continuity check and
