@@ -50,6 +50,24 @@ pub(crate) enum Record<'a> {
 }
 
 impl Record<'_> {
+    /// Keeps what became of a batch's messages that were not stored as new orders: a row of
+    /// `rejected_messages` for each refused one, or every outcome on the row it was read from.
+    async fn keep(
+        self,
+        tx: &mut PgConnection,
+        stream: &str,
+        batch: &[Incoming],
+        outcomes: &[batch::Outcome],
+        rejected: &[Rejected],
+    ) -> Result<(), sqlx::Error> {
+        match self {
+            Record::Rejections => insert_rejections(tx, stream, batch, rejected).await,
+            Record::Outcomes(rows) | Record::DryRun(rows) => {
+                reprocess::mark(tx, rows, outcomes, rejected).await
+            }
+        }
+    }
+
     /// Ends a write's transaction: committed, or rolled back in a dry run.
     async fn end(self, tx: sqlx::Transaction<'_, sqlx::Postgres>) -> Result<(), sqlx::Error> {
         match self {
@@ -240,12 +258,9 @@ impl Store {
             let erased = erased_among(&mut tx, &named).await?;
             batch::refuse_as_erased(batch, &mut written, &mut rejected, &erased);
         }
-        match record {
-            Record::Rejections => insert_rejections(&mut tx, stream, batch, &rejected).await?,
-            Record::Outcomes(rows) | Record::DryRun(rows) => {
-                reprocess::mark(&mut tx, rows, &written.outcomes, &rejected).await?;
-            }
-        }
+        record
+            .keep(&mut tx, stream, batch, &written.outcomes, &rejected)
+            .await?;
         record.end(tx).await?;
         Ok(written)
     }
@@ -298,15 +313,10 @@ impl Store {
         }];
         let mut tx = self.pool.begin().await?;
         let outcome = [batch::Outcome::Rejected(STORE_ERROR_KIND)];
-        match record {
-            Record::Rejections => {
-                insert_rejections(&mut tx, stream, std::slice::from_ref(message), &rejected)
-                    .await?;
-            }
-            Record::Outcomes(rows) | Record::DryRun(rows) => {
-                reprocess::mark(&mut tx, rows, &outcome, &rejected).await?;
-            }
-        }
+        let message = std::slice::from_ref(message);
+        record
+            .keep(&mut tx, stream, message, &outcome, &rejected)
+            .await?;
         record.end(tx).await
     }
 
