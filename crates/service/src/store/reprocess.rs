@@ -27,31 +27,48 @@ pub(crate) struct Candidate {
     pub(crate) payload: Vec<u8>,
 }
 
+/// Rows that still hold what arrived: not emptied by `erase`, nor refused as an erased order's
+/// (recorded without it). Only those can be reprocessed. (A macro, so that the statements below
+/// are single literals.)
+macro_rules! with_payload {
+    () => {
+        "payload_erased_at IS NULL AND kind <> 'erased'"
+    };
+}
+
+/// The rows a `Selection` takes, given as $1 (kinds), $2 (ids) and $3 (since): those with a
+/// payload, and not those already stored or found duplicate by an earlier run that finished
+/// (running twice changes nothing). Those refused again are taken again: the rules may have
+/// changed since.
+macro_rules! selected {
+    () => {
+        concat!(
+            "(cardinality($1::text[]) = 0 OR kind = ANY($1)) \
+             AND (cardinality($2::int8[]) = 0 OR id = ANY($2)) \
+             AND ($3::timestamptz IS NULL OR received_at >= $3) AND ",
+            with_payload!(),
+            " AND NOT (outcome IN ('stored', 'duplicate') AND reprocessed_at IS NOT NULL)"
+        )
+    };
+}
+
 impl Store {
-    /// The selected rows that can be reprocessed, oldest first, after the row `after`: not
-    /// those whose payload was erased (there is nothing left to send), nor those already
-    /// stored or found duplicate by an earlier run that finished (running twice changes
-    /// nothing). Those refused again are tried again: the rules may have changed since.
+    /// The selected rows (`selected!`), oldest first, after the row `after`.
     pub(crate) async fn reprocess_candidates(
         &self,
         selection: &Selection,
         after: i64,
         limit: i64,
     ) -> Result<Vec<Candidate>, sqlx::Error> {
-        sqlx::query_as(
-            "SELECT id, stream_seq, subject, payload FROM rejected_messages \
-             WHERE id > $1 \
-               AND (cardinality($2::text[]) = 0 OR kind = ANY($2)) \
-               AND (cardinality($3::int8[]) = 0 OR id = ANY($3)) \
-               AND ($4::timestamptz IS NULL OR received_at >= $4) \
-               AND payload_erased_at IS NULL AND kind <> 'erased' \
-               AND NOT (outcome IN ('stored', 'duplicate') AND reprocessed_at IS NOT NULL) \
-             ORDER BY id LIMIT $5",
-        )
-        .bind(after)
+        sqlx::query_as(concat!(
+            "SELECT id, stream_seq, subject, payload FROM rejected_messages WHERE ",
+            selected!(),
+            " AND id > $4 ORDER BY id LIMIT $5"
+        ))
         .bind(&selection.kinds)
         .bind(&selection.ids)
         .bind(selection.since)
+        .bind(after)
         .bind(limit)
         .fetch_all(&self.pool)
         .await
@@ -62,14 +79,10 @@ impl Store {
         &self,
         selection: &Selection,
     ) -> Result<i64, sqlx::Error> {
-        sqlx::query_scalar(
-            "SELECT count(*) FROM rejected_messages \
-             WHERE (cardinality($1::text[]) = 0 OR kind = ANY($1)) \
-               AND (cardinality($2::int8[]) = 0 OR id = ANY($2)) \
-               AND ($3::timestamptz IS NULL OR received_at >= $3) \
-               AND payload_erased_at IS NULL AND kind <> 'erased' \
-               AND NOT (outcome IN ('stored', 'duplicate') AND reprocessed_at IS NOT NULL)",
-        )
+        sqlx::query_scalar(concat!(
+            "SELECT count(*) FROM rejected_messages WHERE ",
+            selected!()
+        ))
         .bind(&selection.kinds)
         .bind(&selection.ids)
         .bind(selection.since)
@@ -79,12 +92,12 @@ impl Store {
 
     /// Of the ids asked for by `--id`, those that no row has, or whose payload was erased.
     pub(crate) async fn unprocessable_ids(&self, ids: &[i64]) -> Result<Vec<i64>, sqlx::Error> {
-        sqlx::query_scalar(
+        sqlx::query_scalar(concat!(
             "SELECT i FROM UNNEST($1::int8[]) AS i \
-             WHERE NOT EXISTS (SELECT 1 FROM rejected_messages r WHERE r.id = i \
-                               AND r.payload_erased_at IS NULL AND r.kind <> 'erased') \
-             ORDER BY i",
-        )
+             WHERE NOT EXISTS (SELECT 1 FROM rejected_messages WHERE id = i AND ",
+            with_payload!(),
+            ") ORDER BY i"
+        ))
         .bind(ids)
         .fetch_all(&self.pool)
         .await
