@@ -98,6 +98,21 @@ pub struct NatsArgs {
     pub subject: String,
 }
 
+/// The service a command changes data of (`erase`, `rejected reprocess`): its database, its
+/// stream, and the durable consumer that names its changelog, which every replica follows.
+#[derive(Args, Clone, Debug)]
+pub struct ServiceArgs {
+    /// Where PostgreSQL is.
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Where the stream is.
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// Durable consumer name of the service: it names the changelog its replicas follow.
+    #[arg(long, env = "ORDERSVC_DURABLE", default_value = DEFAULT_DURABLE)]
+    pub durable: String,
+}
+
 // By hand, not derived: a `{:?}` of the settings must not print a password or token.
 impl std::fmt::Debug for DbArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -27,7 +27,7 @@ use tracing::info;
 
 use crate::bus;
 use crate::changelog::Changelog;
-use crate::config::{DbArgs, NatsArgs, DEFAULT_DURABLE};
+use crate::config::ServiceArgs;
 use crate::order::{carried_order, named_order, OrderUid};
 use crate::store::Store;
 
@@ -45,15 +45,9 @@ pub struct EraseArgs {
     /// Why the orders are erased: kept in each tombstone and logged. Put no personal data here.
     #[arg(long, default_value = "erasure request")]
     pub reason: String,
-    /// Where PostgreSQL is.
+    /// The service to erase from.
     #[command(flatten)]
-    pub db: DbArgs,
-    /// Where the input stream is.
-    #[command(flatten)]
-    pub nats: NatsArgs,
-    /// Durable consumer name of the service: it names the changelog to erase from.
-    #[arg(long, env = "ORDERSVC_DURABLE", default_value = DEFAULT_DURABLE)]
-    pub durable: String,
+    pub service: ServiceArgs,
 }
 
 /// Erases the orders named on the command line and in `--from-file`.
@@ -115,7 +109,7 @@ const NATS_STEPS: [&str; 3] = [
 
 async fn erase(args: &EraseArgs, uids: &[OrderUid]) -> Result<()> {
     let ids: Vec<String> = uids.iter().map(|uid| uid.as_str().to_owned()).collect();
-    let store = Store::connect(&args.db.database_url)
+    let store = Store::connect(&args.service.db.database_url)
         .await
         .wrap_err("nothing was erased")?;
     store.migrate().await.wrap_err("nothing was erased")?;
@@ -165,9 +159,9 @@ async fn nats_steps(
     store: &Store,
     done: &mut usize,
 ) -> Result<()> {
-    let client = bus::connect(&args.nats, "ordersvc-erase").await?;
+    let client = bus::connect(&args.service.nats, "ordersvc-erase").await?;
     let js = jetstream::new(client);
-    let changelog = Changelog::new(js.clone(), &args.nats, &args.durable);
+    let changelog = Changelog::new(js.clone(), &args.service.nats, &args.service.durable);
     let wanted: HashSet<&str> = uids.iter().map(OrderUid::as_str).collect();
 
     if changelog.publish_erase(uids).await? {
@@ -193,10 +187,10 @@ async fn nats_steps(
     );
     *done += 1;
 
-    let (read, deleted) = erase_from_input(&js, &args.nats.stream, &wanted).await?;
+    let (read, deleted) = erase_from_input(&js, &args.service.nats.stream, &wanted).await?;
     println!(
         "stream {}: {read} message(s) read, {deleted} deleted",
-        args.nats.stream
+        args.service.nats.stream
     );
     *done += 1;
     Ok(())

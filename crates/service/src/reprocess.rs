@@ -24,7 +24,7 @@ use tracing::{info, warn};
 use crate::batch::{Incoming, Outcome, Written};
 use crate::bus;
 use crate::changelog::Changelog;
-use crate::config::{parse_date_time, DbArgs, NatsArgs, DEFAULT_DURABLE};
+use crate::config::{parse_date_time, ServiceArgs};
 use crate::order::{Order, OrderUid};
 use crate::retry::Backoff;
 use crate::store::reprocess::{Candidate, Selection};
@@ -67,15 +67,10 @@ pub struct ReprocessArgs {
     /// Say what would happen to each; store and mark nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Where PostgreSQL is.
+    /// The service to reprocess for: NATS's max payload is a rule, and its changelog takes
+    /// what is stored.
     #[command(flatten)]
-    pub db: DbArgs,
-    /// Where NATS is: its max payload is a rule, and the changelog takes what is stored.
-    #[command(flatten)]
-    pub nats: NatsArgs,
-    /// Durable consumer name of the service: it names the changelog.
-    #[arg(long, env = "ORDERSVC_DURABLE", default_value = DEFAULT_DURABLE)]
-    pub durable: String,
+    pub service: ServiceArgs,
 }
 
 /// Runs `ordersvc rejected …`.
@@ -142,7 +137,7 @@ impl Tally {
 }
 
 async fn reprocess(args: &ReprocessArgs) -> Result<()> {
-    let store = Store::connect(&args.db.database_url).await?;
+    let store = Store::connect(&args.service.db.database_url).await?;
     store.migrate().await?;
     let selection = Selection {
         kinds: args.kinds.clone(),
@@ -160,9 +155,13 @@ async fn reprocess(args: &ReprocessArgs) -> Result<()> {
         .count_reprocess_candidates(&selection)
         .await
         .wrap_err("cannot count the rejected messages to reprocess")?;
-    let client = bus::connect(&args.nats, "ordersvc-reprocess").await?;
+    let client = bus::connect(&args.service.nats, "ordersvc-reprocess").await?;
     let max_document = bus::max_document(client.server_info().max_payload);
-    let changelog = Changelog::new(jetstream::new(client), &args.nats, &args.durable);
+    let changelog = Changelog::new(
+        jetstream::new(client),
+        &args.service.nats,
+        &args.service.durable,
+    );
     let followed = changelog
         .exists()
         .await
@@ -170,7 +169,7 @@ async fn reprocess(args: &ReprocessArgs) -> Result<()> {
     let run = Run {
         store: &store,
         changelog: followed.then_some(&changelog),
-        stream: &args.nats.stream,
+        stream: &args.service.nats.stream,
         max_document,
         dry_run: args.dry_run,
     };
